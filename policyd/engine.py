@@ -1,0 +1,205 @@
+"""Deciding one request: the front door the service and every CLI verb call.
+
+`decide(policy, op, content)` runs the op's rules top to bottom against one request and returns
+a Decision. It never raises for a rule's own failure: an evaluation error becomes a fail-closed
+reject (or a counted fail-open allow, for ops the operator chose) with the error attached.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from policyd.compiler import Ctx
+from policyd.errors import EvaluationError, Location, PolicyError
+from policyd.language import Action, Statement
+from policyd.policy import Policy
+from policyd.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
+from policyd.schema import SCHEMAS, USER, Field, Op, Record, ZeroMap, type_matches, view
+
+GENERIC_ERROR_REASON = "policy error"
+
+
+class Outcome(enum.Enum):
+    ALLOW = "allow"  # allowed, content unchanged
+    REJECT = "reject"
+    REWRITE = "rewrite"  # allowed with changed content
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str  # e.g. "subdomain", "metas.owner"
+    before: Any
+    after: Any
+
+
+@dataclass(slots=True)
+class Decision:
+    """What policyd decided for one request, and why."""
+
+    outcome: Outcome
+    op: Op
+    policy_version: str
+    reason: str = ""
+    content: dict[str, Any] | None = None  # the whole content, when outcome is REWRITE
+    rule: Location | None = None  # the rule that decided (reject/allow/error), if any
+    warnings: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    error: PolicyError | None = None
+    failed_open: bool = False
+    eval_us: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EvalOptions:
+    """Per-service settings that change how decisions are made."""
+
+    fail_open_ops: Collection[Op] = frozenset()
+    max_steps: int = MAX_STEPS
+    eval_seconds: float = DEFAULT_EVAL_SECONDS
+
+
+DEFAULT_OPTIONS = EvalOptions()
+
+
+def _user_view(op: Op, content: dict[str, Any]) -> Any:
+    if op is Op.LOGIN:
+        return view(
+            USER,
+            {
+                "user": content.get("user"),
+                "metas": content.get("metas"),
+                "run_id": content.get("run_id"),
+            },
+        )
+    user = content.get("user")
+    return view(USER, user if isinstance(user, dict) else None)
+
+
+def _names(policy: Policy, op: Op, content: dict[str, Any], reqid: str, now: float | None) -> dict[str, Any]:
+    return {
+        "op": op.value,
+        "content": view(SCHEMAS[op], content),
+        "user": _user_view(op, content),
+        "data": policy.data,
+        "reqid": reqid,
+        "now": int(time.time() if now is None else now),
+    }
+
+
+def _apply_set(work: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set content[path] in `work`, copying nested dicts on the way so the request stays intact."""
+    node = work
+    for key in path[:-1]:
+        child = node.get(key)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _read_path(content_view: Any, path: tuple[str, ...]) -> Any:
+    node = content_view
+    for key in path:
+        node = node[key] if isinstance(node, dict) else None
+    return node
+
+
+def _same(before: Any, after: Any) -> bool:
+    if isinstance(before, dict):
+        return isinstance(after, dict) and before == after
+    return type(before) is type(after) and before == after
+
+
+def _check_type(statement: Statement, value: Any) -> Any:
+    f: Field | None = statement.field
+    if isinstance(value, tuple):
+        value = list(value)
+    elif isinstance(value, ZeroMap | Record):
+        value = dict(value)
+    if f is not None and not type_matches(f, value):
+        raise EvaluationError(
+            f"content.{'.'.join(statement.path)} must be a {f.kind.value}, "
+            f"not {type(value).__name__} ({value!r:.60})"
+        )
+    return value
+
+
+def decide(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    *,
+    reqid: str = "",
+    now: float | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+) -> Decision:
+    """Decide one request with `policy`. `content` is not modified."""
+    started = time.perf_counter()
+    decision = Decision(Outcome.ALLOW, op, policy.version)
+    rule_file = policy.rules.get(op)
+    if rule_file is None:
+        decision.eval_us = (time.perf_counter() - started) * 1e6
+        return decision
+    budget = Budget(options.max_steps, options.eval_seconds)
+    ctx = Ctx(_names(policy, op, content, reqid, now), budget)
+    work: dict[str, Any] | None = None
+    statement: Statement | None = None
+    try:
+        for statement in rule_file.statements:
+            action = statement.action
+            if action is Action.LET:
+                assert statement.value is not None
+                ctx.names[statement.path[0]] = statement.value(ctx)
+                continue
+            if statement.condition is not None and not statement.condition(ctx):
+                continue
+            if action is Action.REJECT:
+                assert statement.message is not None
+                decision.outcome = Outcome.REJECT
+                decision.reason = statement.message.render(ctx)
+                decision.rule = statement.location
+                decision.changes = []  # nothing changes on a reject
+                break
+            if action is Action.ALLOW:
+                decision.rule = statement.location
+                break
+            if action is Action.WARN:
+                assert statement.message is not None
+                decision.warnings.append(statement.message.render(ctx))
+                continue
+            # SET
+            assert statement.value is not None
+            value = _check_type(statement, statement.value(ctx))
+            before = _read_path(ctx.names["content"], statement.path)
+            if _same(before, value):
+                continue
+            if work is None:
+                work = dict(content)
+            _apply_set(work, statement.path, value)
+            decision.changes.append(Change(".".join(statement.path), before, value))
+            ctx.names["content"] = view(SCHEMAS[op], work)
+            ctx.names["user"] = _user_view(op, work)
+    except Exception as e:  # a rule's failure must never escape as a 500
+        error = e if isinstance(e, PolicyError) else EvaluationError(f"{type(e).__name__}: {e}")
+        if statement is not None:
+            error.at(statement.location)
+        decision.error = error
+        decision.rule = statement.location if statement is not None else None
+        decision.changes = []
+        if op in options.fail_open_ops:
+            decision.outcome = Outcome.ALLOW
+            decision.failed_open = True
+            decision.reason = ""
+        else:
+            decision.outcome = Outcome.REJECT
+            decision.reason = GENERIC_ERROR_REASON
+    else:
+        if decision.outcome is not Outcome.REJECT and decision.changes:
+            decision.outcome = Outcome.REWRITE
+            decision.content = work
+    decision.eval_us = (time.perf_counter() - started) * 1e6
+    return decision

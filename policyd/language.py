@@ -1,0 +1,383 @@
+"""The rule language: one statement per (logical) line, parsed and compiled once at load time.
+
+    reject "REASON {expr}" [when EXPR]
+    allow [when EXPR]
+    set content.PATH = EXPR [when EXPR]
+    warn "MESSAGE {expr}" [when EXPR]
+    let NAME = EXPR
+
+A trailing backslash continues a rule on the next line; `#` starts a comment. Every error carries
+`file:line:col` and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import io
+import tokenize
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
+from policyd.errors import Location, ParseError, PolicyError
+from policyd.sandbox import FUNCTIONS, MAX_RULE_CHARS, check_length, to_text
+from policyd.schema import Field, Kind, did_you_mean
+
+
+class Action(enum.Enum):
+    REJECT = "reject"
+    ALLOW = "allow"
+    SET = "set"
+    WARN = "warn"
+    LET = "let"
+
+
+_SKIP = {
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.COMMENT,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENDMARKER,
+}
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A reason/message string whose `{expr}` parts are evaluated like an f-string's."""
+
+    parts: tuple[str | Compiled, ...]
+
+    def render(self, ctx: Ctx) -> str:
+        return check_length("".join(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One compiled rule. `path` is the set target below `content` or the let name."""
+
+    action: Action
+    location: Location
+    source: str
+    condition: Compiled | None = None
+    message: Template | None = None
+    value: Compiled | None = None
+    path: tuple[str, ...] = ()
+    field: Field | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    text: str
+    line: int  # 1-based line number of the first physical line
+
+
+def logical_lines(source: str) -> Iterator[_Line]:
+    """Join backslash-continued lines; skip blank and comment-only lines."""
+    lines = source.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        start = i
+        text = lines[i]
+        while text.rstrip("\r\n").endswith("\\") and not text.lstrip().startswith("#") and i + 1 < len(lines):
+            i += 1
+            text += lines[i]
+        i += 1
+        stripped = text.strip()
+        if stripped and not stripped.startswith("#"):
+            yield _Line(text if text.endswith("\n") else text + "\n", start + 1)
+
+
+class _RuleParser:
+    """Parses one logical line into a Statement, given what the file defined above it."""
+
+    def __init__(self, path: str, line: _Line, scope: Scope) -> None:
+        self.path = path
+        self.line = line
+        self.scope = scope
+        self.rows = line.text.splitlines(keepends=True)
+
+    # -- positions -------------------------------------------------------------------------
+    def loc(self, row: int, col: int) -> Location:
+        """Tokenizer (row, col) → file location (1-based column)."""
+        return Location(self.path, self.line.line + row - 1, col + 1)
+
+    def offset(self, row: int, col: int) -> int:
+        return sum(len(r) for r in self.rows[: row - 1]) + col
+
+    def error(self, tok: tokenize.TokenInfo | None, message: str, hint: str = "") -> ParseError:
+        row, col = tok.start if tok else (1, 0)
+        return ParseError(message, self.loc(row, col), hint=hint)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokens(self) -> list[tokenize.TokenInfo]:
+        try:
+            toks = [
+                t
+                for t in tokenize.generate_tokens(io.StringIO(self.line.text).readline)
+                if t.type not in _SKIP
+            ]
+        except tokenize.TokenError as e:
+            msg = str(e.args[0]) if e.args else "cannot read this rule"
+            if "multi-line" in msg:
+                msg = "a bracket is opened and never closed"
+            row, col = e.args[1] if len(e.args) > 1 else (1, 0)
+            raise ParseError(msg, self.loc(min(row, len(self.rows)), col)) from None
+        except (SyntaxError, IndentationError) as e:
+            raise ParseError(e.msg, self.loc(e.lineno or 1, (e.offset or 1) - 1)) from None
+        for t in toks:
+            if t.type == tokenize.ERRORTOKEN and not t.string.isspace():
+                raise self.error(t, f"unexpected character {t.string!r}")
+        return toks
+
+    @staticmethod
+    def split_when(
+        toks: list[tokenize.TokenInfo],
+    ) -> tuple[list[tokenize.TokenInfo], list[tokenize.TokenInfo] | None]:
+        depth = 0
+        for i, t in enumerate(toks):
+            if t.type == tokenize.OP and t.string in _OPEN:
+                depth += 1
+            elif t.type == tokenize.OP and t.string in _CLOSE:
+                depth -= 1
+            elif depth == 0 and t.type == tokenize.NAME and t.string == "when":
+                return toks[:i], toks[i + 1 :]
+        return toks, None
+
+    # -- pieces ----------------------------------------------------------------------------
+    def expression(self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo) -> Compiled:
+        if not toks:
+            raise ParseError(f"expected {what} after '{after.string}'", self.loc(after.end[0], after.end[1]))
+        start, end = toks[0].start, toks[-1].end
+        src = self.line.text[self.offset(*start) : self.offset(*end)]
+        if any(t.type == tokenize.NAME and t.string == "when" for t in toks):
+            bad = next(t for t in toks if t.string == "when")
+            raise self.error(bad, "'when' may appear only once per rule, outside brackets")
+
+        def locate(lineno: int, col: int) -> Location:
+            row = start[0] + lineno - 1
+            return self.loc(row, start[1] + col if lineno == 1 else col)
+
+        try:
+            tree = ast.parse(src, mode="eval")
+        except SyntaxError as e:
+            msg = e.msg
+            if "Maybe you meant '==' or ':='" in msg or (msg == "invalid syntax" and "=" in src):
+                msg = "'=' is assignment; use '==' to compare"
+            raise ParseError(msg, locate(e.lineno or 1, max((e.offset or 1) - 1, 0))) from None
+        return ExpressionCompiler(self.scope, locate).compile(tree.body)
+
+    def template(self, tok: tokenize.TokenInfo) -> Template:
+        raw = tok.string
+        quote = raw[-1]
+        prefix = raw[: raw.index(quote)]
+        if prefix or raw.startswith(quote * 3):
+            raise self.error(tok, 'expected a plain "quoted" string (no prefixes, no triple quotes)')
+        body = raw[1:-1]
+        parts: list[str | Compiled] = []
+        literal: list[str] = []
+        i = 0
+        row, col0 = tok.start[0], tok.start[1] + 1
+        while i < len(body):
+            ch = body[i]
+            if ch in "{}" and body[i : i + 2] == ch * 2:
+                literal.append(ch)
+                i += 2
+                continue
+            if ch == "}":
+                raise ParseError(
+                    "single '}' in a message; write '}}' for a literal brace",
+                    self.loc(row, col0 + i),
+                )
+            if ch != "{":
+                j = i
+                while j < len(body) and body[j] not in "{}":
+                    j += 1
+                literal.append(ast.literal_eval(quote + body[i:j] + quote))
+                i = j
+                continue
+            end = _matching_brace(body, i)
+            if end < 0:
+                raise ParseError(
+                    "'{' in a message is never closed; write '{{' for a literal brace",
+                    self.loc(row, col0 + i),
+                )
+            src = body[i + 1 : end]
+            if not src.strip():
+                raise ParseError("empty {} in a message", self.loc(row, col0 + i))
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(self._template_expr(src, row, col0 + i + 1))
+            i = end + 1
+        if literal:
+            parts.append("".join(literal))
+        return Template(tuple(parts))
+
+    def _template_expr(self, src: str, row: int, col: int) -> Compiled:
+        def locate(lineno: int, c: int) -> Location:
+            return self.loc(row, col + c)
+
+        try:
+            tree = ast.parse(src.strip(), mode="eval")
+        except SyntaxError as e:
+            raise ParseError(f"in {{...}}: {e.msg}", locate(1, max((e.offset or 1) - 1, 0))) from None
+        lead = len(src) - len(src.lstrip())
+        return ExpressionCompiler(self.scope, lambda ln, c: locate(ln, c + lead)).compile(tree.body)
+
+    def set_path(
+        self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo
+    ) -> tuple[tuple[str, ...], Field]:
+        if not toks or toks[0].string != "content":
+            raise self.error(toks[0] if toks else keyword, "expected 'content.FIELD' after 'set'")
+        path: list[str] = []
+        f = self.scope.op_schema
+        i = 1
+        while i < len(toks):
+            t = toks[i]
+            if t.string == "." and i + 1 < len(toks) and toks[i + 1].type == tokenize.NAME:
+                key_tok, key, i = toks[i + 1], toks[i + 1].string, i + 2
+            elif (
+                t.string == "["
+                and i + 2 < len(toks)
+                and toks[i + 1].type == tokenize.STRING
+                and toks[i + 2].string == "]"
+            ):
+                key_tok, i = toks[i + 1], i + 3
+                key = ast.literal_eval(key_tok.string)
+                if not isinstance(key, str):
+                    raise self.error(key_tok, "expected a string key in set path")
+            else:
+                raise self.error(t, "expected '.field' or '[\"key\"]' in the set path")
+            if f.kind is Kind.RECORD:
+                if key not in f.fields:
+                    where = "content." + ".".join(path) if path else "content"
+                    raise self.error(
+                        key_tok,
+                        f"'{where}' has no field '{key}' in {self.scope.op}",
+                        did_you_mean(key, f.fields),
+                    )
+                f = f.fields[key]
+            elif f.kind is Kind.STR_MAP:
+                f = Field(Kind.STR)
+            else:
+                raise self.error(key_tok, f"'content.{'.'.join(path)}' is a {f.kind.value}; set it whole")
+            if key.startswith("_"):
+                raise self.error(key_tok, f"'{key}' is private")
+            path.append(key)
+        if not path:
+            raise self.error(keyword, "set needs a field: 'set content.FIELD = value'")
+        return tuple(path), f
+
+    # -- statement -------------------------------------------------------------------------
+    def parse(self) -> Statement:
+        toks = self.tokens()
+        if len(self.line.text) > MAX_RULE_CHARS:
+            raise ParseError(f"rule is longer than {MAX_RULE_CHARS} characters", self.loc(1, 0))
+        head = toks[0]
+        names = [a.value for a in Action]
+        if head.type != tokenize.NAME or head.string not in names:
+            hint = did_you_mean(head.string, names)
+            raise self.error(head, f"expected one of {', '.join(names)}; got {head.string!r}", hint)
+        action = Action(head.string)
+        location = self.loc(*head.start)
+        source = " ".join(self.line.text.replace("\\\n", " ").split())
+        body, cond_toks = self.split_when(toks[1:])
+        when_tok = toks[len(body) + 1] if cond_toks is not None else None
+        if action is Action.LET:
+            if cond_toks is not None:
+                raise self.error(when_tok, "'let' takes no 'when'; use 'x if cond else y'")
+            return self._let(body, head, location, source)
+        condition = (
+            self.expression(cond_toks, "a condition", when_tok)
+            if cond_toks is not None and when_tok
+            else None
+        )
+        if action in (Action.REJECT, Action.WARN):
+            what = "reason" if action is Action.REJECT else "message"
+            if not body or body[0].type != tokenize.STRING:
+                raise self.error(
+                    body[0] if body else head,
+                    f"expected a \"quoted\" {what} after '{action.value}'",
+                )
+            if len(body) > 1:
+                raise self.error(body[1], "expected 'when' or the end of the rule after the message")
+            return Statement(action, location, source, condition, message=self.template(body[0]))
+        if action is Action.ALLOW:
+            if body:
+                raise self.error(body[0], "expected 'when' or the end of the rule after 'allow'")
+            return Statement(action, location, source, condition)
+        eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
+        if eq is None:
+            raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
+        path, f = self.set_path(body[:eq], head)
+        value = self.expression(body[eq + 1 :], "a value", body[eq])
+        return Statement(action, location, source, condition, value=value, path=path, field=f)
+
+    def _let(
+        self,
+        body: list[tokenize.TokenInfo],
+        head: tokenize.TokenInfo,
+        location: Location,
+        source: str,
+    ) -> Statement:
+        if len(body) < 2 or body[0].type != tokenize.NAME or body[1].string != "=":
+            raise self.error(body[0] if body else head, "expected 'let NAME = value'")
+        name = body[0].string
+        if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name == "when":
+            raise self.error(body[0], f"'{name}' is a built-in name and cannot be redefined")
+        if name.startswith("_"):
+            raise self.error(body[0], "names starting with '_' are not available in rules")
+        value = self.expression(body[2:], "a value", body[1])
+        return Statement(Action.LET, location, source, value=value, path=(name,))
+
+
+def _matching_brace(body: str, start: int) -> int:
+    depth = 0
+    quote = ""
+    for j in range(start, len(body)):
+        ch = body[j]
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+            if depth == 0:
+                return j if ch == "}" else -1
+    return -1
+
+
+def compile_rules(
+    path: str, source: str, scope: Scope, errors: list[PolicyError], max_errors: int = 100
+) -> list[Statement]:
+    """Compile a rule file; every error found goes to `errors` (the file is bad if any)."""
+    statements: list[Statement] = []
+    lets: set[str] = set()
+    for line in logical_lines(source):
+        if len(errors) >= max_errors:
+            break
+        parser = _RuleParser(path, line, _with_lets(scope, lets))
+        try:
+            statement = parser.parse()
+        except PolicyError as e:
+            errors.append(e)
+            # Keep later lines from cascading into "unknown name" for a broken `let`.
+            head = line.text.split(None, 2)
+            if len(head) >= 2 and head[0] == "let":
+                lets.add(head[1].rstrip("="))
+            continue
+        if statement.action is Action.LET:
+            lets.add(statement.path[0])
+        statements.append(statement)
+    return statements
+
+
+def _with_lets(scope: Scope, lets: set[str]) -> Scope:
+    return dataclasses.replace(scope, lets=frozenset(lets))

@@ -1,0 +1,193 @@
+"""A policy: every rule file and data file of a directory, compiled together, with one version.
+
+`load_policy` reads the whole directory, validates everything, and returns a Policy or raises
+PolicyLoadError with every error it found. A Policy is immutable and shared by concurrent requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from policyd.compiler import Scope
+from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError
+from policyd.language import Action, Statement, compile_rules
+from policyd.schema import SCHEMAS, USER, Op, did_you_mean
+
+RULES_SUFFIX = ".rules"
+DATA_DIR = "data"
+DATA_SUFFIXES = (".toml", ".json")
+MAX_POLICY_FILE_BYTES = 16 * 1024 * 1024  # one rules or data file
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFile:
+    op: Op
+    path: str  # as shown in messages: relative to the policy directory
+    sha256: str
+    statements: tuple[Statement, ...]
+
+    @property
+    def rule_count(self) -> int:
+        return sum(1 for s in self.statements if s.action is not Action.LET)
+
+
+@dataclass(frozen=True, slots=True)
+class DataFile:
+    name: str
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One validated version of the whole policy directory."""
+
+    version: str
+    directory: str
+    rules: Mapping[Op, RuleFile]
+    # A plain dict, as rules see it: the sandbox offers no mutating method, so it stays as loaded.
+    data: dict[str, Any]
+    data_files: tuple[DataFile, ...] = ()
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def rule_count(self) -> int:
+        return sum(f.rule_count for f in self.rules.values())
+
+
+def _policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    rule_files = sorted(
+        p for p in directory.glob(f"*{RULES_SUFFIX}") if p.is_file() and not p.name.startswith(".")
+    )
+    data_dir = directory / DATA_DIR
+    data_files = (
+        sorted(
+            p
+            for p in data_dir.iterdir()
+            if p.suffix in DATA_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
+        if data_dir.is_dir()
+        else []
+    )
+    return rule_files, data_files
+
+
+def _read(path: Path, shown: str) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_POLICY_FILE_BYTES:
+        raise ParseError(f"file is {size} bytes; the limit is {MAX_POLICY_FILE_BYTES}", Location(shown))
+    return path.read_bytes()
+
+
+def _parse_data(raw: bytes, shown: str) -> Any:
+    if shown.endswith(".json"):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            # orjson reports position in characters; json's stdlib error has line/col.
+            try:
+                json.loads(raw)
+            except json.JSONDecodeError as je:
+                raise ParseError(f"invalid JSON: {je.msg}", Location(shown, je.lineno, je.colno)) from None
+            raise ParseError(f"invalid JSON: {e}", Location(shown)) from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ParseError(f"not UTF-8: {e}", Location(shown)) from None
+    except tomllib.TOMLDecodeError as e:
+        line, col = _toml_position(str(e))
+        raise ParseError(f"invalid TOML: {str(e).split(' (at ')[0]}", Location(shown, line, col)) from None
+
+
+def _toml_position(message: str) -> tuple[int, int]:
+    # tomllib puts the position in the message: "... (at line 3, column 7)".
+    if "(at line " in message:
+        tail = message.rsplit("(at line ", 1)[1].rstrip(")")
+        line, _, col = tail.partition(", column ")
+        if line.isdigit() and col.isdigit():
+            return int(line), int(col)
+    return 0, 0
+
+
+def load_policy(directory: str | Path) -> Policy:
+    """Load and validate the whole policy directory; raise PolicyLoadError with every error."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyLoadError(
+            [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
+        )
+    errors: list[PolicyError] = []
+    digest = hashlib.sha256()
+    rule_paths, data_paths = _policy_files(root)
+
+    data: dict[str, Any] = {}
+    data_files: list[DataFile] = []
+    for p in data_paths:
+        shown = f"{DATA_DIR}/{p.name}"
+        try:
+            raw = _read(p, shown)
+            if p.stem in data:
+                raise ParseError(f"two data files are named '{p.stem}'; keep one", Location(shown))
+            data[p.stem] = _parse_data(raw, shown)
+        except PolicyError as e:
+            errors.append(e)
+            continue
+        except OSError as e:
+            errors.append(PolicyError(f"cannot read: {e.strerror}", Location(shown)))
+            continue
+        digest.update(shown.encode() + b"\0" + raw + b"\0")
+        data_files.append(DataFile(p.stem, shown, hashlib.sha256(raw).hexdigest()))
+
+    rules: dict[Op, RuleFile] = {}
+    ops = {op.value: op for op in Op}
+    for p in rule_paths:
+        shown = p.name
+        op = ops.get(p.stem)
+        if op is None:
+            hint = did_you_mean(p.stem, ops)
+            errors.append(
+                PolicyError(
+                    f"'{p.name}' is not named after an op ({', '.join(ops)})",
+                    Location(shown),
+                    hint=hint,
+                )
+            )
+            continue
+        try:
+            raw = _read(p, shown)
+            source = raw.decode("utf-8")
+        except PolicyError as e:
+            errors.append(e)
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(PolicyError(f"cannot read: {e}", Location(shown)))
+            continue
+        digest.update(shown.encode() + b"\0" + raw + b"\0")
+        scope = Scope(
+            op_schema=SCHEMAS[op],
+            user_schema=USER,
+            data_names=frozenset(data),
+            op=op.value,
+        )
+        statements = compile_rules(shown, source, scope, errors)
+        rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements))
+
+    if errors:
+        raise PolicyLoadError(errors)
+    return Policy(
+        version=digest.hexdigest()[:12],
+        directory=str(root),
+        rules=MappingProxyType(rules),
+        data=data,
+        data_files=tuple(data_files),
+    )

@@ -1,0 +1,80 @@
+"""frps's server-plugin wire format: the request body in, one of three answers out.
+
+Answers always carry JSON booleans (frps's Go decoder rejects the op on a string "false"), and a
+rewrite carries the *whole* content, unknown fields included: frps replaces, it does not merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from policyd.engine import Decision, Outcome
+from policyd.schema import Op
+
+OPS = {op.value: op for op in Op}
+
+
+class BadRequest(Exception):
+    """Raised for a request frps would never send; answered 4xx with a JSON error."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRequest:
+    op: Op
+    version: str
+    content: dict[str, Any]
+
+
+def parse_request(body: bytes, query_op: str | None = None) -> PluginRequest:
+    """Decode and check a plugin request body; raise BadRequest saying what is wrong."""
+    if not body:
+        raise BadRequest("empty body; expected a JSON object {version, op, content}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"body must be a JSON object, not {type(doc).__name__}")
+    op_name = doc.get("op", query_op)
+    if not isinstance(op_name, str) or not op_name:
+        raise BadRequest("missing 'op' (in the body or the ?op= query parameter)")
+    if query_op and query_op != op_name:
+        raise BadRequest(f"op mismatch: body says {op_name!r}, query says {query_op!r}")
+    op = OPS.get(op_name)
+    if op is None:
+        raise BadRequest(f"unknown op {op_name!r}; expected one of {', '.join(OPS)}")
+    version = doc.get("version", "")
+    if not isinstance(version, str):
+        raise BadRequest("'version' must be a string")
+    content = doc.get("content")
+    if not isinstance(content, dict):
+        what = "missing" if content is None else f"a {type(content).__name__}"
+        raise BadRequest(f"'content' must be a JSON object; it is {what}")
+    return PluginRequest(op, version, content)
+
+
+ALLOW_UNCHANGED = orjson.dumps({"reject": False, "unchange": True})
+
+
+def encode_answer(decision: Decision) -> bytes:
+    """The JSON body frps gets for a decision."""
+    if decision.op is Op.CLOSE_PROXY:
+        # frps ignores CloseProxy answers; never send anything but a plain allow.
+        return ALLOW_UNCHANGED
+    if decision.outcome is Outcome.REJECT:
+        return orjson.dumps({"reject": True, "reject_reason": decision.reason})
+    if decision.outcome is Outcome.REWRITE and decision.content is not None:
+        return orjson.dumps({"reject": False, "unchange": False, "content": decision.content})
+    return ALLOW_UNCHANGED
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

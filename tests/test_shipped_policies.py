@@ -1,0 +1,117 @@
+"""Every fixture from ../shared/fixtures decided by the shipped example policies."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from policyd.engine import Outcome, decide
+from policyd.policy import Policy, load_policy
+from policyd.protocol import encode_answer
+from policyd.schema import Op
+from tests.support import SHIPPED_POLICIES, fixture, fixture_names
+
+REJECT, ALLOW = "reject", "allow"
+
+# fixture → (outcome, reason or {field: new value} for rewrites)
+EXPECTED: dict[str, tuple[str, Any]] = {
+    "CloseProxy-basic": (ALLOW, ""),
+    "Login-anonymous": (REJECT, "login needs metadatas.team (one of: blue, red)"),
+    "Login-basic": (ALLOW, ""),
+    "Login-frps033-captured": (REJECT, "team red needs metadatas.token"),
+    "Login-reconnect": (ALLOW, ""),
+    "NewProxy-frps033-captured": (
+        REJECT,
+        "tcp/udp ports for team red are 6000-6999 (asked for 16022)",
+    ),
+    "NewProxy-future-field": ("rewrite", {"metas": {"team": "red"}}),
+    "NewProxy-http-group": ("rewrite", {"subdomain": "blue-api", "metas": {"team": "blue"}}),
+    "NewProxy-http": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com (asked for web.example.com)",
+    ),
+    "NewProxy-https": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com "
+        "(asked for secure.example.com, www.secure.example.com)",
+    ),
+    "NewProxy-no-user": (REJECT, "unknown team"),
+    "NewProxy-stcp": (REJECT, 'allow_users = "*" is not allowed'),
+    "NewProxy-tcp-any-port": (REJECT, "tcp/udp ports for team red are 6000-6999 (asked for 0)"),
+    "NewProxy-tcp": ("rewrite", {"metas": {"owner": "alice", "team": "red"}}),
+    "NewProxy-tcpmux": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com (asked for mux.example.com)",
+    ),
+    "NewProxy-udp-bandwidth": ("rewrite", {"metas": {"team": "red"}}),
+    "NewUserConn-frps033-captured": (ALLOW, ""),
+    "NewUserConn-https": (ALLOW, ""),
+    "NewUserConn-tcp": (REJECT, "visitors from 198.51.100.23 are blocked"),
+    "NewWorkConn-basic": (ALLOW, ""),
+    "Ping-basic": (ALLOW, ""),
+    "Ping-frps033-captured": (ALLOW, ""),
+}
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Policy:
+    return load_policy(SHIPPED_POLICIES)
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert sorted(EXPECTED) == fixture_names()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_decision(shipped: Policy, name: str) -> None:
+    body = fixture(name)
+    original = copy.deepcopy(body["content"])
+    decision = decide(shipped, Op(body["op"]), body["content"], reqid="0123456789abcdef")
+    assert body["content"] == original, "decide() must not modify the request"
+    assert decision.error is None
+    kind, expected = EXPECTED[name]
+    assert decision.outcome.value == kind
+    if kind == REJECT:
+        assert decision.reason == expected
+        answer = orjson.loads(encode_answer(decision))
+        assert answer == {"reject": True, "reject_reason": expected}
+        assert answer["reject"] is True
+    elif kind == ALLOW:
+        assert encode_answer(decision) == b'{"reject":false,"unchange":true}'
+    else:
+        assert decision.outcome is Outcome.REWRITE
+        content = decision.content
+        assert content is not None
+        # Every field frps sent is still there, unchanged unless a rule changed it, same types.
+        for key, value in original.items():
+            if key in expected:
+                continue
+            assert content[key] == value and type(content[key]) is type(value), key
+        for key, value in expected.items():
+            assert content[key] == value
+        assert set(content) == set(original) | set(expected)
+
+
+def test_future_fields_survive_a_rewrite(shipped: Policy) -> None:
+    body = fixture("NewProxy-future-field")
+    decision = decide(shipped, Op.NEW_PROXY, body["content"])
+    assert decision.content is not None
+    assert decision.content["future_option"] == {"mode": "x", "level": 3}
+    assert decision.content["remote_port"] == 6023
+
+
+def test_warns_are_collected_without_changing_the_outcome(shipped: Policy) -> None:
+    decision = decide(shipped, Op.NEW_PROXY, fixture("NewProxy-udp-bandwidth")["content"])
+    assert decision.warnings == ["proxy alice.dns of team red has no encryption"]
+    login = decide(shipped, Op.LOGIN, fixture("Login-reconnect")["content"])
+    assert login.outcome is Outcome.ALLOW
+    assert login.warnings == ["login of team blue from [2001:db8::42]:61000 without a token"]
+
+
+def test_close_proxy_is_always_answered_allow(shipped: Policy) -> None:
+    decision = decide(shipped, Op.CLOSE_PROXY, fixture("CloseProxy-basic")["content"])
+    assert decision.warnings == ["proxy alice.ssh of alice (team red) closed"]
+    assert encode_answer(decision) == b'{"reject":false,"unchange":true}'
