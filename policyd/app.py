@@ -84,7 +84,7 @@ def create_app(settings: Settings, store: PolicyStore, *, watch: bool = True) ->
                 decision.error,
             )
         for warning in decision.warnings:
-            log.warning("%s warn: %s", plugin_request.op.value, warning)
+            log.warning("%s warn (%s): %s", plugin_request.op.value, warning.rule, warning.message)
         return Response(encode_answer(decision), media_type=JSON)
 
     @app.get("/healthz")

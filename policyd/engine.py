@@ -7,6 +7,7 @@ reject (or a counted fail-open allow, for ops the operator chose) with the error
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Collection
@@ -36,6 +37,24 @@ class Change:
     after: Any
 
 
+@dataclass(frozen=True, slots=True)
+class RuleWarning:
+    message: str
+    rule: Location
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One rule as `decide(..., trace=[])` saw it: for `policyd eval`'s explanation."""
+
+    rule: Location
+    source: str
+    action: str
+    condition: Any  # the condition's value; True when the rule has none; None if not reached
+    value: Any = None  # what a let/set computed
+    fired: bool = False
+
+
 @dataclass(slots=True)
 class Decision:
     """What policyd decided for one request, and why."""
@@ -46,7 +65,7 @@ class Decision:
     reason: str = ""
     content: dict[str, Any] | None = None  # the whole content, when outcome is REWRITE
     rule: Location | None = None  # the rule that decided (reject/allow/error), if any
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[RuleWarning] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     error: PolicyError | None = None
     failed_open: bool = False
@@ -136,8 +155,12 @@ def decide(
     reqid: str = "",
     now: float | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
+    trace: list[TraceStep] | None = None,
 ) -> Decision:
-    """Decide one request with `policy`. `content` is not modified."""
+    """Decide one request with `policy`. `content` is not modified.
+
+    With `trace` (a list), every rule reached is appended to it, with the values it computed.
+    """
     started = time.perf_counter()
     decision = Decision(Outcome.ALLOW, op, policy.version)
     rule_file = policy.rules.get(op)
@@ -153,10 +176,29 @@ def decide(
             action = statement.action
             if action is Action.LET:
                 assert statement.value is not None
-                ctx.names[statement.path[0]] = statement.value(ctx)
+                value = ctx.names[statement.path[0]] = statement.value(ctx)
+                if trace is not None:
+                    trace.append(
+                        TraceStep(statement.location, statement.source, action.value, True, value, True)
+                    )
                 continue
-            if statement.condition is not None and not statement.condition(ctx):
-                continue
+            if statement.condition is not None:
+                condition = statement.condition(ctx)
+                if trace is not None:
+                    trace.append(
+                        TraceStep(
+                            statement.location,
+                            statement.source,
+                            action.value,
+                            condition,
+                            None,
+                            bool(condition),
+                        )
+                    )
+                if not condition:
+                    continue
+            elif trace is not None:
+                trace.append(TraceStep(statement.location, statement.source, action.value, True, None, True))
             if action is Action.REJECT:
                 assert statement.message is not None
                 decision.outcome = Outcome.REJECT
@@ -169,11 +211,13 @@ def decide(
                 break
             if action is Action.WARN:
                 assert statement.message is not None
-                decision.warnings.append(statement.message.render(ctx))
+                decision.warnings.append(RuleWarning(statement.message.render(ctx), statement.location))
                 continue
             # SET
             assert statement.value is not None
             value = _check_type(statement, statement.value(ctx))
+            if trace is not None:
+                trace[-1] = dataclasses.replace(trace[-1], value=value)
             before = _read_path(ctx.names["content"], statement.path)
             if _same(before, value):
                 continue

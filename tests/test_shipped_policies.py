@@ -105,13 +105,16 @@ def test_future_fields_survive_a_rewrite(shipped: Policy) -> None:
 
 def test_warns_are_collected_without_changing_the_outcome(shipped: Policy) -> None:
     decision = decide(shipped, Op.NEW_PROXY, fixture("NewProxy-udp-bandwidth")["content"])
-    assert decision.warnings == ["proxy alice.dns of team red has no encryption"]
+    assert [w.message for w in decision.warnings] == ["proxy alice.dns of team red has no encryption"]
+    assert str(decision.warnings[0].rule) == "NewProxy.rules:22:1"
     login = decide(shipped, Op.LOGIN, fixture("Login-reconnect")["content"])
     assert login.outcome is Outcome.ALLOW
-    assert login.warnings == ["login of team blue from [2001:db8::42]:61000 without a token"]
+    assert [w.message for w in login.warnings] == [
+        "login of team blue from [2001:db8::42]:61000 without a token"
+    ]
 
 
 def test_close_proxy_is_always_answered_allow(shipped: Policy) -> None:
     decision = decide(shipped, Op.CLOSE_PROXY, fixture("CloseProxy-basic")["content"])
-    assert decision.warnings == ["proxy alice.ssh of alice (team red) closed"]
+    assert [w.message for w in decision.warnings] == ["proxy alice.ssh of alice (team red) closed"]
     assert encode_answer(decision) == b'{"reject":false,"unchange":true}'
