@@ -291,11 +291,12 @@ class _RuleParser:
             if cond_toks is not None:
                 raise self.error(when_tok, "'let' takes no 'when'; use 'x if cond else y'")
             return self._let(body, head, location, source)
-        condition = (
-            self.expression(cond_toks, "a condition", when_tok)
-            if cond_toks is not None and when_tok
-            else None
-        )
+
+        def condition() -> Compiled | None:
+            if cond_toks is None or when_tok is None:
+                return None
+            return self.expression(cond_toks, "a condition", when_tok)
+
         if action in (Action.REJECT, Action.WARN):
             what = "reason" if action is Action.REJECT else "message"
             if not body or body[0].type != tokenize.STRING:
@@ -305,17 +306,18 @@ class _RuleParser:
                 )
             if len(body) > 1:
                 raise self.error(body[1], "expected 'when' or the end of the rule after the message")
-            return Statement(action, location, source, condition, message=self.template(body[0]))
+            message = self.template(body[0])
+            return Statement(action, location, source, condition(), message=message)
         if action is Action.ALLOW:
             if body:
                 raise self.error(body[0], "expected 'when' or the end of the rule after 'allow'")
-            return Statement(action, location, source, condition)
+            return Statement(action, location, source, condition())
         eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
         if eq is None:
             raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
         path, f = self.set_path(body[:eq], head)
         value = self.expression(body[eq + 1 :], "a value", body[eq])
-        return Statement(action, location, source, condition, value=value, path=path, field=f)
+        return Statement(action, location, source, condition(), value=value, path=path, field=f)
 
     def _let(
         self,

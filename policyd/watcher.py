@@ -107,7 +107,8 @@ class PolicyWatcher:
             if not paths and current == last_print:
                 continue
             last_print = current
-            shown = tuple(sorted(self._relative(p) for p in paths)) or ("(poll)",)
+            # The directory's own "modified" event says nothing the file events do not.
+            shown = tuple(sorted({self._relative(p) for p in paths} - {"."})) or ("(poll)",)
             try:
                 self.on_change(shown)
             except Exception:  # the reload thread must survive anything a reload raises
