@@ -323,6 +323,15 @@ def _endswith(value: str, suffix: str | tuple[str, ...]) -> bool:
     return value.endswith(tuple(suffix) if isinstance(suffix, list) else suffix)
 
 
+MAX_ROUND_DIGITS = 100  # |ndigits| of round(): round(n, -10**7) would compute 10**(10**7)
+
+
+def _round(value: Any, ndigits: int | None = None) -> Any:
+    if ndigits is not None and isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise LimitError(f"round() to {ndigits} digits exceeds ±{MAX_ROUND_DIGITS}")
+    return round(value) if ndigits is None else round(value, ndigits)
+
+
 def _sum(values: Iterable[Any], start: int | float = 0) -> int | float:
     total: int | float = start
     for v in values:
@@ -340,7 +349,7 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], bool]] = {
     "float": (float, False),
     "bool": (bool, False),
     "abs": (abs, False),
-    "round": (round, False),
+    "round": (_round, False),
     "min": (min, True),
     "max": (max, True),
     "sum": (_sum, True),

@@ -373,3 +373,9 @@ def test_fail_open_ops_allow_and_are_marked() -> None:
 def test_type_error_in_comparison_fails_closed() -> None:
     d = run('reject "x" when content.remote_port > "a"', TCP)
     assert d.reason == GENERIC_ERROR_REASON and d.error is not None
+
+
+def test_round_with_huge_ndigits_is_refused_not_computed() -> None:
+    d = run('reject "x" when round(12345, -10**7) == 0', TCP)
+    assert d.error is not None and d.error.code == "limit_error"
+    assert "round()" in d.error.message
