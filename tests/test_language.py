@@ -379,3 +379,34 @@ def test_round_with_huge_ndigits_is_refused_not_computed() -> None:
     d = run('reject "x" when round(12345, -10**7) == 0', TCP)
     assert d.error is not None and d.error.code == "limit_error"
     assert "round()" in d.error.message
+
+
+DOC_EXAMPLE = """\
+# NewProxy.rules — comments start with '#'
+let team = user.metas.team
+reject "unknown team" when not team
+reject "tcp/udp ports are 6000-6999 (asked for {content.remote_port})" when content.proxy_type in ("tcp", "udp") and content.remote_port not in range(6000, 7000)
+set content.subdomain = team + "-" + content.subdomain when content.subdomain and not content.subdomain.startswith(team + "-")
+reject "custom domains must end in .{team}.example.com" when any(not d.endswith("." + team + ".example.com") for d in content.custom_domains)
+warn "proxy {content.proxy_name} has no encryption" when not content.use_encryption
+allow when user.user in data.admins
+"""  # noqa: E501 - verbatim from shared/policy-language.md
+
+
+def test_the_language_contract_example_works_verbatim() -> None:
+    data = {"admins.json": '["root"]'}
+    http = {
+        "user": {"user": "alice", "metas": {"team": "red"}},
+        "proxy_type": "http",
+        "subdomain": "blog",
+        "custom_domains": ["www.red.example.com"],
+    }
+    d = run(DOC_EXAMPLE, http, data=data)
+    assert d.outcome is Outcome.REWRITE and d.content is not None
+    assert d.content["subdomain"] == "red-blog"
+    assert [w.message for w in d.warnings] == ["proxy  has no encryption"]
+    d = run(DOC_EXAMPLE, {**TCP, "remote_port": 7000}, data=data)
+    assert d.reason == "tcp/udp ports are 6000-6999 (asked for 7000)"
+    d = run(DOC_EXAMPLE, {**http, "custom_domains": ["x.blue.example.com"]}, data=data)
+    assert d.reason == "custom domains must end in .red.example.com"
+    assert run(DOC_EXAMPLE, {"proxy_type": "tcp"}, data=data).reason == "unknown team"
