@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.e2e.harness import E2EStack, port_accepts, tcp_proxy, tcp_roundtrip, wait_until
+from tests.e2e.harness import READY_TIMEOUT, E2EStack, port_accepts, tcp_proxy, tcp_roundtrip, wait_until
 from tests.support import free_port
 
 BAN_POLICY = {
@@ -25,7 +25,7 @@ def test_banning_a_connected_user_drops_its_session(stack: E2EStack) -> None:
     remote_port = free_port()
     frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), remote_port)}, user="alice")
     frpc.wait_proxy_started("ssh")
-    policyd.wait_for_log("heartbeat from alice")  # heartbeats reach policyd and pass
+    policyd.wait_for_log("heartbeat from alice", timeout=READY_TIMEOUT)  # heartbeats reach policyd, pass
     assert tcp_roundtrip(remote_port, b"before the ban") == b"before the ban"
 
     frps_mark, frpc_mark = frps.log_mark(), frpc.log_mark()
