@@ -1,26 +1,77 @@
-"""The HTTP service frps calls: one plugin route, plus health endpoints.
+"""The HTTP service frps calls: the plugin route, health, status and metrics endpoints.
 
 The plugin route reads the raw body and answers raw bytes: no per-request model validation beyond
-what the wire format needs, so the request path stays lean.
+what the wire format needs, so the request path stays lean. Everything else (metrics, the decision
+log, status) lives in its own module; this one only wires them to HTTP.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from policyd.access import Allowlist
+from policyd.decisionlog import DecisionLog
 from policyd.engine import decide
+from policyd.metrics import CONTENT_TYPE, Metrics
 from policyd.protocol import BadRequest, encode_answer, error_body, parse_request
 from policyd.settings import Settings
+from policyd.status import readiness, status_document
 from policyd.store import PolicyStore
 from policyd.watcher import PolicyWatcher
 
 log = logging.getLogger("policyd")
 JSON = "application/json"
+VERSION_HEADER = "x-policyd-version"  # frps ignores it; people and tests see which policy answered
+
+
+class _Edge:
+    """Pure ASGI wrapper: refuses peers off a path's allowlist (403) and times every request."""
+
+    def __init__(self, app: ASGIApp, *, guards: Mapping[str, Allowlist], metrics: Metrics) -> None:
+        self.app = app
+        self.guards = guards
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope["path"]
+        status = 500  # what the client gets if the app raises
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            guard = self.guards.get(path)
+            peer = scope.get("client")
+            if guard is not None and not guard.allows(peer[0] if peer else None):
+                log.warning("refused %s from %s: not on the allowlist", path, peer[0] if peer else "?")
+                body = error_body(f"client {peer[0] if peer else '?'} may not call {path}")
+                await send_status(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(body))],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe_http(self.metrics.path_label(path), status, time.perf_counter() - started)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -35,12 +86,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
-def create_app(settings: Settings, store: PolicyStore, *, watch: bool = True) -> FastAPI:
-    """Build the service around an already loaded store (a broken policy fails before this)."""
+def create_app(
+    settings: Settings,
+    store: PolicyStore,
+    *,
+    watch: bool = True,
+    decision_log: DecisionLog | None = None,
+    metrics_dir: str | None = None,
+) -> FastAPI:
+    """Build the service around an already loaded store (a broken policy fails before this).
+
+    `decision_log` defaults to the one `settings` describe; `metrics_dir` is prometheus-client's
+    multiprocess directory when several workers serve.
+    """
     options = settings.eval_options
+    decisions = decision_log or DecisionLog.open(settings.decision_log, settings.decision_log_sample)
+    metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
+    started_at = time.time()
+    started = False
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal started
         watcher = None
         if watch:
             watcher = PolicyWatcher(
@@ -50,15 +117,23 @@ def create_app(settings: Settings, store: PolicyStore, *, watch: bool = True) ->
                 poll=settings.reload_poll_s,
             )
             watcher.start()
+        started = True
         try:
             yield
         finally:
+            started = False
             if watcher is not None:
                 watcher.stop()
+            decisions.close()
 
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
+    app.state.metrics = metrics
+    guards = {settings.handler_path: Allowlist(settings.handler_allow)}
+    admin = Allowlist(settings.admin_allow)
+    guards.update({"/status": admin, "/metrics": admin})
+    app.add_middleware(_Edge, guards={p: g for p, g in guards.items() if g}, metrics=metrics)
 
     @app.post(settings.handler_path)
     async def handler(request: Request) -> Response:
@@ -68,24 +143,15 @@ def create_app(settings: Settings, store: PolicyStore, *, watch: bool = True) ->
         except BadRequest as e:
             log.warning("bad request from %s: %s", request.client.host if request.client else "?", e.message)
             return Response(error_body(e.message), status_code=e.status, media_type=JSON)
+        reqid = request.headers.get("x-frp-reqid", "")
         decision = decide(
-            store.policy,
-            plugin_request.op,
-            plugin_request.content,
-            reqid=request.headers.get("x-frp-reqid", ""),
-            options=options,
+            store.policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options
         )
-        if decision.error is not None:
-            log.error(
-                "%s %s: rule error (%s): %s",
-                plugin_request.op.value,
-                "failed OPEN" if decision.failed_open else "rejected",
-                decision.error.code,
-                decision.error,
-            )
-        for warning in decision.warnings:
-            log.warning("%s warn (%s): %s", plugin_request.op.value, warning.rule, warning.message)
-        return Response(encode_answer(decision), media_type=JSON)
+        metrics.observe(decision)
+        decisions.write(decision, plugin_request.content, reqid)
+        return Response(
+            encode_answer(decision), media_type=JSON, headers={VERSION_HEADER: decision.policy_version}
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -93,9 +159,23 @@ def create_app(settings: Settings, store: PolicyStore, *, watch: bool = True) ->
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        ready, reason = readiness(store, started)
+        if not ready:
+            return Response(orjson.dumps({"status": "not ready", "reason": reason}), 503, media_type=JSON)
+        version = store.policy.version
         return Response(
-            b'{"status":"ready","policy_version":"%s"}' % store.policy.version.encode(),
+            orjson.dumps({"status": "ready", "policy_version": version}),
             media_type=JSON,
+            headers={VERSION_HEADER: version},
         )
+
+    @app.get("/status")
+    async def status() -> Response:
+        doc = status_document(store, settings, started_at=started_at, now=time.time())
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app

@@ -2,145 +2,105 @@
 
 from __future__ import annotations
 
-import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from policyd import __version__
 from policyd.errors import PolicyLoadError
-from policyd.schema import Op
-from policyd.settings import ENV_PREFIX, Settings
-
-OP_NAMES = [op.value for op in Op]
-
-
-def _ops(ctx: click.Context, param: click.Parameter, value: str) -> frozenset[Op]:
-    names = [v.strip() for v in value.replace(",", " ").split() if v.strip()]
-    unknown = [n for n in names if n not in OP_NAMES]
-    if unknown:
-        raise click.BadParameter(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OP_NAMES)}")
-    return frozenset(Op(n) for n in names)
-
-
-@click.group(
-    context_settings={
-        "auto_envvar_prefix": ENV_PREFIX.rstrip("_"),
-        "help_option_names": ["-h", "--help"],
-    }
+from policyd.settings import (
+    CONFIG_ENV,
+    DEFAULTS,
+    FIELDS,
+    Layer,
+    SettingsError,
+    build_settings,
+    env_name,
+    flag_name,
+    read_config_file,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+METAVARS = {"int": "INTEGER", "float": "NUMBER", "frozenset[Op]": "OPS"}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="policyd")
 def main() -> None:
     """policyd: one-line, hot-reloaded policy rules for frps's server plugin API."""
 
 
+def _shown_default(name: str) -> str:
+    value = DEFAULTS.to_dict()[name]
+    if isinstance(value, list | dict):
+        value = ",".join(value) if isinstance(value, list) else ",".join(f"{k}={v}" for k, v in value.items())
+    return "" if value is None else str(value)
+
+
+def settings_options(command: F) -> F:
+    """One option per Settings field: --flag-name, POLICYD_FLAG_NAME, shown with its default.
+
+    The defaults shown come from Settings; only values given on the command line or in the
+    environment are passed on, so that they override the config file and the defaults do not.
+    """
+    for name in reversed(list(FIELDS)):
+        meta = FIELDS[name].metadata
+        shown = _shown_default(name)
+        command = click.option(
+            flag_name(name),
+            name,
+            default=shown or None,
+            envvar=env_name(name),
+            show_envvar=True,
+            show_default=bool(shown),
+            type=click.Choice(meta["choices"]) if meta["choices"] else str,
+            metavar=meta["metavar"] or METAVARS.get(str(FIELDS[name].type)),
+            help=meta["help"],
+        )(command)
+    return command
+
+
+def _settings_from(ctx: click.Context, config: Path | None, given: dict[str, Any]) -> Any:
+    layers = [read_config_file(config)] if config is not None else []
+    by_source: dict[str, dict[str, Any]] = {"env": {}, "flag": {}}
+    for name, value in given.items():
+        source = ctx.get_parameter_source(name)
+        if value is None or source is click.core.ParameterSource.DEFAULT:
+            continue
+        by_source["env" if source is click.core.ParameterSource.ENVIRONMENT else "flag"][name] = value
+    layers += [Layer("env", by_source["env"]), Layer("flag", by_source["flag"])]
+    return build_settings(layers)
+
+
 @main.command()
 @click.option(
-    "--policies",
-    type=click.Path(path_type=Path),
-    default=Path("policies"),
-    show_default=True,
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=CONFIG_ENV,
     show_envvar=True,
-    help="Policy directory (rule files and data/).",
+    help="TOML file of settings (same names as the options, with underscores).",
 )
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    show_envvar=True,
-    help="Address to bind; keep loopback unless TLS/allowlists protect it.",
-)
-@click.option("--port", type=int, default=9000, show_default=True, show_envvar=True, help="TCP port.")
-@click.option(
-    "--handler-path",
-    default="/handler",
-    show_default=True,
-    show_envvar=True,
-    help="Path frps POSTs to (frps `path`).",
-)
-@click.option(
-    "--fail-open-ops",
-    default="",
-    show_envvar=True,
-    callback=_ops,
-    help="Ops that allow instead of reject when a rule errors, e.g. 'Ping,NewWorkConn'.",
-)
-@click.option(
-    "--max-body-bytes",
-    type=int,
-    default=1024 * 1024,
-    show_default=True,
-    show_envvar=True,
-    help="Largest request body accepted (413 above).",
-)
-@click.option(
-    "--eval-budget-ms",
-    type=float,
-    default=100.0,
-    show_default=True,
-    show_envvar=True,
-    help="Wall-clock budget for one decision.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    show_envvar=True,
-)
-def serve(
-    policies: Path,
-    host: str,
-    port: int,
-    handler_path: str,
-    fail_open_ops: frozenset[Op],
-    max_body_bytes: int,
-    eval_budget_ms: float,
-    log_level: str,
-) -> None:
-    """Serve the frps plugin API with the rules in --policies, reloading them on change."""
-    import uvicorn
+@settings_options
+@click.pass_context
+def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
+    """Serve the frps plugin API with the rules in --policies, reloading them on change.
 
-    from policyd.app import create_app
-    from policyd.store import PolicyStore
+    Each setting is taken from its option, else its environment variable, else the --config
+    file, else the default shown.
+    """
+    from policyd.serve import run
 
-    settings = Settings(
-        policies=policies,
-        host=host,
-        port=port,
-        handler_path=handler_path if handler_path.startswith("/") else "/" + handler_path,
-        fail_open_ops=fail_open_ops,
-        max_body_bytes=max_body_bytes,
-        eval_budget_ms=eval_budget_ms,
-        log_level=log_level,
-    )
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        store = PolicyStore(settings.policies)
+        settings = _settings_from(ctx, config, given)
+    except SettingsError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        run(settings)
     except PolicyLoadError as e:
         click.echo(f"policyd: the policy in {settings.policies} does not load; not starting:", err=True)
         for error in e.errors:
             click.echo(f"  {error}", err=True)
         sys.exit(2)
-    app = create_app(settings, store)
-    logging.getLogger("policyd").info(
-        "policyd %s serving policy %s on http://%s:%d%s",
-        __version__,
-        store.policy.version,
-        host,
-        port,
-        settings.handler_path,
-    )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )

@@ -18,6 +18,11 @@ class Location:
     line: int = 0
     column: int = 0
 
+    @property
+    def rule(self) -> str:
+        """`file:line`: names a rule in metrics and the decision log (a rule is one logical line)."""
+        return f"{self.file}:{self.line}" if self.line else self.file
+
     def __str__(self) -> str:
         if not self.line:
             return self.file

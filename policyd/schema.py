@@ -105,6 +105,15 @@ SCHEMAS: Mapping[Op, Field] = MappingProxyType(
 
 # Fields whose value is a credential: masked wherever policyd shows content to people.
 SECRET_FIELDS = frozenset({"privilege_key", "sk", "http_pwd", "group_key"})
+# Map keys (metas, headers, ...) whose name says they hold a credential: `metadatas.token = "..."`.
+SECRET_KEY_WORDS = ("token", "secret", "passw", "pwd", "key", "credential", "authorization", "cookie")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a field or map key holds a credential, judged by its name; errs towards masking."""
+    lowered = name.lower()
+    return lowered in SECRET_FIELDS or any(word in lowered for word in SECRET_KEY_WORDS)
+
 
 # Ops whose rewritten content frps ignores (NewUserConn) or whose whole answer it ignores
 # (CloseProxy): a `set` there cannot change anything.

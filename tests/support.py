@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -61,28 +62,37 @@ def free_port() -> int:
 class PolicydProcess:
     """`policyd serve` in a subprocess on a free loopback port; logs kept in a file."""
 
-    def __init__(self, policies: Path, log_path: Path, *extra: str, env: Mapping[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(
+        self,
+        policies: Path | None,
+        log_path: Path,
+        *extra: str,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        port_flag: bool = True,
+        tls_ca: Path | None = None,
+    ):
+        """`port_flag=False` leaves the port to POLICYD_PORT or a config file (pass `port`);
+        `policies=None` leaves the directory to them too; `tls_ca` makes the client speak HTTPS."""
+        self.port = port or free_port()
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        args = [
-            sys.executable,
-            "-m",
-            "policyd",
-            "serve",
-            "--policies",
-            str(policies),
-            "--port",
-            str(self.port),
-        ]
+        args = [sys.executable, "-m", "policyd", "serve"]
+        if policies is not None:
+            args += ["--policies", str(policies)]
+        if port_flag:
+            args += ["--port", str(self.port)]
         self.proc = subprocess.Popen(
             [*args, *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=10, verify=self.verify)
 
     def wait_ready(self, timeout: float = 15) -> PolicydProcess:
         deadline = time.monotonic() + timeout
@@ -97,12 +107,18 @@ class PolicydProcess:
             time.sleep(0.05)
         raise TimeoutError(f"policyd not ready after {timeout}s:\n{self.logs()}")
 
-    def post(self, body: Any, *, op: str | None = None, **kwargs: Any) -> httpx.Response:
+    def post(
+        self, body: Any, *, op: str | None = None, path: str = "/handler", **kwargs: Any
+    ) -> httpx.Response:
         op = op or (body.get("op") if isinstance(body, dict) else None)
         params = {"op": op, "version": "0.1.0"} if op else {}
         if isinstance(body, dict | list):
-            return self.client.post("/handler", params=params, json=body, **kwargs)
-        return self.client.post("/handler", params=params, content=body, **kwargs)
+            return self.client.post(path, params=params, json=body, **kwargs)
+        return self.client.post(path, params=params, content=body, **kwargs)
+
+    def decision_lines(self) -> list[dict[str, Any]]:
+        """Decision-log lines the process printed (its stdout and stderr share the log file)."""
+        return decision_lines(self.logs())
 
     def logs(self) -> str:
         self._log.flush()
@@ -127,3 +143,14 @@ class PolicydProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def decision_lines(text: str) -> list[dict[str, Any]]:
+    """The decision-log entries among `text`'s lines (JSON objects with a policy_version)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if "policy_version" in doc:
+                out.append(doc)
+    return out

@@ -1,0 +1,220 @@
+"""The decision log: one JSON line per decision, for operators asking "why was this refused?".
+
+A line names who asked (user, run id, proxy, addresses, frps's reqid), what policyd decided, the
+rule `file:line` that decided, the warn messages, every changed field (before → after), the policy
+version and the evaluation time. Credentials are masked: fields frps marks secret, map keys named
+like credentials, and their values wherever a reason or message repeats them.
+
+Writes are one `os.write` of a whole line, so lines from several workers sharing stdout (a pipe)
+or an O_APPEND file do not interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from policyd.engine import Decision, Outcome
+from policyd.schema import Op, is_secret_key
+
+log = logging.getLogger("policyd.decisions")
+
+MASK = "***"
+# Shorter secret values are not searched for in reasons and messages: masking every "a" or "1"
+# would garble the line and hide next to nothing.
+MIN_MASKED_VALUE_CHARS = 4
+# How deep masking walks into nested values (content nests at most three levels).
+MAX_MASK_DEPTH = 8
+
+Sink = Callable[[bytes], None]
+
+
+def mask(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with the values of credential-named keys replaced by "***"."""
+    if depth > MAX_MASK_DEPTH:
+        return MASK
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(str(k)) else mask(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask(v, depth + 1) for v in value]
+    return value
+
+
+def _secret_values(value: Any, out: set[str], depth: int = 0) -> None:
+    if depth > MAX_MASK_DEPTH:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and is_secret_key(str(k)):
+                if len(v) >= MIN_MASKED_VALUE_CHARS:
+                    out.add(v)
+            else:
+                _secret_values(v, out, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _secret_values(v, out, depth + 1)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def secrets_in(decision: Decision, content: Mapping[str, Any]) -> list[str]:
+    """Credential values a reason or message of this decision could repeat, longest first.
+
+    Only text a rule rendered can repeat one, so this is empty (and free) when there is none.
+    """
+    if not (decision.reason or decision.warnings or decision.error):
+        return []
+    found: set[str] = set()
+    _secret_values(content, found)
+    for change in decision.changes:
+        _secret_values({change.path.rsplit(".", 1)[-1]: change.after}, found)
+    return sorted(found, key=len, reverse=True)  # longest first: a secret may contain another
+
+
+def decision_record(
+    decision: Decision,
+    content: Mapping[str, Any],
+    reqid: str,
+    at: datetime,
+    secrets: list[str] | None = None,
+) -> dict[str, Any]:
+    """The decision-log entry for one decision (a dict; `DecisionLog` serialises it)."""
+    if secrets is None:
+        secrets = secrets_in(decision, content)
+    op = decision.op
+    user_obj = content.get("user")
+    if op is Op.LOGIN:
+        user, run_id = _str(user_obj), _str(content.get("run_id"))
+    else:
+        user_obj = user_obj if isinstance(user_obj, dict) else {}
+        user = _str(user_obj.get("user"))
+        run_id = _str(content.get("run_id")) or _str(user_obj.get("run_id"))
+    record: dict[str, Any] = {
+        "time": at,
+        "reqid": reqid,
+        "op": op.value,
+        "user": user,
+        "run_id": run_id,
+    }
+    for key in ("proxy_name", "proxy_type", "client_address", "remote_addr"):
+        value = content.get(key)
+        if value:
+            record[key] = value
+    record["outcome"] = "error" if decision.error is not None else decision.outcome.value
+    record["rule"] = decision.rule.rule if decision.rule is not None else ""
+    record["reason"] = _scrub(decision.reason, secrets)
+    if decision.warnings:
+        record["warnings"] = [
+            {"message": _scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
+        ]
+    if decision.changes:
+        record["changes"] = [
+            {"field": c.path, "before": MASK, "after": MASK}
+            if is_secret_key(c.path.rsplit(".", 1)[-1])
+            else {"field": c.path, "before": mask(c.before), "after": mask(c.after)}
+            for c in decision.changes
+        ]
+    if decision.error is not None:
+        record["error"] = {"code": decision.error.code, "message": _scrub(decision.error.message, secrets)}
+        record["failed_open"] = decision.failed_open
+    record["policy_version"] = decision.policy_version
+    record["eval_us"] = round(decision.eval_us, 1)
+    return record
+
+
+def fd_sink(fd: int) -> Sink:
+    """Write each line with as few `write(2)` calls as the kernel allows (one, for a line)."""
+
+    def write(line: bytes) -> None:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
+
+
+class DecisionLog:
+    """Serialises decisions to a sink, skipping a sampled share of plain allows per op."""
+
+    def __init__(
+        self,
+        sink: Sink | None,
+        sample: Mapping[Op, float] = MappingProxyType({}),
+        *,
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.sample = {op: sample.get(op, 1.0) for op in Op}
+        self._close = close
+
+    @classmethod
+    def open(cls, target: str, sample: Mapping[Op, float] = MappingProxyType({})) -> DecisionLog:
+        """`target` is stdout, stderr, off, or a file path (appended to, created if missing)."""
+        if target == "off":
+            return cls(None)
+        if target in ("stdout", "-"):
+            return cls(fd_sink(1), sample)
+        if target == "stderr":
+            return cls(fd_sink(2), sample)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return cls(fd_sink(fd), sample, close=lambda: os.close(fd))
+
+    def write(self, decision: Decision, content: Mapping[str, Any], reqid: str) -> None:
+        """Report one decision; never raises into the request.
+
+        Rule errors and warns also go to the diagnostic log (masked too), whatever the sink and
+        sampling; the JSON line goes to the sink unless it is off or the decision sampled out.
+        """
+        op = decision.op
+        if self.sink is None and decision.error is None and not decision.warnings:
+            return
+        secrets = secrets_in(decision, content)
+        if decision.error is not None:
+            log.error(
+                "%s %s: rule error (%s): %s",
+                op.value,
+                "failed OPEN" if decision.failed_open else "rejected",
+                decision.error.code,
+                _scrub(str(decision.error), secrets),
+            )
+        for warning in decision.warnings:
+            log.warning("%s warn (%s): %s", op.value, warning.rule, _scrub(warning.message, secrets))
+        if self.sink is None:
+            return
+        rate = self.sample[op]
+        if (
+            rate < 1.0
+            and decision.outcome is Outcome.ALLOW
+            and not decision.warnings
+            and decision.error is None
+            and random.random() >= rate
+        ):
+            return
+        try:
+            record = decision_record(decision, content, reqid, datetime.now(UTC), secrets)
+            line = orjson.dumps(record, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE, default=str)
+            self.sink(line)
+        except Exception:  # a full disk or a closed pipe must not fail frps's request
+            log.exception("could not write the decision log line for %s %s", op.value, reqid)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+        self.sink = None
