@@ -54,6 +54,7 @@ class _Edge:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             guard = self.guards.get(path)
             peer = scope.get("client")
@@ -71,6 +72,7 @@ class _Edge:
                 return
             await self.app(scope, receive, send_status)
         finally:
+            self.metrics.in_flight.dec()
             self.metrics.observe_http(self.metrics.path_label(path), status, time.perf_counter() - started)
 
 

@@ -19,6 +19,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
@@ -127,6 +128,12 @@ class Metrics:
             "Time to answer an HTTP request, by path.",
             ["path"],
             buckets=HTTP_BUCKETS_S,
+            registry=target,
+        )
+        self.in_flight = Gauge(
+            "policyd_http_requests_in_flight",
+            "HTTP requests being answered (a graceful shutdown waits for these).",
+            multiprocess_mode="livesum",
             registry=target,
         )
         self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics"})
