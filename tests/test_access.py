@@ -32,4 +32,3 @@ def test_unparseable_or_missing_peers_are_refused() -> None:
     rules = allowlist("127.0.0.1")
     assert not rules.allows("localhost")
     assert not rules.allows(None)
-
