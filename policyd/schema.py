@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -109,6 +110,7 @@ SECRET_FIELDS = frozenset({"privilege_key", "sk", "http_pwd", "group_key"})
 SECRET_KEY_WORDS = ("token", "secret", "passw", "pwd", "key", "credential", "authorization", "cookie")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few field and metas names come in every request
 def is_secret_key(name: str) -> bool:
     """Whether a field or map key holds a credential, judged by its name; errs towards masking."""
     lowered = name.lower()
