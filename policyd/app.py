@@ -93,16 +93,14 @@ def create_app(
     store: PolicyStore,
     *,
     watch: bool = True,
-    decision_log: DecisionLog | None = None,
     metrics_dir: str | None = None,
 ) -> FastAPI:
     """Build the service around an already loaded store (a broken policy fails before this).
 
-    `decision_log` defaults to the one `settings` describe; `metrics_dir` is prometheus-client's
-    multiprocess directory when several workers serve.
+    `metrics_dir` is prometheus-client's multiprocess directory when several workers serve.
     """
     options = settings.eval_options
-    decisions = decision_log or DecisionLog.open(settings.decision_log, settings.decision_log_sample)
+    decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
     started_at = time.time()
     started = False
@@ -131,7 +129,6 @@ def create_app(
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
-    app.state.metrics = metrics
     guards = {settings.handler_path: Allowlist(settings.handler_allow)}
     admin = Allowlist(settings.admin_allow)
     guards.update({"/status": admin, "/metrics": admin})

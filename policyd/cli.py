@@ -16,6 +16,7 @@ from policyd.settings import (
     DEFAULTS,
     FIELDS,
     Layer,
+    Settings,
     SettingsError,
     build_settings,
     env_name,
@@ -35,9 +36,7 @@ def main() -> None:
 
 def _shown_default(name: str) -> str:
     value = DEFAULTS.to_dict()[name]
-    if isinstance(value, list | dict):
-        value = ",".join(value) if isinstance(value, list) else ",".join(f"{k}={v}" for k, v in value.items())
-    return "" if value is None else str(value)
+    return "" if value in (None, [], {}) else str(value)
 
 
 def settings_options(command: F) -> F:
@@ -63,7 +62,7 @@ def settings_options(command: F) -> F:
     return command
 
 
-def _settings_from(ctx: click.Context, config: Path | None, given: dict[str, Any]) -> Any:
+def _settings_from(ctx: click.Context, config: Path | None, given: dict[str, Any]) -> Settings:
     layers = [read_config_file(config)] if config is not None else []
     by_source: dict[str, dict[str, Any]] = {"env": {}, "flag": {}}
     for name, value in given.items():

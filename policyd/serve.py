@@ -47,7 +47,8 @@ def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish (shutdown_timeout_s)."""
     import uvicorn
 
-    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
     store = PolicyStore(settings.policies)  # raises PolicyLoadError: nothing is bound yet
     scheme = "https" if settings.tls else "http"
     log.info(
@@ -64,7 +65,7 @@ def run(settings: Settings) -> None:
     common = {
         "host": settings.host,
         "port": settings.port,
-        "log_config": logging_config(settings.log_level, settings.log_format),
+        "log_config": log_config,
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "ssl_certfile": settings.tls_cert,
