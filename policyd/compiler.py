@@ -21,7 +21,7 @@ from typing import Any
 from policyd import sandbox
 from policyd.errors import EvaluationError, LimitError, Location, ValidationError
 from policyd.sandbox import Budget
-from policyd.schema import Field, Kind, did_you_mean
+from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops
 
 
 class Ctx:
@@ -216,18 +216,27 @@ class ExpressionCompiler:
     def _is_data(self, node: ast.AST, scope: Scope) -> bool:
         return isinstance(node, ast.Name) and node.id == "data" and "data" not in scope.lets | scope.locals
 
+    def _key_error(
+        self, node: ast.Attribute | ast.Subscript, message: str, hint: str = ""
+    ) -> ValidationError:
+        """An error about the key of `x.key` / `x["key"]`, placed at the key, not at `x`."""
+        if isinstance(node, ast.Subscript):
+            return self._error(node.slice, message, hint)
+        line = node.end_lineno or node.lineno
+        col = (node.end_col_offset or 0) - len(node.attr.encode())
+        return ValidationError(message, self.locate(line, col), hint=hint)
+
     def _check_field(self, node: ast.Attribute | ast.Subscript, key: str, scope: Scope) -> None:
         parent = self._static_schema(node.value, scope)
         if parent is not None:
             if parent.kind is Kind.RECORD and key not in parent.fields:
                 where = ast.unparse(node.value)
-                raise self._error(
-                    node,
-                    f"'{where}' has no field '{key}' in {scope.op}",
-                    did_you_mean(key, parent.fields),
-                )
+                hint = did_you_mean(key, parent.fields)
+                if not hint and parent is scope.op_schema:
+                    hint = field_of_other_ops(key)
+                raise self._key_error(node, f"'{where}' has no field '{key}' in {scope.op}", hint)
             if parent.kind in (Kind.STR, Kind.INT, Kind.BOOL, Kind.STR_LIST):
-                raise self._error(
+                raise self._key_error(
                     node,
                     f"'{ast.unparse(node.value)}' is a {parent.kind.value}; it has no field '{key}'",
                 )
@@ -237,7 +246,7 @@ class ExpressionCompiler:
                 if scope.data_names
                 else "policies/data/ is empty"
             )
-            raise self._error(node, f"no data file named '{key}'", hint)
+            raise self._key_error(node, f"no data file named '{key}'", hint)
 
     def _compile_attribute(self, node: ast.Attribute, scope: Scope) -> Compiled:
         attr = node.attr

@@ -16,14 +16,15 @@ import ast
 import dataclasses
 import enum
 import io
+import re
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
 from policyd.sandbox import FUNCTIONS, MAX_RULE_CHARS, check_length, to_text
-from policyd.schema import Field, Kind, did_you_mean
+from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops
 
 
 class Action(enum.Enum):
@@ -114,17 +115,20 @@ class _RuleParser:
 
     # -- tokens ----------------------------------------------------------------------------
     def tokens(self) -> list[tokenize.TokenInfo]:
+        toks: list[tokenize.TokenInfo] = []
         try:
-            toks = [
-                t
-                for t in tokenize.generate_tokens(io.StringIO(self.line.text).readline)
-                if t.type not in _SKIP
-            ]
+            for t in tokenize.generate_tokens(io.StringIO(self.line.text).readline):
+                if t.type not in _SKIP:
+                    toks.append(t)
         except tokenize.TokenError as e:
             msg = str(e.args[0]) if e.args else "cannot read this rule"
-            if "multi-line" in msg:
-                msg = "a bracket is opened and never closed"
             row, col = e.args[1] if len(e.args) > 1 else (1, 0)
+            if "multi-line" in msg:
+                # Point at the bracket left open, not at the end of the rule.
+                opener = _unclosed_bracket(toks)
+                if opener is not None:
+                    raise self.error(opener, f"'{opener.string}' is opened and never closed") from None
+                msg = "a bracket is opened and never closed"
             raise ParseError(msg, self.loc(min(row, len(self.rows)), col)) from None
         except (SyntaxError, IndentationError) as e:
             raise ParseError(e.msg, self.loc(e.lineno or 1, (e.offset or 1) - 1)) from None
@@ -164,11 +168,16 @@ class _RuleParser:
         try:
             tree = ast.parse(src, mode="eval")
         except SyntaxError as e:
-            msg = e.msg
-            if "Maybe you meant '==' or ':='" in msg or (msg == "invalid syntax" and "=" in src):
-                msg = "'=' is assignment; use '==' to compare"
-            raise ParseError(msg, locate(e.lineno or 1, max((e.offset or 1) - 1, 0))) from None
-        return ExpressionCompiler(self.scope, locate).compile(tree.body)
+            lineno, col = e.lineno or 1, max((e.offset or 1) - 1, 0)
+            if e.msg == "invalid syntax" and _at_end(src, lineno, col):
+                msg = f"the expression ends too early, after '{toks[-1].string}'"
+                lineno, col = toks[-1].end[0] - start[0] + 1, toks[-1].end[1]
+                if lineno == 1:
+                    col -= start[1]
+            else:
+                msg = _syntax_message(e.msg, src, lineno, col)
+            raise ParseError(msg, locate(lineno, col)) from None
+        return ExpressionCompiler(self.scope, _byte_columns(src, locate)).compile(tree.body)
 
     def template(self, tok: tokenize.TokenInfo) -> Template:
         raw = tok.string
@@ -218,15 +227,18 @@ class _RuleParser:
         return Template(tuple(parts))
 
     def _template_expr(self, src: str, row: int, col: int) -> Compiled:
+        lead = len(src) - len(src.lstrip())
+
         def locate(lineno: int, c: int) -> Location:
-            return self.loc(row, col + c)
+            return self.loc(row, col + lead + c)
 
         try:
             tree = ast.parse(src.strip(), mode="eval")
         except SyntaxError as e:
-            raise ParseError(f"in {{...}}: {e.msg}", locate(1, max((e.offset or 1) - 1, 0))) from None
-        lead = len(src) - len(src.lstrip())
-        return ExpressionCompiler(self.scope, lambda ln, c: locate(ln, c + lead)).compile(tree.body)
+            lineno, c = e.lineno or 1, max((e.offset or 1) - 1, 0)
+            msg = _syntax_message(e.msg, src.strip(), lineno, c)
+            raise ParseError(f"in {{...}}: {msg}", locate(lineno, c)) from None
+        return ExpressionCompiler(self.scope, _byte_columns(src.strip(), locate)).compile(tree.body)
 
     def set_path(
         self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo
@@ -255,11 +267,8 @@ class _RuleParser:
             if f.kind is Kind.RECORD:
                 if key not in f.fields:
                     where = "content." + ".".join(path) if path else "content"
-                    raise self.error(
-                        key_tok,
-                        f"'{where}' has no field '{key}' in {self.scope.op}",
-                        did_you_mean(key, f.fields),
-                    )
+                    hint = did_you_mean(key, f.fields) or ("" if path else field_of_other_ops(key))
+                    raise self.error(key_tok, f"'{where}' has no field '{key}' in {self.scope.op}", hint)
                 f = f.fields[key]
             elif f.kind is Kind.STR_MAP:
                 f = Field(Kind.STR)
@@ -314,6 +323,9 @@ class _RuleParser:
             return Statement(action, location, source, condition())
         eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
         if eq is None:
+            eqeq = next((t for t in body if t.type == tokenize.OP and t.string == "=="), None)
+            if eqeq is not None:
+                raise self.error(eqeq, "'==' compares; 'set' assigns with '=': set content.FIELD = value")
             raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
         path, f = self.set_path(body[:eq], head)
         value = self.expression(body[eq + 1 :], "a value", body[eq])
@@ -335,6 +347,56 @@ class _RuleParser:
             raise self.error(body[0], "names starting with '_' are not available in rules")
         value = self.expression(body[2:], "a value", body[1])
         return Statement(Action.LET, location, source, value=value, path=(name,))
+
+
+def _unclosed_bracket(toks: list[tokenize.TokenInfo]) -> tokenize.TokenInfo | None:
+    stack: list[tokenize.TokenInfo] = []
+    for t in toks:
+        if t.type == tokenize.OP and t.string in _OPEN:
+            stack.append(t)
+        elif t.type == tokenize.OP and t.string in _CLOSE and stack:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _syntax_message(msg: str, src: str, lineno: int, col: int) -> str:
+    """CPython's message, made specific where it is vague about what went wrong."""
+    if _is_lone_equals(src, lineno, col) or "Maybe you meant '==' or ':='" in msg:
+        return "'=' assigns; to compare, write '=='"
+    if msg == "invalid syntax":
+        rows = src.splitlines() or [""]
+        found = re.match(r"\w+|\S", rows[min(lineno, len(rows)) - 1][col:])
+        if found:
+            return f"invalid syntax: unexpected {found.group()!r}"
+    return msg
+
+
+def _is_lone_equals(src: str, lineno: int, col: int) -> bool:
+    """Whether a syntax error points at a single '=' (not '==', '<=', '!=', ...)."""
+    rows = src.splitlines() or [""]
+    text = rows[min(lineno, len(rows)) - 1]
+    if col >= len(text) or text[col] != "=":
+        return False
+    return text[col - 1 : col] not in ("=", "<", ">", "!", ":") and text[col + 1 : col + 2] != "="
+
+
+def _at_end(src: str, lineno: int, col: int) -> bool:
+    """Whether a syntax error is reported at (or past) the end of the expression."""
+    rows = src.splitlines() or [""]
+    if col == 0 and lineno == 1 and src.strip():
+        return True  # CPython reports "unexpected end" at offset 0
+    return lineno >= len(rows) and col >= len(rows[-1].rstrip())
+
+
+def _byte_columns(src: str, locate: Callable[[int, int], Location]) -> Callable[[int, int], Location]:
+    """The AST's columns count UTF-8 bytes; locations count characters."""
+    rows = src.splitlines() or [""]
+
+    def by_char(lineno: int, col: int) -> Location:
+        text = rows[min(max(lineno, 1), len(rows)) - 1]
+        return locate(lineno, len(text.encode()[:col].decode("utf-8", "ignore")))
+
+    return by_char
 
 
 def _matching_brace(body: str, start: int) -> int:

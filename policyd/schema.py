@@ -185,6 +185,12 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else ""
 
 
+def field_of_other_ops(name: str) -> str:
+    """A "'x' is a field of NewProxy" hint for a field used in the wrong op's rules, or ""."""
+    owners = [op.value for op, schema in SCHEMAS.items() if name in schema.fields]
+    return f"'{name}' is a field of {', '.join(owners)}" if owners else ""
+
+
 def type_matches(f: Field, value: Any) -> bool:
     """Whether `value` has the JSON shape frps's decoder expects for field `f`."""
     match f.kind:

@@ -100,7 +100,7 @@ def test_broken_policy_at_startup_is_a_startup_error(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "NewProxy.rules:1:17: 'content' has no field 'remote_prot'" in result.stderr
+    assert "NewProxy.rules:1:25: 'content' has no field 'remote_prot'" in result.stderr
     assert "did you mean 'remote_port'?" in result.stderr
 
 

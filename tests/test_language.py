@@ -260,13 +260,16 @@ def test_functions_and_methods(expr: str) -> None:
 def test_misspelled_field_did_you_mean_with_position() -> None:
     msg = only_error('reject "x" when content.remote_prot > 0')
     assert msg == (
-        "NewProxy.rules:1:17: 'content' has no field 'remote_prot' in NewProxy (did you mean 'remote_port'?)"
+        "NewProxy.rules:1:25: 'content' has no field 'remote_prot' in NewProxy (did you mean 'remote_port'?)"
     )
 
 
 def test_field_of_another_op_is_an_error() -> None:
     msg = only_error('reject "x" when content.remote_port > 0', op=Op.LOGIN)
-    assert msg.startswith("Login.rules:1:17: 'content' has no field 'remote_port' in Login")
+    assert msg == (
+        "Login.rules:1:25: 'content' has no field 'remote_port' in Login "
+        "('remote_port' is a field of NewProxy)"
+    )
 
 
 def test_unknown_name_did_you_mean() -> None:
@@ -280,7 +283,7 @@ def test_unknown_function_did_you_mean() -> None:
 
 def test_unknown_data_file_did_you_mean() -> None:
     msg = only_error('reject "x" when data.team', data={"teams.toml": ""})
-    assert msg == "NewProxy.rules:1:17: no data file named 'team' (did you mean 'teams'?)"
+    assert msg == "NewProxy.rules:1:22: no data file named 'team' (did you mean 'teams'?)"
 
 
 def test_unknown_statement_did_you_mean() -> None:
@@ -291,17 +294,60 @@ def test_unknown_statement_did_you_mean() -> None:
 
 def test_error_position_on_a_continuation_line() -> None:
     msg = only_error('reject "x" \\\n  when content.proxy_typ == "tcp"')
-    assert msg.startswith("NewProxy.rules:2:8: 'content' has no field 'proxy_typ'")
+    assert msg.startswith("NewProxy.rules:2:16: 'content' has no field 'proxy_typ'")
 
 
 def test_error_position_inside_a_template() -> None:
     msg = only_error('reject "port {content.remote_prt}"')
-    assert msg.startswith("NewProxy.rules:1:15: 'content' has no field 'remote_prt'")
+    assert msg.startswith("NewProxy.rules:1:23: 'content' has no field 'remote_prt'")
 
 
 def test_assignment_where_comparison_was_meant() -> None:
     msg = only_error('reject "x" when content.proxy_type = "tcp"')
-    assert "use '==' to compare" in msg and msg.startswith("NewProxy.rules:1:")
+    assert msg == "NewProxy.rules:1:36: '=' assigns; to compare, write '=='"
+
+
+def test_assignment_after_and_points_at_the_equals_sign() -> None:
+    msg = only_error('reject "x" when content.use_encryption and content.proxy_type = "tcp"')
+    assert msg == "NewProxy.rules:1:63: '=' assigns; to compare, write '=='"
+
+
+def test_assignment_inside_a_template_expression() -> None:
+    msg = only_error('reject "{ content.remote_port = 1 }"')
+    assert msg == "NewProxy.rules:1:31: in {...}: '=' assigns; to compare, write '=='"
+
+
+def test_comparison_where_set_assignment_was_meant() -> None:
+    msg = only_error('set content.subdomain == "x"')
+    assert msg == "NewProxy.rules:1:23: '==' compares; 'set' assigns with '=': set content.FIELD = value"
+
+
+def test_incomplete_comparison_is_not_called_an_assignment() -> None:
+    msg = only_error('reject "x" when content.remote_port ==')
+    assert msg == "NewProxy.rules:1:39: the expression ends too early, after '=='"
+
+
+def test_unexpected_token_is_named() -> None:
+    msg = only_error('reject "x" when content.remote_port == 1 2')
+    assert msg == "NewProxy.rules:1:42: invalid syntax: unexpected '2'"
+
+
+def test_unclosed_bracket_points_at_the_bracket() -> None:
+    msg = only_error('reject "x" when len(content.custom_domains > 1')
+    assert msg == "NewProxy.rules:1:20: '(' is opened and never closed"
+
+
+def test_error_columns_count_characters_not_bytes() -> None:
+    msg = only_error('reject "é" when "é€" == content.proxy_nme')
+    assert msg.startswith("NewProxy.rules:1:33: 'content' has no field 'proxy_nme'")
+
+
+def test_set_of_another_ops_field_names_the_op() -> None:
+    msg = only_error("set content.remote_port = 1", op=Op.LOGIN)
+    assert msg == (
+        "Login.rules:1:13: 'content' has no field 'remote_port' in Login "
+        "('remote_port' is a field of NewProxy)"
+    )
 
 
 def test_syntax_error_says_what_was_expected() -> None:

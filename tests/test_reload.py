@@ -58,7 +58,7 @@ def test_broken_edit_keeps_last_good_and_logs_the_error(policyd_server: Start, t
     server = policyd_server(policies)
     (policies / "Ping.rules").write_text('reject "bad" when content.timestap > 0')
     server.wait_for_log(
-        "Ping.rules:1:19: 'content' has no field 'timestap' in Ping (did you mean 'timestamp'?)"
+        "Ping.rules:1:27: 'content' has no field 'timestap' in Ping (did you mean 'timestamp'?)"
     )
     assert "policy reload FAILED" in server.logs()
     answer_stays(server, PING, reject("good"), 0.5)

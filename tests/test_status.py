@@ -101,8 +101,8 @@ def test_broken_reload_shows_in_status_keeps_serving_and_counts(
     assert attempt["ok"] is False
     assert attempt["version"] == good
     [error] = attempt["errors"]
-    assert error["location"] == "NewProxy.rules:1:17"
-    assert (error["file"], error["line"], error["column"]) == ("NewProxy.rules", 1, 17)
+    assert error["location"] == "NewProxy.rules:1:25"
+    assert (error["file"], error["line"], error["column"]) == ("NewProxy.rules", 1, 25)
     assert error["code"] == "validation_error"
     assert "remote_prot" in error["message"]
     assert status["reloads"]["failures"] == 1
