@@ -76,8 +76,12 @@ class _Line:
     line: int  # 1-based line number of the first physical line
 
 
-def logical_lines(source: str) -> Iterator[_Line]:
-    """Join backslash-continued lines; skip blank and comment-only lines."""
+def source_blocks(source: str) -> Iterator[tuple[_Line, bool]]:
+    """Every line of a rule file, grouped as the parser groups them, and whether it is a rule.
+
+    Backslash-continued lines form one block; blank and comment-only lines come one by one.
+    `policyd fmt` walks these so that it sees exactly the rules the parser sees.
+    """
     lines = source.splitlines(keepends=True)
     i = 0
     while i < len(lines):
@@ -88,8 +92,15 @@ def logical_lines(source: str) -> Iterator[_Line]:
             text += lines[i]
         i += 1
         stripped = text.strip()
-        if stripped and not stripped.startswith("#"):
-            yield _Line(text if text.endswith("\n") else text + "\n", start + 1)
+        yield _Line(text, start + 1), bool(stripped) and not stripped.startswith("#")
+
+
+def logical_lines(source: str) -> Iterator[_Line]:
+    """Join backslash-continued lines; skip blank and comment-only lines."""
+    for block, is_rule in source_blocks(source):
+        if is_rule:
+            text = block.text
+            yield _Line(text if text.endswith("\n") else text + "\n", block.line)
 
 
 class _RuleParser:
