@@ -1,0 +1,107 @@
+"""Showing policy errors and warnings to people (text with a caret) and to machines (JSON).
+
+Text takes the shape compilers use, so editors and CI annotate it without configuration:
+
+    NewProxy.rules:3:25: error: 'content' has no field 'remote_prot' in NewProxy (did you mean ...?)
+        reject "x" when content.remote_prot > 0
+                                ^
+
+JSON is `PolicyError.to_dict()` plus `severity`, the same fields `/status` shows.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from policyd.errors import Location, PolicyError
+
+SOURCE_INDENT = "    "
+
+
+class Severity(enum.StrEnum):
+    ERROR = "error"  # the policy does not load
+    WARNING = "warning"  # the policy loads, but a rule is likely not what was meant
+
+
+class OutputFormat(enum.StrEnum):
+    """`--format` of the operator verbs."""
+
+    PRETTY = "pretty"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    severity: Severity
+    error: PolicyError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.error.to_dict(), "severity": self.severity.value}
+
+
+@dataclass
+class SourceFiles:
+    """Reads policy files on demand (once each) to quote the line a diagnostic points at."""
+
+    directory: Path
+    _lines: dict[str, list[str] | None] = field(default_factory=dict)
+
+    def line(self, location: Location) -> str | None:
+        if location.file not in self._lines:
+            path = self.directory / location.file
+            try:
+                self._lines[location.file] = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                self._lines[location.file] = None
+        lines = self._lines[location.file]
+        if lines is None or not 1 <= location.line <= len(lines):
+            return None
+        return lines[location.line - 1]
+
+
+def caret_line(source_line: str, column: int) -> str:
+    """Spaces up to `column` (1-based), keeping tabs so the caret lines up, then '^'."""
+    prefix = source_line[: max(column - 1, 0)]
+    return "".join(ch if ch == "\t" else " " for ch in prefix) + "^"
+
+
+def render(diagnostic: Diagnostic, sources: SourceFiles | None = None) -> str:
+    """`file:line:col: severity: message (hint)`, then the source line and a caret under the column."""
+    error = diagnostic.error
+    text = error.message if not error.hint else f"{error.message} ({error.hint})"
+    loc = error.location
+    head = f"{loc}: {diagnostic.severity}: {text}" if loc else f"{diagnostic.severity}: {text}"
+    if loc is None or sources is None or not loc.line:
+        return head
+    source_line = sources.line(loc)
+    if source_line is None:
+        return head
+    lines = [head, SOURCE_INDENT + source_line.rstrip()]
+    if loc.column:
+        lines.append(SOURCE_INDENT + caret_line(source_line, loc.column))
+    return "\n".join(lines)
+
+
+def sort_key(diagnostic: Diagnostic) -> tuple[str, int, int]:
+    loc = diagnostic.error.location
+    return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
+
+
+def to_json(document: Any) -> str:
+    """JSON for `--format json`: indented, keys in the order given, non-JSON values as text."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2, default=jsonable).decode()
+
+
+def jsonable(value: Any) -> Any:
+    """What a rule value looks like in JSON: sets as sorted lists, anything else as its text."""
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    return str(value)
