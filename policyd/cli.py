@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import click
 
 from policyd import __version__
 from policyd.diagnostics import OutputFormat
-from policyd.errors import PolicyLoadError
+from policyd.errors import PolicyError, PolicyLoadError
 from policyd.schema import Op
 from policyd.settings import (
     CONFIG_ENV,
@@ -156,3 +156,84 @@ def check(directory: Path, output: str) -> None:
 
     report = run_check(directory, _stdout(), output=OutputFormat(output))
     sys.exit(0 if report.ok else 1)
+
+
+def _print_load_errors(directory: Path, errors: list[PolicyError]) -> None:
+    from policyd.diagnostics import Diagnostic, Severity, SourceFiles, render
+
+    click.echo(f"policyd: the policy in {directory} does not load:", err=True)
+    sources = SourceFiles(directory)
+    for error in errors:
+        click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
+
+
+@main.command("eval")
+@click.option(
+    "--policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("policies"),
+    show_default=True,
+    help="Policy directory.",
+)
+@click.option("--op", "op_name", type=click.Choice(OP_NAMES), help="The op (taken from the body if omitted).")
+@click.option("--content", "content_json", metavar="JSON", help="The request content as a JSON object.")
+@click.option(
+    "--request",
+    "request_file",
+    type=click.File("rb"),
+    help="A request body {version, op, content} as frps sends it (or bare content); '-' for stdin.",
+)
+@click.argument("stdin", required=False, type=click.File("rb"), metavar="[-]")
+@click.option("--reqid", default="", help="The X-Frp-Reqid rules see as `reqid`.")
+@click.option("--now", type=float, default=None, help="Unix time rules see as `now` (default: the clock).")
+@click.option(
+    "--fail-open-ops",
+    default="",
+    callback=_ops,
+    help="Ops that allow instead of reject when a rule errors, as `serve --fail-open-ops`.",
+)
+@_FORMAT
+def eval_(
+    policies: Path,
+    op_name: str | None,
+    content_json: str | None,
+    request_file: BinaryIO | None,
+    stdin: BinaryIO | None,
+    reqid: str,
+    now: float | None,
+    fail_open_ops: frozenset[Op],
+    output: str,
+) -> None:
+    """Decide one request and print the answer frps would get, with an explanation.
+
+    The request is --content JSON (needs --op), --request FILE, or '-' for stdin. The first
+    line of output is the answer's exact JSON; below it, every rule reached with its value,
+    the one that decided, the content diff and the warnings. Exits 2 on bad input or when the
+    policy does not load.
+    """
+    from policyd.engine import EvalOptions
+    from policyd.explain import evaluate, read_request
+    from policyd.protocol import BadRequest
+
+    sources = [s for s in (content_json, request_file, stdin) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of --content JSON, --request FILE or '-' (stdin)")
+    raw = content_json.encode() if content_json is not None else sources[0].read()  # type: ignore[union-attr]
+    try:
+        request = read_request(raw, op_name)
+    except BadRequest as e:
+        click.echo(f"policyd: bad request: {e.message}", err=True)
+        sys.exit(2)
+    try:
+        evaluate(
+            policies,
+            request,
+            _stdout(),
+            output=OutputFormat(output),
+            reqid=reqid,
+            now=now,
+            options=EvalOptions(fail_open_ops=fail_open_ops),
+        )
+    except PolicyLoadError as e:
+        _print_load_errors(policies, e.errors)
+        sys.exit(2)
