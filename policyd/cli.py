@@ -237,3 +237,28 @@ def eval_(
     except PolicyLoadError as e:
         _print_load_errors(policies, e.errors)
         sys.exit(2)
+
+
+@main.command("test")
+@_POLICY_DIR
+@click.option("--coverage", is_flag=True, help="Also report rules that no test case made fire.")
+@click.option("--run", "run", metavar="REGEX", help="Only the cases whose name matches REGEX.")
+@_FORMAT
+def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None:
+    """Run the policy test cases in DIR/tests/*.toml (DIR defaults to policies).
+
+    Prints a line per case, a diff for each failure and 'N passed, N failed'. Exits 1 when a
+    case fails or none was found, 2 when the policy does not load.
+    """
+    import re
+
+    from policyd.policytest import run_tests
+
+    try:
+        report = run_tests(directory, _stdout(), coverage=coverage, output=OutputFormat(output), run=run)
+    except re.error as e:
+        raise click.BadParameter(f"invalid regex: {e}", param_hint="--run") from None
+    except PolicyLoadError as e:
+        _print_load_errors(directory, e.errors)
+        sys.exit(2)
+    sys.exit(0 if report.ok else 1)
