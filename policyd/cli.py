@@ -262,3 +262,23 @@ def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None
         _print_load_errors(directory, e.errors)
         sys.exit(2)
     sys.exit(0 if report.ok else 1)
+
+
+@main.command("fmt")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 and name the files that would change.")
+@click.option(
+    "--diff", is_flag=True, help="Change nothing; print what would change as a diff (exit 1 if any)."
+)
+def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
+    """Normalise spacing and quotes of rule files (PATHS: files or directories; default policies).
+
+    Comments and line continuations stay; a rule is re-spaced only when it tokenizes to the same
+    tokens afterwards, so meaning never changes. Files are replaced atomically, safe while
+    `serve` watches them.
+    """
+    from policyd.fmt import fmt
+
+    report = fmt(list(paths) or [Path("policies")], _stdout(), check=check, diff=diff)
+    failed = bool(report.errors) or ((check or diff) and bool(report.changed))
+    sys.exit(1 if failed else 0)
