@@ -282,3 +282,53 @@ def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
     report = fmt(list(paths) or [Path("policies")], _stdout(), check=check, diff=diff)
     failed = bool(report.errors) or ((check or diff) and bool(report.changed))
     sys.exit(1 if failed else 0)
+
+
+_SERVE_DEFAULTS = Settings()
+
+
+@main.command("frps-config")
+@click.option(
+    "--policies",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("policies"),
+    show_default=True,
+    help="Policy directory: by default, the ops with a rule file here are listed.",
+)
+@click.option("--toml", "config_format", flag_value="toml", default=True, help="frps >= 0.52 (default).")
+@click.option("--ini", "config_format", flag_value="ini", help="Legacy INI, for older frps.")
+@click.option(
+    "--addr",
+    default=f"{_SERVE_DEFAULTS.host}:{_SERVE_DEFAULTS.port}",
+    show_default=True,
+    help="Where frps reaches policyd (host:port, or https://host:port).",
+)
+@click.option("--path", "handler_path", default=_SERVE_DEFAULTS.handler_path, show_default=True)
+@click.option(
+    "--ops", default="", callback=_ops, help="Ops to send, e.g. 'Login,NewProxy' (default: rule files)."
+)
+@click.option("--name", default="policyd", show_default=True, help="The plugin's name in frps.")
+def frps_config_(
+    policies: Path,
+    config_format: str,
+    addr: str,
+    handler_path: str,
+    ops: frozenset[Op],
+    name: str,
+) -> None:
+    """Print the frps plugin config snippet that points frps at this policyd."""
+    from policyd.frpsconfig import ConfigFormat, frps_config
+
+    try:
+        frps_config(
+            policies,
+            _stdout(),
+            fmt=ConfigFormat(config_format),
+            addr=addr,
+            path=handler_path,
+            ops=ops,
+            name=name,
+        )
+    except ValueError as e:
+        click.echo(f"policyd: {e}", err=True)
+        sys.exit(2)
