@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -130,12 +131,40 @@ _FORMAT = click.option(
     show_default=True,
     help="pretty for people, json for CI and scripts.",
 )
+# Every verb finds the policy as serve does: the argument or option, else POLICYD_POLICIES.
 _POLICY_DIR = click.argument(
     "directory",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("policies"),
+    default=DEFAULTS.policies,
+    envvar=env_name("policies"),
     required=False,
 )
+_CONFIG = click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar=CONFIG_ENV,
+    show_envvar=True,
+    help="serve's TOML settings file; with POLICYD_* variables it gives the defaults here.",
+)
+
+
+def _policies_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--policies",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=f"{help} [default: serve's --policies]",
+    )
+
+
+def _serve_settings(config: Path | None) -> Settings:
+    """What `serve` would run with, from its config file and POLICYD_* variables (no flags)."""
+    env = {name: os.environ[env_name(name)] for name in FIELDS if env_name(name) in os.environ}
+    try:
+        layers = [read_config_file(config)] if config is not None else []
+        return build_settings([*layers, Layer("env", env)])
+    except SettingsError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _stdout() -> TextIO:
@@ -168,13 +197,8 @@ def _print_load_errors(directory: Path, errors: list[PolicyError]) -> None:
 
 
 @main.command("eval")
-@click.option(
-    "--policies",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("policies"),
-    show_default=True,
-    help="Policy directory.",
-)
+@_CONFIG
+@_policies_option("Policy directory.")
 @click.option("--op", "op_name", type=click.Choice(OP_NAMES), help="The op (taken from the body if omitted).")
 @click.option("--content", "content_json", metavar="JSON", help="The request content as a JSON object.")
 @click.option(
@@ -186,32 +210,26 @@ def _print_load_errors(directory: Path, errors: list[PolicyError]) -> None:
 @click.argument("stdin", required=False, type=click.File("rb"), metavar="[-]")
 @click.option("--reqid", default="", help="The X-Frp-Reqid rules see as `reqid`.")
 @click.option("--now", type=float, default=None, help="Unix time rules see as `now` (default: the clock).")
-@click.option(
-    "--fail-open-ops",
-    default="",
-    callback=_ops,
-    help="Ops that allow instead of reject when a rule errors, as `serve --fail-open-ops`.",
-)
 @_FORMAT
 def eval_(
-    policies: Path,
+    config: Path | None,
+    policies: Path | None,
     op_name: str | None,
     content_json: str | None,
     request_file: BinaryIO | None,
     stdin: BinaryIO | None,
     reqid: str,
     now: float | None,
-    fail_open_ops: frozenset[Op],
     output: str,
 ) -> None:
     """Decide one request and print the answer frps would get, with an explanation.
 
     The request is --content JSON (needs --op), --request FILE, or '-' for stdin. The first
     line of output is the answer's exact JSON; below it, every rule reached with its value,
-    the one that decided, the content diff and the warnings. Exits 2 on bad input or when the
-    policy does not load.
+    the one that decided, the content diff and the warnings. Decides with serve's settings
+    (--config, POLICYD_* variables): fail-open ops, step and time budgets. Exits 2 on bad
+    input or when the policy does not load.
     """
-    from policyd.engine import EvalOptions
     from policyd.explain import evaluate, read_request
     from policyd.protocol import BadRequest
 
@@ -224,18 +242,20 @@ def eval_(
     except BadRequest as e:
         click.echo(f"policyd: bad request: {e.message}", err=True)
         sys.exit(2)
+    settings = _serve_settings(config)
+    directory = policies or settings.policies
     try:
         evaluate(
-            policies,
+            directory,
             request,
             _stdout(),
             output=OutputFormat(output),
             reqid=reqid,
             now=now,
-            options=EvalOptions(fail_open_ops=fail_open_ops),
+            options=settings.eval_options,
         )
     except PolicyLoadError as e:
-        _print_load_errors(policies, e.errors)
+        _print_load_errors(directory, e.errors)
         sys.exit(2)
 
 
@@ -271,7 +291,7 @@ def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None
     "--diff", is_flag=True, help="Change nothing; print what would change as a diff (exit 1 if any)."
 )
 def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
-    """Normalise spacing and quotes of rule files (PATHS: files or directories; default policies).
+    """Normalise spacing and quotes of rule files (PATHS: files or directories; default: the policy).
 
     Comments and line continuations stay; a rule is re-spaced only when it tokenizes to the same
     tokens afterwards, so meaning never changes. Files are replaced atomically, safe while
@@ -279,53 +299,50 @@ def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
     """
     from policyd.fmt import fmt
 
-    report = fmt(list(paths) or [Path("policies")], _stdout(), check=check, diff=diff)
+    default = Path(os.environ.get(env_name("policies"), DEFAULTS.policies))
+    report = fmt(list(paths) or [default], _stdout(), check=check, diff=diff)
     failed = bool(report.errors) or ((check or diff) and bool(report.changed))
     sys.exit(1 if failed else 0)
 
 
-_SERVE_DEFAULTS = Settings()
-
-
 @main.command("frps-config")
-@click.option(
-    "--policies",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("policies"),
-    show_default=True,
-    help="Policy directory: by default, the ops with a rule file here are listed.",
-)
+@_CONFIG
+@_policies_option("Policy directory: by default, the ops with a rule file here are listed.")
 @click.option("--toml", "config_format", flag_value="toml", default=True, help="frps >= 0.52 (default).")
 @click.option("--ini", "config_format", flag_value="ini", help="Legacy INI, for older frps.")
 @click.option(
     "--addr",
-    default=f"{_SERVE_DEFAULTS.host}:{_SERVE_DEFAULTS.port}",
-    show_default=True,
-    help="Where frps reaches policyd (host:port, or https://host:port).",
+    help="Where frps reaches policyd: host:port or https://host:port [default: serve's address]",
 )
-@click.option("--path", "handler_path", default=_SERVE_DEFAULTS.handler_path, show_default=True)
+@click.option("--path", "handler_path", help="The handler path [default: serve's --handler-path]")
 @click.option(
     "--ops", default="", callback=_ops, help="Ops to send, e.g. 'Login,NewProxy' (default: rule files)."
 )
 @click.option("--name", default="policyd", show_default=True, help="The plugin's name in frps.")
 def frps_config_(
-    policies: Path,
+    config: Path | None,
+    policies: Path | None,
     config_format: str,
-    addr: str,
-    handler_path: str,
+    addr: str | None,
+    handler_path: str | None,
     ops: frozenset[Op],
     name: str,
 ) -> None:
-    """Print the frps plugin config snippet that points frps at this policyd."""
-    from policyd.frpsconfig import ConfigFormat, frps_config
+    """Print the frps plugin config snippet that points frps at this policyd.
 
+    Address, path and policy directory default to what `serve` would use with the same
+    --config and POLICYD_* variables.
+    """
+    from policyd.frpsconfig import ConfigFormat, frps_config, reachable_addr
+
+    settings = _serve_settings(config)
     try:
         frps_config(
-            policies,
+            policies or settings.policies,
             _stdout(),
             fmt=ConfigFormat(config_format),
-            addr=addr,
-            path=handler_path,
+            addr=addr or reachable_addr(settings.host, settings.port, tls=settings.tls),
+            path=handler_path or settings.handler_path,
             ops=ops,
             name=name,
         )

@@ -8,6 +8,7 @@ TOML is for frps >= 0.52; INI for older frps (which has no CloseProxy before 0.4
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import re
 from collections.abc import Iterable
@@ -25,6 +26,19 @@ _PLAIN = re.compile(r"[^\s#;\"'=\[\]]+")  # survives both formats without quotin
 class ConfigFormat(enum.StrEnum):
     TOML = "toml"  # frps >= 0.52: [[httpPlugins]]
     INI = "ini"  # legacy frps: [plugin.NAME]
+
+
+def reachable_addr(host: str, port: int, *, tls: bool = False) -> str:
+    """frps's `addr` for a policyd bound to host:port; a wildcard bind is reached on loopback."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        shown = host  # a host name
+    else:
+        if ip.is_unspecified:
+            ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+        shown = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{'https://' if tls else ''}{shown}:{port}"
 
 
 def ops_with_rules(directory: Path) -> list[Op]:

@@ -138,6 +138,13 @@ def test_json_format_lists_warnings_of_a_loading_policy(tmp_path: Path) -> None:
     ]
 
 
+def test_directory_defaults_to_serves_policies_variable(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"Ping.rules": 'reject "x" when content.timestap\n'})
+    result = CliRunner().invoke(main, ["check"], env={"POLICYD_POLICIES": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "Ping.rules:1:25: error:" in result.stdout
+
+
 def test_missing_directory_is_an_error(tmp_path: Path) -> None:
     result = run_check(tmp_path / "nope")
     assert result.exit_code == 1

@@ -115,11 +115,25 @@ def test_a_failing_rule_is_shown_failing_closed(tmp_path: Path) -> None:
     assert "  (1 rule below not reached)" in lines
 
 
-def test_fail_open_ops_as_serve_has_them(tmp_path: Path) -> None:
+def test_fail_open_ops_come_from_serves_environment(tmp_path: Path) -> None:
     write_policy(tmp_path, {"Ping.rules": 'reject "x" when 1 // 0\n'})
-    result = eval_with(tmp_path, "--op", "Ping", "--content", "{}", "--fail-open-ops", "Ping")
+    result = CliRunner().invoke(
+        main,
+        ["eval", "--policies", str(tmp_path), "--op", "Ping", "--content", "{}"],
+        env={"POLICYD_FAIL_OPEN_OPS": "Ping"},
+    )
     assert result.stdout.splitlines()[0] == '{"reject":false,"unchange":true}'
     assert "so the op is allowed (fail-open)" in result.stdout
+
+
+def test_policies_and_budgets_come_from_serves_config_file(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"p/Ping.rules": 'reject "x" when len([i for i in range(5000)]) > 0\n'})
+    (tmp_path / "policyd.toml").write_text('policies = "p"\nmax_steps = 100\n')
+    args = ["eval", "--config", str(tmp_path / "policyd.toml"), "--op", "Ping", "--content", "{}"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == '{"reject":true,"reject_reason":"policy error"}'
+    assert "steps" in result.stdout
 
 
 def test_secrets_are_masked_in_the_diff_but_not_in_the_answer(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from policyd.cli import main
-from policyd.frpsconfig import ConfigFormat, ops_with_rules, render
+from policyd.frpsconfig import ConfigFormat, ops_with_rules, reachable_addr, render
 from policyd.schema import Op
 from tests.support import ROOT, SHIPPED_POLICIES, PolicydProcess, free_port, write_policy
 
@@ -58,6 +58,34 @@ def test_ini_parses_to_the_plugin_section() -> None:
         "path": "/handler",
         "ops": ",".join(ALL_OPS),
     }
+
+
+def test_address_and_path_default_to_serves_settings() -> None:
+    env = {"POLICYD_HOST": "0.0.0.0", "POLICYD_PORT": "9100", "POLICYD_HANDLER_PATH": "frp"}
+    result = CliRunner().invoke(main, ["frps-config", "--policies", str(SHIPPED_POLICIES)], env=env)
+    plugin = tomllib.loads(result.stdout)["httpPlugins"][0]
+    assert (plugin["addr"], plugin["path"]) == ("127.0.0.1:9100", "/frp")
+
+
+def test_policies_come_from_serves_config_file(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"p/Ping.rules": ""})
+    (tmp_path / "policyd.toml").write_text('policies = "p"\nport = 9200\n')
+    result = CliRunner().invoke(main, ["frps-config", "--config", str(tmp_path / "policyd.toml"), "--ini"])
+    assert result.stdout.splitlines()[1:] == ["addr = 127.0.0.1:9200", "path = /handler", "ops = Ping"]
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "addr"),
+    [
+        ("127.0.0.1", False, "127.0.0.1:9000"),
+        ("0.0.0.0", False, "127.0.0.1:9000"),
+        ("::", False, "[::1]:9000"),
+        ("fd00::5", True, "https://[fd00::5]:9000"),
+        ("policyd.internal", True, "https://policyd.internal:9000"),
+    ],
+)
+def test_reachable_addr(host: str, tls: bool, addr: str) -> None:
+    assert reachable_addr(host, 9000, tls=tls) == addr
 
 
 def test_by_default_only_ops_with_rule_files_are_listed(tmp_path: Path) -> None:
