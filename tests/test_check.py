@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from policyd.cli import main
 from policyd.lint import IgnoredChange, UnreachableRule, lint
 from policyd.policy import load_policy
-from tests.support import SHIPPED_POLICIES, write_policy
+from tests.support import ROOT, SHIPPED_POLICIES, write_policy
 
 
 def run_check(directory: Path, *args: str) -> Result:
@@ -212,3 +214,21 @@ def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
 def test_unreachable_rule_code_is_stable(tmp_path: Path) -> None:
     warnings = lint(load_policy(write_policy(tmp_path, {"Ping.rules": 'reject "a"\nallow\n'})))
     assert [w.code for w in warnings] == [UnreachableRule.code] == ["unreachable_rule"]
+
+
+def test_readmes_check_session_is_what_check_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("$ policyd check policies\n")
+    session = readme[start : readme.index("```", start)].splitlines()[1:]
+    policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
+    for name, old, new in [
+        ("NewProxy.rules", "content.remote_port not in range", "content.remote_prot not in range"),
+        ("Login.rules", "when team not in data.teams", "when team not in data.team"),
+    ]:
+        path = policies / name
+        path.write_text(path.read_text().replace(old, new))
+    (policies / "Ping.rules").write_text(
+        '# Ping.rules\nreject "maintenance until 18:00" when user.user = "mallory"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert run_check(Path("policies")).stdout.splitlines() == session
