@@ -138,6 +138,7 @@ _POLICY_DIR = click.argument(
     default=DEFAULTS.policies,
     envvar=env_name("policies"),
     required=False,
+    metavar="[DIR]",
 )
 _CONFIG = click.option(
     "--config",
@@ -176,10 +177,11 @@ def _stdout() -> TextIO:
 @_POLICY_DIR
 @_FORMAT
 def check(directory: Path, output: str) -> None:
-    """Load and validate DIR (default: policies) exactly as `serve` would, and lint it.
+    """Load and validate DIR exactly as `serve` would, and lint it.
 
     Prints every error and warning as file:line:col with the source line. Exits 1 when the
-    policy does not load (warnings alone exit 0).
+    policy does not load (warnings alone exit 0). DIR defaults to $POLICYD_POLICIES, else
+    policies.
     """
     from policyd.lint import check as run_check
 
@@ -265,10 +267,11 @@ def eval_(
 @click.option("--run", "run", metavar="REGEX", help="Only the cases whose name matches REGEX.")
 @_FORMAT
 def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None:
-    """Run the policy test cases in DIR/tests/*.toml (DIR defaults to policies).
+    """Run the policy test cases in DIR/tests/*.toml.
 
     Prints a line per case, a diff for each failure and 'N passed, N failed'. Exits 1 when a
-    case fails or none was found, 2 when the policy does not load.
+    case fails or none was found, 2 when the policy does not load. DIR defaults to
+    $POLICYD_POLICIES, else policies. The case format: README.md, "Operator tools".
     """
     import re
 
