@@ -49,7 +49,8 @@ def ops_with_rules(directory: Path) -> list[Op]:
 
 def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME, fmt: ConfigFormat) -> str:
     """The snippet, in README's shape; raises ValueError for a value frps could not read back."""
-    chosen = [op for op in Op if op in set(ops)]  # frps's order, no duplicates
+    wanted = set(ops)
+    chosen = [op for op in Op if op in wanted]  # frps's order, no duplicates
     if not chosen:
         raise ValueError("no ops to send to policyd")
     if not _NAME.fullmatch(name):

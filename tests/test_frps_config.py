@@ -170,3 +170,8 @@ def test_real_frps_with_the_snippet_asks_policyd(
     # No metadatas.team: the shipped Login.rules refuses, and frpc prints policyd's reason.
     assert frpc.returncode != 0
     assert "login needs metadatas.team (one of: blue, red)" in frpc.stdout + frpc.stderr
+
+
+def test_render_takes_any_iterable_of_ops_in_frps_order() -> None:
+    snippet = render((op for op in [Op.PING, Op.LOGIN, Op.PING]), addr="h:1", path="/p", fmt=ConfigFormat.INI)
+    assert snippet.splitlines()[-1] == "ops = Login,Ping"
