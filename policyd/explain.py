@@ -23,27 +23,42 @@ MASK = "********"
 MAX_SHOWN_CHARS = 200  # a value in the pretty explanation; JSON output is never shortened
 
 
-def read_request(raw: bytes, op_name: str | None) -> PluginRequest:
-    """A request for `eval`: frps's body `{version, op, content}`, or a bare content object.
+def split_request(raw: bytes) -> tuple[Op | None, dict[str, Any]]:
+    """The op and content of a request given to a tool: frps's body `{version, op, content}`
+    (checked as the service checks it), or a bare content object (op None).
 
-    An object with a `content` object inside is a body (its `op` must agree with `op_name`);
-    anything else is the content itself, and then `op_name` is required.
+    An object holding a `content` object is a body; anything else is the content itself.
     Raises BadRequest saying what is wrong.
     """
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadRequest(f"not valid JSON: {e}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("content"), dict):
-        return parse_request(raw, op_name)
     if not isinstance(doc, dict):
         raise BadRequest(f"expected a JSON object (a request body or its content), not {type(doc).__name__}")
-    if not op_name:
-        raise BadRequest("--op is required when the input is bare content (no {version, op, content})")
-    op = OPS.get(op_name)
-    if op is None:
+    if not isinstance(doc.get("content"), dict):
+        return None, doc
+    if "op" not in doc:
+        return None, doc["content"]
+    request = parse_request(raw)
+    return request.op, request.content
+
+
+def read_request(raw: bytes, op_name: str | None) -> PluginRequest:
+    """A request for `eval`: a body or bare content (see split_request) and the --op given.
+
+    Raises BadRequest when they disagree, or when neither names the op.
+    """
+    body_op, content = split_request(raw)
+    op = OPS.get(op_name) if op_name else None
+    if op_name and op is None:
         raise BadRequest(f"unknown op {op_name!r}; expected one of {', '.join(OPS)}")
-    return PluginRequest(op, "", doc)
+    if body_op is not None and op is not None and body_op is not op:
+        raise BadRequest(f"op mismatch: the body says {body_op.value!r}, --op says {op.value!r}")
+    op = op or body_op
+    if op is None:
+        raise BadRequest("--op is required when the input does not name its op (bare content)")
+    return PluginRequest(op, "", content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,10 @@ import orjson
 from policyd.diagnostics import OutputFormat, to_json
 from policyd.engine import Decision, Outcome, TraceStep, decide
 from policyd.errors import Location
+from policyd.explain import split_request
 from policyd.language import Action
 from policyd.policy import Policy, load_policy
+from policyd.protocol import BadRequest
 from policyd.schema import Op, did_you_mean
 
 TESTS_DIR = "tests"
@@ -235,19 +237,13 @@ def _request(raw: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], Op | N
     if inline is not None:
         return inline, None
     assert path is not None
-    file = base / path
     try:
-        doc = orjson.loads(file.read_bytes())
+        op, content = split_request((base / path).read_bytes())
     except OSError as e:
         raise CaseError(f"request file {path}: {e.strerror}") from None
-    except orjson.JSONDecodeError as e:
-        raise CaseError(f"request file {path}: not valid JSON: {e}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("content"), dict):
-        op = _op(doc["op"], f"request file {path}") if "op" in doc else None
-        return doc["content"], op
-    if not isinstance(doc, dict):
-        raise CaseError(f"request file {path}: expected a JSON object")
-    return doc, None
+    except BadRequest as e:
+        raise CaseError(f"request file {path}: {e.message}") from None
+    return content, op
 
 
 def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str, line: int) -> Case:

@@ -166,13 +166,13 @@ def test_two_inputs_are_a_usage_error() -> None:
 def test_bare_content_needs_op() -> None:
     result = run_eval("--content", "{}")
     assert result.exit_code == 2
-    assert "--op is required when the input is bare content" in result.stderr
+    assert "--op is required when the input does not name its op (bare content)" in result.stderr
 
 
 def test_op_must_agree_with_the_body() -> None:
     result = run_eval("--op", "Ping", "--request", str(FIXTURES / "NewProxy-tcp.json"))
     assert result.exit_code == 2
-    assert "op mismatch: body says 'NewProxy', query says 'Ping'" in result.stderr
+    assert "op mismatch: the body says 'NewProxy', --op says 'Ping'" in result.stderr
 
 
 def test_invalid_json_is_reported() -> None:
