@@ -92,6 +92,11 @@ def sort_key(diagnostic: Diagnostic) -> tuple[str, int, int]:
     return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 error`, `2 errors`: the counts the verbs print."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def to_json(document: Any) -> str:
     """JSON for `--format json`: indented, keys in the order given, non-JSON values as text."""
     return orjson.dumps(document, option=orjson.OPT_INDENT_2, default=jsonable).decode()

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from policyd.diagnostics import OutputFormat, jsonable, to_json
+from policyd.diagnostics import OutputFormat, counted, jsonable, to_json
 from policyd.engine import DEFAULT_OPTIONS, Change, Decision, EvalOptions, Outcome, TraceStep, decide
 from policyd.policy import Policy, load_policy
 from policyd.protocol import OPS, BadRequest, PluginRequest, encode_answer, parse_request
@@ -174,8 +174,7 @@ def render_text(explanation: Explanation) -> str:
             lines.append(f"  {d.rule}  {explanation.deciding_source}")
             lines.append(f"      error: {d.error.message}")
         if explanation.rules_not_reached:
-            n = explanation.rules_not_reached
-            lines.append(f"  ({n} rule{'' if n == 1 else 's'} below not reached)")
+            lines.append(f"  ({counted(explanation.rules_not_reached, 'rule')} below not reached)")
     lines.append("")
     lines.append(_outcome_line(d))
     if d.op is Op.CLOSE_PROXY and d.outcome is not Outcome.ALLOW:

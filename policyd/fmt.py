@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from policyd.diagnostics import counted
 from policyd.language import logical_lines, source_blocks
 from policyd.policy import RULES_SUFFIX
 
@@ -296,5 +297,5 @@ def fmt(paths: list[Path], out: TextIO, *, check: bool = False, diff: bool = Fal
         out.write(f"error: {error}\n")
     n, unchanged = len(report.changed), len(files) - len(report.changed)
     verb = "would be reformatted" if check or diff else "reformatted"
-    out.write(f"{n} file{'' if n == 1 else 's'} {verb}, {unchanged} already formatted\n")
+    out.write(f"{counted(n, 'file')} {verb}, {unchanged} already formatted\n")
     return report

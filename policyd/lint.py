@@ -18,6 +18,7 @@ from policyd.diagnostics import (
     OutputFormat,
     Severity,
     SourceFiles,
+    counted,
     render,
     sort_key,
     to_json,
@@ -140,9 +141,8 @@ def check_policy(directory: Path) -> CheckReport:
 
 def summary(report: CheckReport) -> str:
     if report.policy is None:
-        errors = len(report.errors)
-        return f"{report.directory}: {errors} error{'' if errors == 1 else 's'}; the policy does not load"
-    warnings = f"{len(report.warnings)} warning{'' if len(report.warnings) == 1 else 's'}"
+        return f"{report.directory}: {counted(len(report.errors), 'error')}; the policy does not load"
+    warnings = counted(len(report.warnings), "warning")
     p = report.policy
     return (
         f"{report.directory}: policy {p.version} loads: {p.rule_count} rules in {len(p.rules)} files, "
