@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, TextIO, TypeVar
 import click
 
 from policyd import __version__
-from policyd.diagnostics import OutputFormat
+from policyd.diagnostics import Diagnostic, OutputFormat, Severity, SourceFiles, render
 from policyd.errors import PolicyError, PolicyLoadError
 from policyd.schema import Op
 from policyd.settings import (
@@ -104,8 +104,9 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
         run(settings)
     except PolicyLoadError as e:
         click.echo(f"policyd: the policy in {settings.policies} does not load; not starting:", err=True)
+        sources = SourceFiles(Path(settings.policies))
         for error in e.errors:
-            click.echo(f"  {error}", err=True)
+            click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
         sys.exit(2)
 
 

@@ -100,8 +100,10 @@ def test_broken_policy_at_startup_is_a_startup_error(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "NewProxy.rules:1:25: 'content' has no field 'remote_prot'" in result.stderr
+    assert "NewProxy.rules:1:25: error: 'content' has no field 'remote_prot'" in result.stderr
     assert "did you mean 'remote_port'?" in result.stderr
+    # The same rendering as `policyd check`: the source line, a caret under the bad spot.
+    assert '    reject "x" when content.remote_prot\n' + " " * 28 + "^" in result.stderr
 
 
 def test_binds_loopback_by_default(policyd_server: Start) -> None:
