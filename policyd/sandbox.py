@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from typing import Any, TypeVar
 
 import re2
@@ -290,12 +290,48 @@ def regex(pattern: str, value: str) -> bool:
     return _re2(pattern).search(value) is not None
 
 
+def _text_floor(value: Any) -> int:
+    """A lower bound on len(str(value)), found walking at most MAX_STRING_LENGTH nodes.
+
+    str() of a container builds the whole text in C before its length can be checked, and a
+    container holding the same long string (or list) many times prints it every time:
+    `str(["a" * 100000] * 10000)` is a 1 GB string. Every node adds at least one character, so
+    the walk stops early on exactly those values. Only data prints: a function's text would
+    show frps's client a memory address.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, bool) or item is None or isinstance(item, float | SafeRange):
+            total += 1
+        elif isinstance(item, int):
+            total += 1 + item.bit_length() // 4  # decimal digits >= bits * log10(2)
+        elif isinstance(item, dict):
+            total += 2 * len(item)
+            if total <= MAX_STRING_LENGTH:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
+            total += 2 + len(item)
+            if total <= MAX_STRING_LENGTH:
+                stack.extend(item)
+        else:
+            raise EvaluationError(f"a {type(item).__name__} cannot be turned into text")
+        if total > MAX_STRING_LENGTH:
+            raise LimitError(f"text of this value would exceed {MAX_STRING_LENGTH} characters")
+    return total
+
+
 def to_text(value: Any) -> str:
-    """`str()` for rules and {templates}: bounded in size."""
+    """`str()` for rules and {templates}: bounded in size before any text is built."""
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise LimitError(f"integer exceeds {MAX_INT_BITS} bits")
+    _text_floor(value)
     text = str(value)
     check_length(text)
     return text
