@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import re
 import time
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sized, ValuesView
 from typing import Any, TypeVar
 
 import re2
@@ -449,13 +449,18 @@ def precheck_method(receiver: Any, name: str, args: tuple[Any, ...]) -> None:
     if not isinstance(receiver, str):
         return
     if name == "join" and args:
+        # Any iterable joins, a string or a dict too: ("a" * 100000).join("b" * 100000) is 10 GB.
         items = args[0]
-        if isinstance(items, list | tuple | set | frozenset):
+        if isinstance(items, str):
+            total = len(items)
+        elif isinstance(items, Sized) and isinstance(items, Iterable):
             if len(items) > MAX_COLLECTION_LENGTH:
                 raise LimitError(f"join of {len(items)} items exceeds {MAX_COLLECTION_LENGTH}")
             total = sum(len(x) if isinstance(x, str) else 0 for x in items)
-            if total + len(receiver) * len(items) > MAX_STRING_LENGTH:
-                raise LimitError(f"join would build a string over {MAX_STRING_LENGTH} characters")
+        else:
+            return
+        if total + len(receiver) * len(items) > MAX_STRING_LENGTH:
+            raise LimitError(f"join would build a string over {MAX_STRING_LENGTH} characters")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         grow = len(args[1]) - len(args[0])
         if grow > 0:
