@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import ipaddress
+import itertools
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sized, ValuesView
@@ -65,21 +66,24 @@ def deep_size(value: Any, budget: Budget) -> int:
 
     Charging rule-built containers by their deep size keeps the work of later hashing,
     comparing or printing them linear in what the budget allowed, even when the same object
-    is shared many times (`let b = (a, a)` doubling per line).
+    is shared many times (`let b = (a, a)` doubling per line). Scalar items count too, and a
+    container's items are charged before they are walked: a list holding one list of 10,000
+    numbers 8,192 times would otherwise walk 80 million items for 8,192 steps.
     """
     stack = [value]
     count = 0
     while stack:
         item = stack.pop()
-        if type(item) in SCALARS:
-            continue
-        count += 1
-        budget.charge()
         if isinstance(item, dict):
-            stack.extend(item.values())
-            stack.extend(item.keys())
+            children: Iterable[Any] = itertools.chain(item.keys(), item.values())
+            n = 2 * len(item)
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+            children, n = item, len(item)
+        else:
+            continue
+        count += 1 + n
+        budget.charge(1 + n)
+        stack.extend(c for c in children if type(c) not in SCALARS)
     return count
 
 
