@@ -294,7 +294,9 @@ class ExpressionCompiler:
         if fn is None:
             raise self._error(node, f"operator {type(node.op).__name__} is not available in rules")
         left, right = self._compile(node.left, scope), self._compile(node.right, scope)
-        return lambda ctx: fn(left(ctx), right(ctx))
+        # A container result is charged like a literal: `l = l + l` doubles how often every item
+        # is referenced, so without the charge ten lines made one == or hash cost seconds.
+        return lambda ctx: sandbox.charge_built(fn(left(ctx), right(ctx)), ctx.budget)
 
     def _compile_unaryop(self, node: ast.UnaryOp, scope: Scope) -> Compiled:
         fn = _UNARYOPS[type(node.op)]
