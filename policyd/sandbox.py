@@ -35,6 +35,8 @@ MAX_RULE_CHARS = 8_000  # characters in one (logical) rule line
 MAX_EXPR_NODES = 500  # AST nodes in one expression
 MAX_EXPR_DEPTH = 40  # nesting depth of one expression's AST
 MAX_REGEX_CHARS = 1_000  # characters in a regex() or glob() pattern
+MAX_REGEX_MEMORY = 1 << 20  # bytes one compiled regex() pattern may use (RE2 program + DFA)
+REGEX_CACHE_SIZE = 128  # compiled regex() patterns kept between requests
 
 SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
@@ -277,10 +279,19 @@ def glob(pattern: str, value: str) -> bool:
     return _glob_regex(pattern).match(value) is not None
 
 
-@functools.lru_cache(maxsize=4096)
+def _re2_options() -> Any:
+    # RE2's default lets each compiled pattern grow an 8 MB DFA cache, kept while the pattern
+    # is cached, and logs "DFA out of memory" to stderr on every search that overflows it.
+    options = re2.Options()
+    options.max_mem = MAX_REGEX_MEMORY
+    options.log_errors = False
+    return options
+
+
+@functools.lru_cache(maxsize=REGEX_CACHE_SIZE)
 def _re2(pattern: str) -> Any:
     try:
-        return re2.compile(pattern)
+        return re2.compile(pattern, _re2_options())
     except Exception as e:
         raise EvaluationError(f"regex(): {pattern!r} is not a valid pattern: {e}") from None
 
