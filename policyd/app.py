@@ -21,7 +21,14 @@ from policyd.access import Allowlist
 from policyd.decisionlog import DecisionLog
 from policyd.engine import decide
 from policyd.metrics import CONTENT_TYPE, Metrics
-from policyd.protocol import BadRequest, encode_answer, error_body, parse_request
+from policyd.protocol import (
+    ALLOW_UNCHANGED,
+    POLICY_ERROR_ANSWER,
+    BadRequest,
+    encode_answer,
+    error_body,
+    parse_request,
+)
 from policyd.settings import Settings
 from policyd.status import readiness, status_document
 from policyd.store import PolicyStore
@@ -148,9 +155,20 @@ def create_app(
         )
         metrics.observe(decision)
         decisions.write(decision, plugin_request.content, reqid)
-        return Response(
-            encode_answer(decision), media_type=JSON, headers={VERSION_HEADER: decision.policy_version}
-        )
+        try:
+            answer = encode_answer(decision)
+        except orjson.JSONEncodeError as e:
+            # A rule can compute what JSON cannot carry (a lone surrogate "\ud800", an integer
+            # over 64 bits, content nested past orjson's 255 levels); frps must still get a 200.
+            fail_open = plugin_request.op in options.fail_open_ops
+            log.error(
+                "%s %s: the answer cannot be encoded as JSON: %s",
+                plugin_request.op.value,
+                "failed OPEN" if fail_open else "rejected",
+                e,
+            )
+            answer = ALLOW_UNCHANGED if fail_open else POLICY_ERROR_ANSWER
+        return Response(answer, media_type=JSON, headers={VERSION_HEADER: decision.policy_version})
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from policyd.engine import Decision, Outcome
+from policyd.engine import GENERIC_ERROR_REASON, Decision, Outcome
 from policyd.schema import Op
 
 OPS = {op.value: op for op in Op}
@@ -62,6 +62,7 @@ def parse_request(body: bytes, query_op: str | None = None) -> PluginRequest:
 
 
 ALLOW_UNCHANGED = orjson.dumps({"reject": False, "unchange": True})
+POLICY_ERROR_ANSWER = orjson.dumps({"reject": True, "reject_reason": GENERIC_ERROR_REASON})
 
 
 def encode_answer(decision: Decision) -> bytes:
