@@ -440,7 +440,11 @@ def compile_rules(
             break
         parser = _RuleParser(path, line, _with_lets(scope, lets))
         try:
-            statement = parser.parse()
+            try:
+                statement = parser.parse()
+            except RecursionError:
+                # Python's parser gives up on deep nesting (`1+1+...` 3,000 times) this way.
+                raise ParseError("expression nests too deeply", Location(path, line.line)) from None
         except PolicyError as e:
             errors.append(e)
             # Keep later lines from cascading into "unknown name" for a broken `let`.

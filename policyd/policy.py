@@ -90,6 +90,14 @@ def _read(path: Path, shown: str) -> bytes:
 
 
 def _parse_data(raw: bytes, shown: str) -> Any:
+    try:
+        return _decode_data(raw, shown)
+    except RecursionError:
+        # tomllib (and json, which reports orjson's errors) recurse once per nesting level.
+        raise ParseError("data nests too deeply", Location(shown)) from None
+
+
+def _decode_data(raw: bytes, shown: str) -> Any:
     if shown.endswith(".json"):
         try:
             return orjson.loads(raw)
