@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
-from policyd.sandbox import FUNCTIONS, MAX_RULE_CHARS, check_length, to_text
+from policyd.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, check_length, to_text
 from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops
 
 
@@ -86,11 +86,14 @@ def source_blocks(source: str) -> Iterator[tuple[_Line, bool]]:
     i = 0
     while i < len(lines):
         start = i
-        text = lines[i]
-        while text.rstrip("\r\n").endswith("\\") and not text.lstrip().startswith("#") and i + 1 < len(lines):
+        parts = [lines[i]]
+        # Look at the last physical line only: re-stripping the joined text made this quadratic.
+        comment = lines[i].lstrip().startswith("#")
+        while not comment and parts[-1].rstrip("\r\n").endswith("\\") and i + 1 < len(lines):
             i += 1
-            text += lines[i]
+            parts.append(lines[i])
         i += 1
+        text = "".join(parts)
         stripped = text.strip()
         yield _Line(text, start + 1), bool(stripped) and not stripped.startswith("#")
 
@@ -294,9 +297,9 @@ class _RuleParser:
 
     # -- statement -------------------------------------------------------------------------
     def parse(self) -> Statement:
-        toks = self.tokens()
-        if len(self.line.text) > MAX_RULE_CHARS:
+        if len(self.line.text) > MAX_RULE_CHARS:  # before tokenizing: 1 MB took seconds
             raise ParseError(f"rule is longer than {MAX_RULE_CHARS} characters", self.loc(1, 0))
+        toks = self.tokens()
         head = toks[0]
         names = [a.value for a in Action]
         if head.type != tokenize.NAME or head.string not in names:
@@ -435,8 +438,13 @@ def compile_rules(
     """Compile a rule file; every error found goes to `errors` (the file is bad if any)."""
     statements: list[Statement] = []
     lets: set[str] = set()
-    for line in logical_lines(source):
+    for count, line in enumerate(logical_lines(source), 1):
         if len(errors) >= max_errors:
+            break
+        if count > MAX_FILE_RULES:
+            errors.append(
+                ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
+            )
             break
         parser = _RuleParser(path, line, _with_lets(scope, lets))
         try:

@@ -32,6 +32,7 @@ MAX_STEPS = 200_000  # per request: loop iterations + items built or walked
 DEFAULT_EVAL_SECONDS = 0.1  # per request: wall-clock budget, checked every CLOCK_EVERY steps
 CLOCK_EVERY = 1  # steps between clock checks: one step may be an `in` over a big data list
 MAX_RULE_CHARS = 8_000  # characters in one (logical) rule line
+MAX_FILE_RULES = 2_000  # rules (logical lines) in one rule file: bounds load time
 MAX_EXPR_NODES = 500  # AST nodes in one expression
 MAX_EXPR_DEPTH = 40  # nesting depth of one expression's AST
 MAX_REGEX_CHARS = 1_000  # characters in a regex() or glob() pattern
