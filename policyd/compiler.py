@@ -465,7 +465,7 @@ class ExpressionCompiler:
                 parts.append(_as_text(inner))
             else:
                 parts.append(self._compile(v, scope))
-        return lambda ctx: sandbox.check_length("".join(p(ctx) for p in parts))
+        return lambda ctx: sandbox.join_texts(p(ctx) for p in parts)
 
     # -- comprehensions --------------------------------------------------------------------
     def _target_names(self, target: ast.AST) -> list[str]:

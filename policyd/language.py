@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
-from policyd.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, check_length, to_text
+from policyd.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, join_texts, to_text
 from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops
 
 
@@ -53,7 +53,7 @@ class Template:
     parts: tuple[str | Compiled, ...]
 
     def render(self, ctx: Ctx) -> str:
-        return check_length("".join(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts))
+        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
 
 
 @dataclass(frozen=True, slots=True)

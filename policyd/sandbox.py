@@ -353,6 +353,22 @@ def to_text(value: Any) -> str:
     return text
 
 
+def join_texts(texts: Iterable[str]) -> str:
+    """Concatenate the parts of a template or f-string, refusing it as soon as it is too long.
+
+    Each part is bounded on its own, so joining first and checking after built up to
+    (parts x MAX_STRING_LENGTH) characters: 2,600 "{s}" in one reason made 260 MB.
+    """
+    out: list[str] = []
+    total = 0
+    for text in texts:
+        total += len(text)
+        if total > MAX_STRING_LENGTH:
+            raise LimitError(f"text of more than {MAX_STRING_LENGTH} characters")
+        out.append(text)
+    return "".join(out)
+
+
 def _to_int(value: Any, base: int | None = None) -> int:
     if isinstance(value, str) and len(value) > 1_000:
         raise LimitError("int() of a string over 1000 characters")
