@@ -20,6 +20,7 @@ import re
 import tokenize
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
@@ -219,7 +220,7 @@ class _RuleParser:
                 j = i
                 while j < len(body) and body[j] not in "{}":
                     j += 1
-                literal.append(ast.literal_eval(quote + body[i:j] + quote))
+                literal.append(_string_literal(quote + body[i:j] + quote, self.loc(row, col0 + i)))
                 i = j
                 continue
             end = _matching_brace(body, i)
@@ -273,7 +274,7 @@ class _RuleParser:
                 and toks[i + 2].string == "]"
             ):
                 key_tok, i = toks[i + 1], i + 3
-                key = ast.literal_eval(key_tok.string)
+                key = _string_literal(key_tok.string, self.loc(*key_tok.start))
                 if not isinstance(key, str):
                     raise self.error(key_tok, "expected a string key in set path")
             else:
@@ -411,6 +412,14 @@ def _byte_columns(src: str, locate: Callable[[int, int], Location]) -> Callable[
         return locate(lineno, len(text.encode()[:col].decode("utf-8", "ignore")))
 
     return by_char
+
+
+def _string_literal(text: str, at: Location) -> Any:
+    """Decode one string literal; a bad escape or a NUL byte is a parse error, not a crash."""
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError) as e:
+        raise ParseError(f"invalid string: {e.msg if isinstance(e, SyntaxError) else e}", at) from None
 
 
 def _matching_brace(body: str, start: int) -> int:
