@@ -89,6 +89,18 @@ def _read(path: Path, shown: str) -> bytes:
     return path.read_bytes()
 
 
+def _utf8(raw: bytes, shown: str) -> str:
+    """Decode a policy file; a byte that is not UTF-8 is a parse error at its line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise ParseError(
+            f"not UTF-8: byte {raw[e.start]:#04x} ({e.reason})", Location(shown, line, column)
+        ) from None
+
+
 def _parse_data(raw: bytes, shown: str) -> Any:
     try:
         return _decode_data(raw, shown)
@@ -109,9 +121,7 @@ def _decode_data(raw: bytes, shown: str) -> Any:
                 raise ParseError(f"invalid JSON: {je.msg}", Location(shown, je.lineno, je.colno)) from None
             raise ParseError(f"invalid JSON: {e}", Location(shown)) from None
     try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ParseError(f"not UTF-8: {e}", Location(shown)) from None
+        return tomllib.loads(_utf8(raw, shown))
     except tomllib.TOMLDecodeError as e:
         line, col = _toml_position(str(e))
         raise ParseError(f"invalid TOML: {str(e).split(' (at ')[0]}", Location(shown, line, col)) from None
@@ -173,11 +183,11 @@ def load_policy(directory: str | Path) -> Policy:
             continue
         try:
             raw = _read(p, shown)
-            source = raw.decode("utf-8")
+            source = _utf8(raw, shown)
         except PolicyError as e:
             errors.append(e)
             continue
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             errors.append(PolicyError(f"cannot read: {e}", Location(shown)))
             continue
         digest.update(shown.encode() + b"\0" + raw + b"\0")
