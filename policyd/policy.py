@@ -27,6 +27,7 @@ RULES_SUFFIX = ".rules"
 DATA_DIR = "data"
 DATA_SUFFIXES = (".toml", ".json")
 MAX_POLICY_FILE_BYTES = 16 * 1024 * 1024  # one rules or data file
+MAX_LOAD_ATTEMPTS = 5  # reads of a directory that keeps changing while it is read
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +139,43 @@ def _toml_position(message: str) -> tuple[int, int]:
 
 
 def load_policy(directory: str | Path) -> Policy:
-    """Load and validate the whole policy directory; raise PolicyLoadError with every error."""
+    """Load and validate the whole policy directory; raise PolicyLoadError with every error.
+
+    Files are read one by one, so an edit landing mid-load (a ConfigMap's `..data` swap between
+    reading data/ and the rules) would mix two versions into one that never existed. The files'
+    identities are compared before and after; a load that saw the directory change is retried.
+    """
     root = Path(directory)
+    for _ in range(MAX_LOAD_ATTEMPTS - 1):
+        before = _identity(root)
+        try:
+            policy = _load(root)
+        except PolicyLoadError:
+            if _identity(root) == before:
+                raise
+            continue
+        if _identity(root) == before:
+            return policy
+    return _load(root)
+
+
+def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
+    """Which files the directory holds and what each is (symlinks followed), cheaply."""
+    try:
+        rule_paths, data_paths = _policy_files(root)
+    except OSError:  # gone, or being replaced: compares unequal to any directory that reads
+        return (("", -1, -1, -1),)
+    out = []
+    for path in (*rule_paths, *data_paths):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _load(root: Path) -> Policy:
     if not root.is_dir():
         raise PolicyLoadError(
             [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
