@@ -6,9 +6,10 @@ must be refused when the policy loads, with the fragment in a positioned message
 
 Sources: simpleeval's known escapes — issue #15 (function `__globals__`/`func_globals` and the
 `True.__class__...__subclasses__()` chain), issue #138 (generator/coroutine frames: `gi_frame`,
-`cr_frame`, `f_globals['__builtins__']`), the modules and forbidden functions reached through
-containers and return values that its 1.0.5 fix (CVE-2026-32640) closes, and `str.format` /
-`format_map` field walks ("{0.__class__}") — plus its size limits, which policyd does not rely on.
+`cr_frame`, `f_globals['__builtins__']`), PR #199 (`operator` module functions such as
+`attrgetter`/`methodcaller`, `os` functions, callables hidden in sets), the modules and functions
+reached through containers and return values (CVE-2026-32640), and `str.format` / `format_map`
+field walks ("{0.__class__}") — plus its size limits, which policyd does not rely on.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ LOAD_REFUSED: list[tuple[str, str, str]] = [
     ("os-module", "os.environ", "unknown name 'os'"),
     ("sys-module", "sys.modules", "unknown name 'sys'"),
     ("operator-module", 'operator.attrgetter("__class__")(content)', "only the functions listed"),
+    ("operator-methodcaller", 'operator.methodcaller("update", {})(data)', "only the functions listed"),
+    ("os-function", 'os.system("id")', "method 'system'"),
+    ("callable-from-a-set", "[f for f in {len, sorted}][0](data)", "only the functions listed"),
+    ("callable-from-data", "data.teams.red.ports[0](1)", "only the functions listed"),
     ("import-statement", "import os", "'os'"),
     # syntax that would make functions or bind names
     ("lambda", "(lambda: 1)()", "only the functions listed"),
@@ -139,6 +144,7 @@ EVAL_FAILS: list[tuple[str, str, str]] = [
         "'.index' is not available",
     ),
     ("non-function-key", "sorted(data.access.admins, key=1)", "key= takes one of"),
+    ("bound-method-in-a-set", "{data.access.admins.index}", "'.index' is not available"),
     # huge numbers
     ("power-4000000", "4000000**4000000", "would exceed 4096 bits"),
     ("power-tower", "9**9**9", "would exceed 4096 bits"),

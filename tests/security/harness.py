@@ -39,7 +39,9 @@ DATA_FILES = {
             "blue": {"ports": [7000, 7999], "domain": "blue.example.com", "tokens": []},
         }
     ),
-    "data/access.toml": 'admins = ["root"]\nnetworks = ["10.0.0.0/8"]\n[limits]\nmax = 3\n',
+    "data/access.toml": (
+        'admins = ["root"]\nnetworks = ["10.0.0.0/8"]\n[limits]\nmax = 3\n[labels]\nenv = "prod"\n'
+    ),
 }
 
 # A NewProxy request as frps sends it, with every container kind a rule might try to mutate.

@@ -57,3 +57,28 @@ def test_same_policy_decides_the_next_request_after_a_failure(expression: str) -
     assert_failed_closed(decide_and_check_unchanged(policy).decision)
     after = decide_and_check_unchanged(policy, {**CONTENT, "proxy_name": "bob.web"}).decision
     assert (after.outcome, after.reason, after.error) == (Outcome.REJECT, "next", None)
+
+
+def test_reading_data_every_allowed_way_leaves_it_as_loaded() -> None:
+    """Views, copies and rewrites built from data alias it at most; none of them writes to it."""
+    rules = """
+let teams = data.teams
+let red = teams.get("red", {})
+let keys = sorted(teams.keys())
+let pairs = list(teams.items())
+let ports = red["ports"][:] + [1]
+let admins = set(data.access.admins) | {"x"}
+set content.custom_domains = data.access.networks
+set content.headers = user.metas
+set content.headers["X-Team"] = str(keys) + str(pairs) + str(ports) + str(sorted(admins))
+set content.metas = data.access.labels
+set content.metas["owner"] = user.user
+"""
+    policy = rules_policy(rules)
+    first = decide_and_check_unchanged(policy).decision
+    assert first.error is None and first.content is not None
+    assert first.content["metas"] == {"env": "prod", "owner": "alice"}
+    for _ in range(20):
+        again = decide_and_check_unchanged(policy).decision
+        assert again.content == first.content
+    assert policy.data["access"]["labels"] == {"env": "prod"}
