@@ -96,3 +96,19 @@ def test_scanning_big_data_in_a_loop_stops_at_the_deadline(big_data_policy: Poli
     assert_failed_closed(run.decision)
     assert run.decision.error is not None and "out of time" in run.decision.error.message
     assert run.seconds < 0.5, f"a 20 ms budget ran {run.seconds:.2f} s"
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "regex('(a+)+$', 'a' * 50000 + 'b')",
+        "regex('(a|aa)*c', 'a' * 50000)",
+        "regex('(x+x+)+y', 'x' * 50000)",
+        "glob('*a*a*a*a*a*a*a*a*a*a*b', 'a' * 50000)",
+        "glob('*' + '?' * 900 + 'b', 'a' * 50000)",
+    ],
+)
+def test_catastrophic_patterns_answer_without_backtracking(condition: str) -> None:
+    """RE2 and fnmatch's translation run these in (near-)linear time: the answer is just no."""
+    run = decide_and_check_unchanged(rules_policy(f'reject "matched" when {condition}'))
+    assert run.decision.error is None and run.decision.reason == ""
