@@ -62,11 +62,16 @@ def _secret_values(value: Any, out: set[str], depth: int = 0) -> None:
             _secret_values(v, out, depth + 1)
 
 
+# Control characters from client values would let a warn message forge extra log lines.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
 def _scrub(text: str, secrets: list[str]) -> str:
+    """Mask secret values and escape control characters: the result is one safe log line."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    return text
+    return text.translate(_CONTROL)
 
 
 def _str(value: Any) -> str:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from policyd.decisionlog import DecisionLog, decision_record, mask
 from policyd.engine import decide
 from policyd.policy import load_policy
@@ -127,6 +129,18 @@ def test_rule_errors_are_logged_with_code_and_fail_open(tmp_path: Path) -> None:
     assert record["error"]["code"] == "eval_error"
     assert record["failed_open"] is True
     assert record["rule"] == "Ping.rules:1"
+
+
+def test_client_text_cannot_forge_log_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    policy = load_policy(
+        write_policy(tmp_path / "p", {"CloseProxy.rules": 'warn "closed {content.proxy_name}"\n'})
+    )
+    content = {"proxy_name": "x\n2026-11-25 INFO policyd: forged\r"}
+    with caplog.at_level("WARNING", logger="policyd"):
+        DecisionLog(None).write(decide(policy, Op.CLOSE_PROXY, content), content, REQID)
+    [message] = [r.getMessage() for r in caplog.records if "warn" in r.getMessage()]
+    assert "\n" not in message and "\r" not in message
+    assert message.endswith("closed x\\n2026-11-25 INFO policyd: forged\\r")
 
 
 def test_write_survives_a_failing_sink(tmp_path: Path) -> None:
