@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,38 +40,6 @@ Locator = Callable[[int, int], Location]
 BUILTIN_NAMES = ("op", "content", "user", "data", "reqid", "now")
 CONSTANTS = {"True": True, "False": False, "None": None}
 
-_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: sandbox.safe_add,
-    ast.Sub: operator.sub,
-    ast.Mult: sandbox.safe_mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: sandbox.safe_mod,
-    ast.Pow: sandbox.safe_pow,
-    ast.LShift: sandbox.safe_lshift,
-    ast.RShift: operator.rshift,
-    ast.BitAnd: operator.and_,
-    ast.BitOr: operator.or_,
-    ast.BitXor: operator.xor,
-}
-_UNARYOPS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.Not: operator.not_,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-    ast.Invert: operator.invert,
-}
-_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda a, b: sandbox.safe_contains(b, a),
-    ast.NotIn: lambda a, b: not sandbox.safe_contains(b, a),
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
-}
 _KEYWORDS = frozenset({"key", "reverse", "default"})
 
 
@@ -290,7 +257,7 @@ class ExpressionCompiler:
 
     # -- operators -------------------------------------------------------------------------
     def _compile_binop(self, node: ast.BinOp, scope: Scope) -> Compiled:
-        fn = _BINOPS.get(type(node.op))
+        fn = sandbox.BINARY_OPERATORS.get(type(node.op))
         if fn is None:
             raise self._error(node, f"operator {type(node.op).__name__} is not available in rules")
         left, right = self._compile(node.left, scope), self._compile(node.right, scope)
@@ -299,7 +266,7 @@ class ExpressionCompiler:
         return lambda ctx: sandbox.charge_built(fn(left(ctx), right(ctx)), ctx.budget)
 
     def _compile_unaryop(self, node: ast.UnaryOp, scope: Scope) -> Compiled:
-        fn = _UNARYOPS[type(node.op)]
+        fn = sandbox.UNARY_OPERATORS[type(node.op)]
         operand = self._compile(node.operand, scope)
         return lambda ctx: fn(operand(ctx))
 
@@ -330,7 +297,7 @@ class ExpressionCompiler:
     def _compile_compare(self, node: ast.Compare, scope: Scope) -> Compiled:
         first = self._compile(node.left, scope)
         rest = [
-            (_CMPOPS[type(o)], self._compile(c, scope))
+            (sandbox.COMPARISONS[type(o)], self._compile(c, scope))
             for o, c in zip(node.ops, node.comparators, strict=True)
         ]
         if len(rest) == 1:

@@ -8,10 +8,12 @@ request stay unchanged whatever a rule does. Limits are named constants with the
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import functools
 import ipaddress
 import itertools
+import operator
 import re
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sized, ValuesView
@@ -189,6 +191,41 @@ def safe_contains(container: Any, item: Any) -> bool:
     if isinstance(container, str) and not isinstance(item, str):
         raise EvaluationError(f"'in <string>' needs a string on the left, not {type(item).__name__}")
     return item in container
+
+
+# AST operator → the function that applies it: the only operators a rule can use.
+BINARY_OPERATORS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: safe_add,
+    ast.Sub: operator.sub,
+    ast.Mult: safe_mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: safe_mod,
+    ast.Pow: safe_pow,
+    ast.LShift: safe_lshift,
+    ast.RShift: operator.rshift,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor,
+}
+UNARY_OPERATORS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.Not: operator.not_,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Invert: operator.invert,
+}
+COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: safe_contains(b, a),
+    ast.NotIn: lambda a, b: not safe_contains(b, a),
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
 
 
 # -- functions ------------------------------------------------------------------------------
