@@ -295,6 +295,13 @@ class ExpressionCompiler:
         return or_
 
     def _compile_compare(self, node: ast.Compare, scope: Scope) -> Compiled:
+        operands = [node.left, *node.comparators]
+        for i, o in enumerate(node.ops):
+            if isinstance(o, ast.Is | ast.IsNot) and not (
+                _is_singleton(operands[i]) or _is_singleton(operands[i + 1])
+            ):
+                # Identity of other values is an implementation detail (views are built lazily).
+                raise self._error(node, "'is' compares with None, True or False only; use '=='")
         first = self._compile(node.left, scope)
         rest = [
             (sandbox.COMPARISONS[type(o)], self._compile(c, scope))
@@ -538,6 +545,10 @@ def _budgeted_key(fn: Callable[[Any], Any], budget: Budget) -> Callable[[Any], A
         return sandbox.charge_built(sandbox.check_length(fn(value)), budget)
 
     return key
+
+
+def _is_singleton(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, bool))
 
 
 def _as_text(inner: Compiled) -> Compiled:
