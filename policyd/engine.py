@@ -98,15 +98,25 @@ def _user_view(op: Op, content: dict[str, Any]) -> Any:
     return view(USER, user if isinstance(user, dict) else None)
 
 
-def _names(policy: Policy, op: Op, content: dict[str, Any], reqid: str, now: float | None) -> dict[str, Any]:
-    return {
+def new_context(
+    op: Op,
+    content: dict[str, Any],
+    *,
+    data: dict[str, Any],
+    budget: Budget,
+    reqid: str = "",
+    now: float | None = None,
+) -> Ctx:
+    """The evaluation context decide() gives one request's rules (tools and tests use it too)."""
+    names = {
         "op": op.value,
         "content": view(SCHEMAS[op], content),
         "user": _user_view(op, content),
-        "data": policy.data,
+        "data": data,
         "reqid": reqid,
         "now": int(time.time() if now is None else now),
     }
+    return Ctx(names, budget)
 
 
 def _apply_set(work: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -168,7 +178,7 @@ def decide(
         decision.eval_us = (time.perf_counter() - started) * 1e6
         return decision
     budget = Budget(options.max_steps, options.eval_seconds)
-    ctx = Ctx(_names(policy, op, content, reqid, now), budget)
+    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
     work: dict[str, Any] | None = None
     statement: Statement | None = None
     try:
