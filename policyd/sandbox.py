@@ -340,7 +340,24 @@ def regex(pattern: str, value: str) -> bool:
         raise EvaluationError("regex() takes a pattern string and a string")
     if len(pattern) > MAX_REGEX_CHARS:
         raise LimitError(f"regex pattern of {len(pattern)} characters exceeds {MAX_REGEX_CHARS}")
-    return _re2(pattern).search(value) is not None
+    return _search(_re2(pattern), value)
+
+
+def _search(compiled: Any, value: str) -> bool:
+    """`compiled.search(value) is not None` without the Python wrapper's Match object.
+
+    google-re2's `search` decodes every span back to str offsets in Python (~4 µs a call); the
+    binding's own `Match` answers the same question in under 1 µs. Falls back to `search` if
+    the binding ever changes shape.
+    """
+    regexp = getattr(compiled, "_regexp", None)
+    if regexp is None or _UNANCHORED is None:
+        return compiled.search(value) is not None
+    text = value.encode("utf-8")
+    return bool(regexp.Match(_UNANCHORED, text, 0, len(text))[0] != (-1, -1))
+
+
+_UNANCHORED = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
 
 
 def _text_floor(value: Any) -> int:
