@@ -20,7 +20,6 @@ import re
 import tokenize
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
@@ -220,7 +219,7 @@ class _RuleParser:
                 j = i
                 while j < len(body) and body[j] not in "{}":
                     j += 1
-                literal.append(_string_literal(quote + body[i:j] + quote, self.loc(row, col0 + i)))
+                literal.append(str(_string_literal(quote + body[i:j] + quote, self.loc(row, col0 + i))))
                 i = j
                 continue
             end = _matching_brace(body, i)
@@ -274,9 +273,10 @@ class _RuleParser:
                 and toks[i + 2].string == "]"
             ):
                 key_tok, i = toks[i + 1], i + 3
-                key = _string_literal(key_tok.string, self.loc(*key_tok.start))
-                if not isinstance(key, str):
+                literal = _string_literal(key_tok.string, self.loc(*key_tok.start))
+                if not isinstance(literal, str):
                     raise self.error(key_tok, "expected a string key in set path")
+                key = literal
             else:
                 raise self.error(t, "expected '.field' or '[\"key\"]' in the set path")
             if f.kind is Kind.RECORD:
@@ -414,12 +414,18 @@ def _byte_columns(src: str, locate: Callable[[int, int], Location]) -> Callable[
     return by_char
 
 
-def _string_literal(text: str, at: Location) -> Any:
-    """Decode one string literal; a bad escape or a NUL byte is a parse error, not a crash."""
+def _string_literal(text: str, at: Location) -> object:
+    """Decode one string literal; a bad escape or a NUL byte is a parse error, not a crash.
+
+    ast.parse rather than ast.literal_eval, which leaves reference cycles behind on every call:
+    garbage that would outlive the load (store.py freezes what a load leaves). Anything but a
+    plain literal (an f-string) reads as None.
+    """
     try:
-        return ast.literal_eval(text)
+        node = ast.parse(text, mode="eval").body
     except (SyntaxError, ValueError) as e:
         raise ParseError(f"invalid string: {e.msg if isinstance(e, SyntaxError) else e}", at) from None
+    return node.value if isinstance(node, ast.Constant) else None
 
 
 def _matching_brace(body: str, start: int) -> int:

@@ -456,3 +456,7 @@ def test_the_language_contract_example_works_verbatim() -> None:
     d = run(DOC_EXAMPLE, {**http, "custom_domains": ["x.blue.example.com"]}, data=data)
     assert d.reason == "custom domains must end in .red.example.com"
     assert run(DOC_EXAMPLE, {"proxy_type": "tcp"}, data=data).reason == "unknown team"
+
+
+def test_set_path_key_must_be_a_plain_string() -> None:
+    assert "expected a string key in set path" in only_error('set content.metas[f"x"] = "1"')
