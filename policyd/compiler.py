@@ -15,22 +15,70 @@ import ast
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from policyd import sandbox
 from policyd.errors import EvaluationError, LimitError, Location, ValidationError
 from policyd.sandbox import Budget
-from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops
+from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops, view, zero_value
+
+
+class RequestNames(dict[str, Any]):
+    """The names one request's rules see, with the `content` and `user` views built on first use.
+
+    Most rules read single fields, which compiled closures take straight from the raw request
+    (`content_raw`, `user_raw`); the whole view is built only when a rule uses the object itself.
+    `user_raw` is the dict the `user` view is made of, or None for a zero user.
+    """
+
+    __slots__ = ("content_raw", "content_schema", "user_raw", "user_schema")
+
+    def __init__(
+        self,
+        names: dict[str, Any],
+        content_schema: Field,
+        content_raw: dict[str, Any],
+        user_schema: Field,
+        user_raw: dict[str, Any] | None,
+    ) -> None:
+        super().__init__(names)
+        self.content_schema = content_schema
+        self.user_schema = user_schema
+        self.content_raw = content_raw
+        self.user_raw = user_raw
+
+    def __missing__(self, key: str) -> Any:
+        if key == "content":
+            value = view(self.content_schema, self.content_raw)
+        elif key == "user":
+            value = view(self.user_schema, self.user_raw)
+        else:
+            raise KeyError(key)
+        self[key] = value
+        return value
+
+    def replace_request(self, content_raw: dict[str, Any], user_raw: dict[str, Any] | None) -> None:
+        """After a `set`: later rules see the new content (views are rebuilt when used)."""
+        self.content_raw = content_raw
+        self.user_raw = user_raw
+        self.pop("content", None)
+        self.pop("user", None)
 
 
 class Ctx:
-    """One request's evaluation state: the names rules see and the budget they spend."""
+    """One request's evaluation state: the names rules see and the budget they spend.
 
-    __slots__ = ("budget", "names")
+    `bound` holds the variables of the comprehensions being evaluated; `raw` is `names` when it
+    is a RequestNames, which lets field reads skip building views.
+    """
 
-    def __init__(self, names: dict[str, Any], budget: Budget) -> None:
+    __slots__ = ("bound", "budget", "names", "raw")
+
+    def __init__(self, names: dict[str, Any], budget: Budget, bound: dict[str, Any] | None = None) -> None:
         self.names = names
         self.budget = budget
+        self.bound = {} if bound is None else bound
+        self.raw = names if type(names) is RequestNames else None
 
 
 Compiled = Callable[[Ctx], Any]
@@ -87,31 +135,34 @@ def _lookup(container: Any, key: Any, dotted: bool) -> Any:
 class ExpressionCompiler:
     """Compiles one expression; `locate` maps the AST's (line, col) to the rule file."""
 
+    # AST node type → the method compiling it; names, not bound methods, so that a compiler keeps
+    # no reference cycle (compiled policies are frozen out of the garbage collector, see store.py).
+    _NODES: ClassVar[dict[type[ast.AST], str]] = {
+        ast.Constant: "_compile_constant",
+        ast.Name: "_compile_name",
+        ast.Attribute: "_compile_attribute",
+        ast.Subscript: "_compile_subscript",
+        ast.Slice: "_compile_slice",
+        ast.BinOp: "_compile_binop",
+        ast.UnaryOp: "_compile_unaryop",
+        ast.BoolOp: "_compile_boolop",
+        ast.Compare: "_compile_compare",
+        ast.IfExp: "_compile_ifexp",
+        ast.Call: "_compile_call",
+        ast.List: "_compile_list",
+        ast.Tuple: "_compile_tuple",
+        ast.Set: "_compile_set",
+        ast.Dict: "_compile_dict",
+        ast.ListComp: "_compile_comprehension",
+        ast.GeneratorExp: "_compile_comprehension",
+        ast.SetComp: "_compile_comprehension",
+        ast.DictComp: "_compile_comprehension",
+        ast.JoinedStr: "_compile_joinedstr",
+    }
+
     def __init__(self, scope: Scope, locate: Locator) -> None:
         self.scope = scope
         self.locate = locate
-        self._nodes: dict[type[ast.AST], Callable[[Any, Scope], Compiled]] = {
-            ast.Constant: self._compile_constant,
-            ast.Name: self._compile_name,
-            ast.Attribute: self._compile_attribute,
-            ast.Subscript: self._compile_subscript,
-            ast.Slice: self._compile_slice,
-            ast.BinOp: self._compile_binop,
-            ast.UnaryOp: self._compile_unaryop,
-            ast.BoolOp: self._compile_boolop,
-            ast.Compare: self._compile_compare,
-            ast.IfExp: self._compile_ifexp,
-            ast.Call: self._compile_call,
-            ast.List: self._compile_list,
-            ast.Tuple: self._compile_tuple,
-            ast.Set: self._compile_set,
-            ast.Dict: self._compile_dict,
-            ast.ListComp: self._compile_comprehension,
-            ast.GeneratorExp: self._compile_comprehension,
-            ast.SetComp: self._compile_comprehension,
-            ast.DictComp: self._compile_comprehension,
-            ast.JoinedStr: self._compile_joinedstr,
-        }
 
     # -- entry -----------------------------------------------------------------------------
     def compile(self, tree: ast.expr) -> Compiled:
@@ -136,9 +187,10 @@ class ExpressionCompiler:
             stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
     def _compile(self, node: ast.AST, scope: Scope) -> Compiled:
-        handler = self._nodes.get(type(node))
-        if handler is None:
+        method = self._NODES.get(type(node))
+        if method is None:
             raise self._error(node, f"{_node_name(node)} is not available in rules")
+        handler: Callable[[Any, Scope], Compiled] = getattr(self, method)
         return handler(node, scope)
 
     # -- leaves ----------------------------------------------------------------------------
@@ -155,7 +207,9 @@ class ExpressionCompiler:
         if name in CONSTANTS:
             value = CONSTANTS[name]
             return lambda ctx: value
-        if name in scope.locals or name in scope.lets or name in BUILTIN_NAMES:
+        if name in scope.locals:
+            return lambda ctx: ctx.bound[name]
+        if name in scope.lets or name in BUILTIN_NAMES:
             return lambda ctx: ctx.names[name]
         if name in sandbox.FUNCTIONS:
             # A function as a value, e.g. sorted(xs, key=lower).
@@ -231,7 +285,7 @@ class ExpressionCompiler:
                     raise EvaluationError(f"no key {attr!r} in this object") from None
             return _lookup(container, attr, True)
 
-        return attribute
+        return self._key_path(node, scope, attribute) or attribute
 
     def _compile_subscript(self, node: ast.Subscript, scope: Scope) -> Compiled:
         if isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
@@ -242,7 +296,40 @@ class ExpressionCompiler:
                 self._check_field(node, key, scope)
         value = self._compile(node.value, scope)
         index = self._compile(node.slice, scope)
-        return lambda ctx: _lookup(value(ctx), index(ctx), False)
+
+        def subscript(ctx: Ctx) -> Any:
+            return _lookup(value(ctx), index(ctx), False)
+
+        return self._key_path(node, scope, subscript) or subscript
+
+    def _key_path(
+        self, node: ast.Attribute | ast.Subscript, scope: Scope, generic: Compiled
+    ) -> Compiled | None:
+        """One closure for `name.a.b["c"]`: fields read from the raw request, or keys walked.
+
+        `generic` (the node compiled the ordinary way) answers whenever the shortcut meets
+        anything unusual, so values and errors stay exactly those of the generic closures.
+        """
+        keys: list[str] = []
+        root: ast.AST = node
+        while isinstance(root, ast.Attribute | ast.Subscript):
+            if isinstance(root, ast.Attribute):
+                keys.append(root.attr)
+            elif isinstance(root.slice, ast.Constant) and type(root.slice.value) is str:
+                keys.append(root.slice.value)
+            else:
+                return None
+            root = root.value
+        if not isinstance(root, ast.Name):
+            return None
+        keys.reverse()
+        name = root.id
+        if name in ("content", "user") and name not in scope.locals and name not in scope.lets:
+            schema = scope.op_schema if name == "content" else scope.user_schema
+            return _field_reader(name == "user", schema, tuple(keys), generic)
+        if name in scope.lets or (name in BUILTIN_NAMES and name not in scope.locals):
+            return _key_walk(name, tuple(keys), generic)
+        return None
 
     def _compile_slice(self, node: ast.Slice, scope: Scope) -> Compiled:
         parts = [
@@ -268,10 +355,17 @@ class ExpressionCompiler:
     def _compile_unaryop(self, node: ast.UnaryOp, scope: Scope) -> Compiled:
         fn = sandbox.UNARY_OPERATORS[type(node.op)]
         operand = self._compile(node.operand, scope)
+        if isinstance(node.op, ast.Not):
+            return lambda ctx: not operand(ctx)
         return lambda ctx: fn(operand(ctx))
 
     def _compile_boolop(self, node: ast.BoolOp, scope: Scope) -> Compiled:
         parts = [self._compile(v, scope) for v in node.values]
+        if len(parts) == 2:
+            a, b = parts
+            if isinstance(node.op, ast.And):
+                return lambda ctx: a(ctx) and b(ctx)
+            return lambda ctx: a(ctx) or b(ctx)
         if isinstance(node.op, ast.And):
 
             def and_(ctx: Ctx) -> Any:
@@ -309,7 +403,12 @@ class ExpressionCompiler:
         ]
         if len(rest) == 1:
             fn, right = rest[0]
-            return lambda ctx: fn(first(ctx), right(ctx))
+            special = _compare_constant(
+                node.ops[0], first, node.comparators[0], scope, lambda a: self._compile(a, scope)
+            )
+            if special is not None:
+                return special
+            return _compare(node.ops[0], first, right) or (lambda ctx: fn(first(ctx), right(ctx)))
 
         def chain(ctx: Ctx) -> Any:
             left = first(ctx)
@@ -354,6 +453,8 @@ class ExpressionCompiler:
             raise self._error(func, f"unknown function '{name}'", hint)
         fn, iterable_first = sandbox.FUNCTIONS[name]
         args, kwargs = self._compile_args(node, scope)
+        if not kwargs:
+            return _positional_call(name, fn, iterable_first, args)
 
         def call(ctx: Ctx) -> Any:
             values = [a(ctx) for a in args]
@@ -382,13 +483,15 @@ class ExpressionCompiler:
             raise self._error(node.keywords[0].value, "methods take positional arguments only")
         receiver = self._compile(func.value, scope)
         args, _ = self._compile_args(node, scope)
+        if len(args) <= 1:
+            return _method_call(name, receiver, args[0] if args else None)
 
         def method_call(ctx: Ctx) -> Any:
             obj = receiver(ctx)
             allowed = sandbox.METHODS.get(type(obj))
             if allowed is None or name not in allowed:
                 raise EvaluationError(f"method '{name}' is not available on a {_describe(obj)}")
-            values = tuple(a(ctx) for a in args)
+            values = tuple([a(ctx) for a in args])
             sandbox.precheck_method(obj, name, values)
             try:
                 result = getattr(obj, name)(*values)
@@ -465,53 +568,80 @@ class ExpressionCompiler:
             conditions = [self._compile(c, inner) for c in gen.ifs]
             loops.append((gen.target, iterable, conditions))
         if isinstance(node, ast.DictComp):
-            key_fn, value_fn = self._compile(node.key, inner), self._compile(node.value, inner)
+            plan = _Loops(
+                tuple(loops), type(node), self._compile(node.key, inner), self._compile(node.value, inner)
+            )
         else:
-            elt_fn = self._compile(node.elt, inner)
-        kind = type(node)
+            plan = _Loops(tuple(loops), type(node), self._compile(node.elt, inner), None)
 
-        def assign(names: dict[str, Any], target: ast.AST, value: Any) -> None:
-            if isinstance(target, ast.Name):
-                names[target.id] = value
-                return
-            assert isinstance(target, ast.Tuple)
-            if not isinstance(value, list | tuple) or len(value) != len(target.elts):
-                raise EvaluationError(f"cannot unpack a {_describe(value)} into {len(target.elts)} names")
-            for t, v in zip(target.elts, value, strict=True):
-                assign(names, t, v)
+        first_iterable = plan.loops[0][1]
 
         def comprehension(ctx: Ctx) -> Any:
-            local = Ctx(dict(ctx.names), ctx.budget)
-            budget = ctx.budget
+            # The first loop's iterable sees no loop variable yet: evaluate it before making the
+            # comprehension's own context, which an empty iterable never needs.
+            items = sandbox.sized_iterable(first_iterable(ctx), ctx.budget)
             results: list[Any] = []
             pairs: dict[Any, Any] = {}
-
-            def run(level: int) -> None:
-                target, iterable, conditions = loops[level]
-                for item in sandbox.sized_iterable(iterable(local), budget):
-                    budget.charge()
-                    assign(local.names, target, item)
-                    if not all(c(local) for c in conditions):
-                        continue
-                    if level + 1 < len(loops):
-                        run(level + 1)
-                    elif kind is ast.DictComp:
-                        pairs[key_fn(local)] = sandbox.charge_built(value_fn(local), budget)
-                    else:
-                        results.append(sandbox.charge_built(elt_fn(local), budget))
-                    if len(results) + len(pairs) > sandbox.MAX_COLLECTION_LENGTH:
-                        raise LimitError(
-                            f"comprehension builds more than {sandbox.MAX_COLLECTION_LENGTH} items"
-                        )
-
-            run(0)
-            if kind is ast.DictComp:
+            if len(items):  # type: ignore[arg-type]
+                _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound)), results, pairs, items)
+            if plan.kind is ast.DictComp:
                 return pairs
-            if kind is ast.SetComp:
+            if plan.kind is ast.SetComp:
                 return set(results)
             return results
 
         return comprehension
+
+
+@dataclass(frozen=True, slots=True)
+class _Loops:
+    """A compiled comprehension: its loops (target, iterable, conditions) and what it builds."""
+
+    loops: tuple[tuple[ast.AST, Compiled, list[Compiled]], ...]
+    kind: type[ast.AST]
+    element: Compiled  # the element, or the key of a dict comprehension
+    value: Compiled | None  # the value of a dict comprehension
+
+
+def _assign(bound: dict[str, Any], target: ast.AST, value: Any) -> None:
+    if isinstance(target, ast.Name):
+        bound[target.id] = value
+        return
+    assert isinstance(target, ast.Tuple)
+    if not isinstance(value, list | tuple) or len(value) != len(target.elts):
+        raise EvaluationError(f"cannot unpack a {_describe(value)} into {len(target.elts)} names")
+    for t, v in zip(target.elts, value, strict=True):
+        _assign(bound, t, v)
+
+
+def _run_loops(
+    plan: _Loops,
+    level: int,
+    local: Ctx,
+    results: list[Any],
+    pairs: dict[Any, Any],
+    items: Iterable[Any] | None = None,
+) -> None:
+    # Module-level and recursive by argument: a nested closure calling itself is a reference
+    # cycle per evaluation, left for the garbage collector.
+    budget = local.budget
+    target, iterable, conditions = plan.loops[level]
+    last = level + 1 == len(plan.loops)
+    if items is None:
+        items = sandbox.sized_iterable(iterable(local), budget)
+    for item in items:
+        budget.charge()
+        _assign(local.bound, target, item)
+        if not all(c(local) for c in conditions):
+            continue
+        if not last:
+            _run_loops(plan, level + 1, local, results, pairs)
+        elif plan.value is not None:
+            pairs[plan.element(local)] = sandbox.charge_built(plan.value(local), budget)
+        else:
+            results.append(sandbox.charge_built(plan.element(local), budget))
+        if len(results) + len(pairs) > sandbox.MAX_COLLECTION_LENGTH:
+            raise LimitError(f"comprehension builds more than {sandbox.MAX_COLLECTION_LENGTH} items")
 
 
 def _node_name(node: ast.AST) -> str:
@@ -553,3 +683,329 @@ def _is_singleton(node: ast.AST) -> bool:
 
 def _as_text(inner: Compiled) -> Compiled:
     return lambda ctx: sandbox.to_text(inner(ctx))
+
+
+# -- specialised closures ---------------------------------------------------------------------
+# Each returns a closure with exactly the semantics (value, error class, steps charged) of the
+# generic closures for the same node; tests/test_differential.py checks them against the reference.
+
+_SCALAR_ZERO: dict[Kind, Any] = {Kind.STR: "", Kind.INT: 0, Kind.BOOL: False}
+
+
+def _field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: Compiled) -> Compiled | None:
+    """`content.a.b` / `user.metas["k"]` read from the raw request instead of a built view.
+
+    A view (schema.view) shows an absent or null field as its zero value, a map key that is not
+    there as "", and a key outside the schema as the raw value or None. The reader follows the
+    schema through records down to a field, a map key or an extra key; where the raw request
+    holds something else than a dict on the way, `generic` decides.
+    """
+    steps: list[str] = []
+    f = schema
+    last: str | None = None  # "map" (a key of a metas-like map) or "extra" (a key outside the schema)
+    for i, key in enumerate(keys):
+        if f.kind is Kind.RECORD and key in f.fields:
+            steps.append(key)
+            f = f.fields[key]
+            continue
+        if i != len(keys) - 1:
+            return None
+        if f.kind is Kind.STR_MAP:
+            last = "map"
+        elif f.kind is Kind.RECORD:
+            last = "extra"
+        else:
+            return None
+        steps.append(key)
+    path = tuple(steps[:-1]) if last else tuple(steps)
+    final_key = steps[-1] if last else ""
+    final = f
+
+    if last is None and len(path) == 1 and final.kind in _SCALAR_ZERO:
+        (key,) = path
+        zero = _SCALAR_ZERO[final.kind]
+        if not of_user:
+
+            def content_scalar(ctx: Ctx) -> Any:
+                raw = ctx.raw
+                if raw is None:
+                    return generic(ctx)
+                value = raw.content_raw.get(key)
+                return zero if value is None else value
+
+            return content_scalar
+
+        def user_scalar(ctx: Ctx) -> Any:
+            raw = ctx.raw
+            if raw is None:
+                return generic(ctx)
+            record = raw.user_raw
+            value = None if record is None else record.get(key)
+            return zero if value is None else value
+
+        return user_scalar
+
+    def read(ctx: Ctx) -> Any:
+        raw = ctx.raw
+        if raw is None:
+            return generic(ctx)
+        node: Any = raw.user_raw if of_user else raw.content_raw
+        for key in path:
+            if node is None:
+                break
+            if not isinstance(node, dict):
+                return generic(ctx)
+            node = node.get(key)
+        if last is None:
+            if node is None:
+                return [] if final.kind is Kind.STR_LIST else zero_value(final)
+            if final.kind in _SCALAR_ZERO or final.kind is Kind.STR_LIST:
+                return node
+            return generic(ctx) if not isinstance(node, dict) else view(final, node)
+        if node is None:
+            return "" if last == "map" else None
+        if not isinstance(node, dict):
+            return generic(ctx)
+        return node.get(final_key, "" if last == "map" else None)
+
+    return read
+
+
+def _key_walk(name: str, keys: tuple[str, ...], generic: Compiled) -> Compiled:
+    """`data.teams.red` / `t["ports"]`: keys of nested mappings in one closure."""
+
+    def walk(ctx: Ctx) -> Any:
+        node = ctx.names[name]
+        for key in keys:
+            if not isinstance(node, dict) or (key not in node and type(node) is dict):
+                return generic(ctx)  # not a mapping, or a missing key: the generic error
+            node = node[key]
+        return node
+
+    if len(keys) == 1:
+        (key,) = keys
+
+        def walk1(ctx: Ctx) -> Any:
+            node = ctx.names[name]
+            if type(node) is dict and key in node:
+                return node[key]
+            return generic(ctx)
+
+        return walk1
+    return walk
+
+
+def _constant(node: ast.AST) -> tuple[bool, Any]:
+    """(True, value) for a literal scalar, including a negative number; else (False, None)."""
+    if isinstance(node, ast.Constant) and type(node.value) in sandbox.SCALARS:
+        return True, node.value
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Constant)
+        and type(node.operand.value) in (int, float)
+    ):
+        number: float = node.operand.value  # type: ignore[assignment]
+        return True, -number
+    return False, None
+
+
+def _compare_constant(
+    op: ast.cmpop,
+    left: Compiled,
+    right_node: ast.expr,
+    scope: Scope,
+    compile_arg: Callable[[ast.expr], Compiled] | None = None,
+) -> Compiled | None:
+    """`x == "tcp"`, `x < 1024`, `x in ("tcp", "udp")`, `x in range(6000, 7000)` with the
+    constant built once at load time (still charged as the generic closures charge it)."""
+    is_constant, c = _constant(right_node)
+    if is_constant:
+        if isinstance(op, ast.Eq):
+            return lambda ctx: left(ctx) == c
+        if isinstance(op, ast.NotEq):
+            return lambda ctx: left(ctx) != c
+        if isinstance(op, ast.Lt):
+            return lambda ctx: left(ctx) < c
+        if isinstance(op, ast.LtE):
+            return lambda ctx: left(ctx) <= c
+        if isinstance(op, ast.Gt):
+            return lambda ctx: left(ctx) > c
+        if isinstance(op, ast.GtE):
+            return lambda ctx: left(ctx) >= c
+        return None
+    if not isinstance(op, ast.In | ast.NotIn):
+        return None
+    negate = isinstance(op, ast.NotIn)
+    container: Any
+    if isinstance(right_node, ast.Tuple | ast.List | ast.Set):
+        items = [_constant(e) for e in right_node.elts]
+        if not all(ok for ok, _ in items):
+            return None
+        values = [v for _, v in items]
+        container = (
+            tuple(values)
+            if isinstance(right_node, ast.Tuple)
+            else values
+            if isinstance(right_node, ast.List)
+            else set(values)
+        )
+        # The display is built (and charged one step, its deep size) after `left` is evaluated.
+        if negate:
+
+            def not_in_display(ctx: Ctx) -> bool:
+                value = left(ctx)
+                ctx.budget.charge()
+                return value not in container
+
+            return not_in_display
+
+        def in_display(ctx: Ctx) -> bool:
+            value = left(ctx)
+            ctx.budget.charge()
+            return value in container
+
+        return in_display
+    if not (
+        isinstance(right_node, ast.Call)
+        and isinstance(right_node.func, ast.Name)
+        and right_node.func.id == "range"
+        and "range" not in scope.locals
+        and not right_node.keywords
+        and 1 <= len(right_node.args) <= 3
+    ):
+        return None
+    args = [_constant(a) for a in right_node.args]
+    if not all(ok and type(v) is int for ok, v in args):
+        return None if compile_arg is None else _in_dynamic_range(left, right_node, negate, compile_arg)
+    try:
+        rng = sandbox.SafeRange(*(v for _, v in args))
+    except EvaluationError:
+        return None
+    r = range(*(v for _, v in args))
+    lo, hi, step = r.start, r.stop, r.step
+
+    # range() returns a SafeRange, charged one step after `left` is evaluated; for an int,
+    # membership of a step-1 range is a bounds check.
+    def in_range(ctx: Ctx) -> bool:
+        value = left(ctx)
+        ctx.budget.charge()
+        if type(value) is int and step == 1:
+            return (lo <= value < hi) is not negate
+        return (value in rng) is not negate
+
+    return in_range
+
+
+def _positional_call(
+    name: str, fn: Callable[..., Any], iterable_first: bool, args: list[Compiled]
+) -> Compiled:
+    """A function call without keyword arguments (the generic call, minus the keyword handling)."""
+
+    if len(args) == 1:
+        (arg,) = args
+
+        def call1(ctx: Ctx) -> Any:
+            value = arg(ctx)
+            if iterable_first:
+                sandbox.sized_iterable(value, ctx.budget)
+            try:
+                result = fn(value)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise EvaluationError(f"{name}(): {e}") from None
+            if type(result) in _NUMBERS:  # nothing to check or charge
+                return result
+            return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
+
+        return call1
+
+    def call(ctx: Ctx) -> Any:
+        values = [a(ctx) for a in args]
+        if iterable_first and len(values) == 1:
+            sandbox.sized_iterable(values[0], ctx.budget)
+        try:
+            result = fn(*values)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EvaluationError(f"{name}(): {e}") from None
+        if type(result) in _NUMBERS:
+            return result
+        return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
+
+    return call
+
+
+# Results that check_length and charge_built leave alone (neither strings nor containers).
+_NUMBERS = frozenset({bool, int, float, type(None)})
+
+
+def _compare(op: ast.cmpop, left: Compiled, right: Compiled) -> Compiled | None:
+    """One comparison, both sides evaluated left to right, without the operator table's call."""
+    if isinstance(op, ast.Eq):
+        return lambda ctx: left(ctx) == right(ctx)
+    if isinstance(op, ast.NotEq):
+        return lambda ctx: left(ctx) != right(ctx)
+    if isinstance(op, ast.In):
+
+        def in_(ctx: Ctx) -> bool:
+            item = left(ctx)
+            return sandbox.safe_contains(right(ctx), item)
+
+        return in_
+    if isinstance(op, ast.NotIn):
+
+        def not_in(ctx: Ctx) -> bool:
+            item = left(ctx)
+            return not sandbox.safe_contains(right(ctx), item)
+
+        return not_in
+    return None
+
+
+def _in_dynamic_range(
+    left: Compiled, call: ast.Call, negate: bool, compile_arg: Callable[[ast.expr], Compiled]
+) -> Compiled:
+    """`x in range(a, b)` with computed bounds: no SafeRange built for int bounds and an int x.
+
+    As the generic call: bounds evaluated after x, range() refuses non-integers, the range is
+    charged one step, and membership is SafeRange's.
+    """
+    args = [compile_arg(a) for a in call.args]
+
+    def in_range(ctx: Ctx) -> bool:
+        value = left(ctx)
+        bounds = [a(ctx) for a in args]
+        if len(bounds) == 2 and type(bounds[0]) is int and type(bounds[1]) is int:
+            ctx.budget.charge()
+            if type(value) is int:
+                return (bounds[0] <= value < bounds[1]) is not negate
+            rng = sandbox.SafeRange(*bounds)
+        else:
+            try:
+                rng = sandbox.SafeRange(*bounds)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise EvaluationError(f"range(): {e}") from None
+            ctx.budget.charge()
+        return (value in rng) is not negate
+
+    return in_range
+
+
+def _method_call(name: str, receiver: Compiled, arg: Compiled | None) -> Compiled:
+    """A method call with at most one argument (the generic method call, minus the tuple)."""
+
+    def method_call(ctx: Ctx) -> Any:
+        obj = receiver(ctx)
+        allowed = sandbox.METHODS.get(type(obj))
+        if allowed is None or name not in allowed:
+            raise EvaluationError(f"method '{name}' is not available on a {_describe(obj)}")
+        values = () if arg is None else (arg(ctx),)
+        sandbox.precheck_method(obj, name, values)
+        try:
+            result = getattr(obj, name)(*values)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EvaluationError(f".{name}(): {e}") from None
+        if isinstance(result, list):
+            ctx.budget.charge(len(result))
+        return sandbox.check_length(result)
+
+    return method_call

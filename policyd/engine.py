@@ -14,12 +14,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from policyd.compiler import Ctx
+from policyd.compiler import Ctx, RequestNames
 from policyd.errors import EvaluationError, Location, PolicyError
 from policyd.language import Action, Statement
 from policyd.policy import Policy
 from policyd.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
-from policyd.schema import SCHEMAS, USER, Field, Op, Record, ZeroMap, type_matches, view
+from policyd.schema import SCHEMAS, USER, Field, Kind, Op, Record, ZeroMap, type_matches, view
 
 GENERIC_ERROR_REASON = "policy error"
 
@@ -84,18 +84,12 @@ class EvalOptions:
 DEFAULT_OPTIONS = EvalOptions()
 
 
-def _user_view(op: Op, content: dict[str, Any]) -> Any:
+def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
+    """What the `user` view is made of: the login's own fields for Login, else content.user."""
     if op is Op.LOGIN:
-        return view(
-            USER,
-            {
-                "user": content.get("user"),
-                "metas": content.get("metas"),
-                "run_id": content.get("run_id"),
-            },
-        )
+        return {"user": content.get("user"), "metas": content.get("metas"), "run_id": content.get("run_id")}
     user = content.get("user")
-    return view(USER, user if isinstance(user, dict) else None)
+    return user if isinstance(user, dict) else None
 
 
 def new_context(
@@ -107,15 +101,18 @@ def new_context(
     reqid: str = "",
     now: float | None = None,
 ) -> Ctx:
-    """The evaluation context decide() gives one request's rules (tools and tests use it too)."""
-    names = {
-        "op": op.value,
-        "content": view(SCHEMAS[op], content),
-        "user": _user_view(op, content),
-        "data": data,
-        "reqid": reqid,
-        "now": int(time.time() if now is None else now),
-    }
+    """The evaluation context decide() gives one request's rules (tools and tests use it too).
+
+    Rules see the names `reference.request_names()` defines; the `content` and `user` views are
+    built only if a rule uses them whole (field reads come from the raw request).
+    """
+    names = RequestNames(
+        {"op": op.value, "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
+        SCHEMAS[op],
+        content,
+        USER,
+        _raw_user(op, content),
+    )
     return Ctx(names, budget)
 
 
@@ -130,11 +127,22 @@ def _apply_set(work: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _read_path(content_view: Any, path: tuple[str, ...]) -> Any:
-    node = content_view
+def _view_at(f: Field, value: Any, path: tuple[str, ...]) -> Any:
+    """What `view(f, value)` holds at a `set` path (record fields, then maybe one map key).
+
+    A step into something that is not an object reads None, as the old value of a change.
+    """
     for key in path:
-        node = node[key] if isinstance(node, dict) else None
-    return node
+        if value is None:
+            value = {}
+        elif not isinstance(value, dict):
+            return None
+        if f.kind is Kind.RECORD:
+            f = f.fields[key]
+            value = value.get(key)
+        else:  # a key of a metas-like map, the last step of a set path
+            return value.get(key, "")
+    return view(f, value)
 
 
 def _same(before: Any, after: Any) -> bool:
@@ -179,35 +187,39 @@ def decide(
         return decision
     budget = Budget(options.max_steps, options.eval_seconds)
     ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
+    names = ctx.names
+    assert isinstance(names, RequestNames)
     work: dict[str, Any] | None = None
     statement: Statement | None = None
     try:
         for statement in rule_file.statements:
-            action = statement.action
-            if action is Action.LET:
-                assert statement.value is not None
-                value = ctx.names[statement.path[0]] = statement.value(ctx)
-                if trace is not None:
-                    trace.append(
-                        TraceStep(statement.location, statement.source, action.value, True, value, True)
-                    )
-                continue
-            if statement.condition is not None:
-                condition = statement.condition(ctx)
+            # Most rules are a condition that does not hold: that path is kept short.
+            condition = statement.condition
+            if condition is not None:
+                holds = condition(ctx)
                 if trace is not None:
                     trace.append(
                         TraceStep(
                             statement.location,
                             statement.source,
-                            action.value,
-                            condition,
+                            statement.action.value,
+                            holds,
                             None,
-                            bool(condition),
+                            bool(holds),
                         )
                     )
-                if not condition:
+                if not holds:
                     continue
-            elif trace is not None:
+            action = statement.action
+            if action is Action.LET:
+                assert statement.value is not None
+                value = names[statement.path[0]] = statement.value(ctx)
+                if trace is not None:
+                    trace.append(
+                        TraceStep(statement.location, statement.source, action.value, True, value, True)
+                    )
+                continue
+            if condition is None and trace is not None:
                 trace.append(TraceStep(statement.location, statement.source, action.value, True, None, True))
             if action is Action.REJECT:
                 assert statement.message is not None
@@ -228,15 +240,14 @@ def decide(
             value = _check_type(statement, statement.value(ctx))
             if trace is not None:
                 trace[-1] = dataclasses.replace(trace[-1], value=value)
-            before = _read_path(ctx.names["content"], statement.path)
+            before = _view_at(SCHEMAS[op], work if work is not None else content, statement.path)
             if _same(before, value):
                 continue
             if work is None:
                 work = dict(content)
             _apply_set(work, statement.path, value)
             decision.changes.append(Change(".".join(statement.path), before, value))
-            ctx.names["content"] = view(SCHEMAS[op], work)
-            ctx.names["user"] = _user_view(op, work)
+            names.replace_request(work, _raw_user(op, work))
     except Exception as e:  # a rule's failure must never escape as a 500
         error = e if isinstance(e, PolicyError) else EvaluationError(f"{type(e).__name__}: {e}")
         if statement is not None:

@@ -72,7 +72,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
 
     def evaluate(self, tree: ast.expr) -> Any:
         """The value of an already parsed and validated expression."""
-        return self.eval(ast.unparse(tree), previously_parsed=tree)
+        return self.eval("<expression>", previously_parsed=tree)
 
     # -- leaves ----------------------------------------------------------------------------
     def _eval_constant(self, node: ast.Constant) -> Any:

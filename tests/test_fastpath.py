@@ -1,0 +1,67 @@
+"""Pieces of the fast path that the differential test does not reach on its own."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import re2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policyd.compiler import RequestNames
+from policyd.engine import _view_at, decide, new_context
+from policyd.policy import load_policy
+from policyd.sandbox import Budget, regex
+from policyd.schema import SCHEMAS, Op, view
+from tests.support import SHIPPED_POLICIES, fixture
+from tests.test_differential import records
+
+PATTERNS = ["^[a-z0-9._-]+$", "b", "", "^$", "(a)|(b)", "é+", "[0-9]+(MB|KB)$", "\\.", "^x.*y$"]
+TEXTS = st.text(alphabet="abxy.é0-9MBK\n", max_size=8)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(st.sampled_from(PATTERNS), TEXTS)
+def test_regex_answers_as_re2_search(pattern: str, text: str) -> None:
+    assert regex(pattern, text) is (re2.compile(pattern).search(text) is not None)
+
+
+def _old_read_path(content: dict[str, Any], op: Op, path: tuple[str, ...]) -> Any:
+    node: Any = view(SCHEMAS[op], content)
+    for key in path:
+        node = node[key] if isinstance(node, dict) else None
+    return node
+
+
+SET_PATHS = [("remote_port",), ("metas", "owner"), ("user", "metas", "team"), ("user",), ("custom_domains",)]
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(records(SCHEMAS[Op.NEW_PROXY]), st.sampled_from(SET_PATHS))
+def test_value_before_a_set_is_what_the_full_view_shows(
+    content: dict[str, Any], path: tuple[str, ...]
+) -> None:
+    assert _view_at(SCHEMAS[Op.NEW_PROXY], content, path) == _old_read_path(content, Op.NEW_PROXY, path)
+
+
+def test_views_are_built_only_when_a_rule_uses_the_whole_object() -> None:
+    content = fixture("NewProxy-tcp")["content"]
+    ctx = new_context(Op.NEW_PROXY, content, data={}, budget=Budget())
+    assert isinstance(ctx.names, RequestNames)
+    assert "content" not in ctx.names and "user" not in ctx.names
+    assert ctx.names["content"] == view(SCHEMAS[Op.NEW_PROXY], content)
+    assert "content" in ctx.names
+
+
+def test_a_loaded_policy_holds_no_reference_cycles() -> None:
+    """Compiled policies are frozen out of the garbage collector; cycles in them would leak."""
+    gc.collect()
+    gc.disable()
+    try:
+        policy = load_policy(SHIPPED_POLICIES)
+        decide(policy, Op.NEW_PROXY, fixture("NewProxy-https")["content"])
+        del policy
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
