@@ -15,9 +15,10 @@ import logging.config
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from policyd import __version__
 from policyd.logs import logging_config
@@ -43,6 +44,22 @@ def _warn_if_exposed(settings: Settings) -> None:
         log.warning("listening on %s without TLS: plugin requests carry tokens in clear text", settings.host)
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.run()'s options for these settings (benchmarks/ serves its baselines with them too).
+
+    uvicorn picks uvloop and httptools (dependencies) over asyncio and h11 by itself.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+    }
+
+
 def run(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish (shutdown_timeout_s)."""
     import uvicorn
@@ -62,19 +79,11 @@ def run(settings: Settings) -> None:
         settings.workers,
     )
     _warn_if_exposed(settings)
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": log_config,
-        "access_log": False,
-        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-        "ssl_certfile": settings.tls_cert,
-        "ssl_keyfile": settings.tls_key,
-    }
+    common = server_options(settings)
     if settings.workers == 1:
         from policyd.app import create_app
 
-        uvicorn.run(create_app(settings, store), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings, store), **common)
         return
     metrics_dir = tempfile.mkdtemp(prefix="policyd-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir
@@ -84,13 +93,13 @@ def run(settings: Settings) -> None:
             f"{__name__}:worker_app",
             factory=True,
             workers=settings.workers,
-            **common,  # type: ignore[arg-type]
+            **common,
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def worker_app() -> FastAPI:
+def worker_app() -> ASGIApp:
     """The app of one worker process (uvicorn calls this factory in each worker)."""
     from policyd.app import create_app
 
