@@ -250,6 +250,7 @@ def decide(
             names.replace_request(work, _raw_user(op, work))
     except Exception as e:  # a rule's failure must never escape as a 500
         error = e if isinstance(e, PolicyError) else EvaluationError(f"{type(e).__name__}: {e}")
+        error.__traceback__ = None  # its frames would make the decision a reference cycle
         if statement is not None:
             error.at(statement.location)
         decision.error = error

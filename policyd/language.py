@@ -448,9 +448,18 @@ def _matching_brace(body: str, start: int) -> int:
 
 
 def compile_rules(
-    path: str, source: str, scope: Scope, errors: list[PolicyError], max_errors: int = 100
+    path: str,
+    source: str,
+    scope: Scope,
+    errors: list[PolicyError],
+    max_errors: int = 100,
+    pause: Callable[[], None] | None = None,
 ) -> list[Statement]:
-    """Compile a rule file; every error found goes to `errors` (the file is bad if any)."""
+    """Compile a rule file; every error found goes to `errors` (the file is bad if any).
+
+    `pause` is called between rules: a reload in a background thread uses it to let the
+    serving thread have the GIL while thousands of rules compile.
+    """
     statements: list[Statement] = []
     lets: set[str] = set()
     for count, line in enumerate(logical_lines(source), 1):
@@ -461,6 +470,8 @@ def compile_rules(
                 ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
             )
             break
+        if pause is not None:
+            pause()
         parser = _RuleParser(path, line, _with_lets(scope, lets))
         try:
             try:

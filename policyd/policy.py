@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -138,25 +138,26 @@ def _toml_position(message: str) -> tuple[int, int]:
     return 0, 0
 
 
-def load_policy(directory: str | Path) -> Policy:
+def load_policy(directory: str | Path, *, pause: Callable[[], None] | None = None) -> Policy:
     """Load and validate the whole policy directory; raise PolicyLoadError with every error.
 
     Files are read one by one, so an edit landing mid-load (a ConfigMap's `..data` swap between
     reading data/ and the rules) would mix two versions into one that never existed. The files'
     identities are compared before and after; a load that saw the directory change is retried.
+    `pause` is called between rules (see `compile_rules`).
     """
     root = Path(directory)
     for _ in range(MAX_LOAD_ATTEMPTS - 1):
         before = _identity(root)
         try:
-            policy = _load(root)
+            policy = _load(root, pause)
         except PolicyLoadError:
             if _identity(root) == before:
                 raise
             continue
         if _identity(root) == before:
             return policy
-    return _load(root)
+    return _load(root, pause)
 
 
 def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -175,7 +176,7 @@ def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
-def _load(root: Path) -> Policy:
+def _load(root: Path, pause: Callable[[], None] | None) -> Policy:
     if not root.is_dir():
         raise PolicyLoadError(
             [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
@@ -233,7 +234,7 @@ def _load(root: Path) -> Policy:
             data_names=frozenset(data),
             op=op.value,
         )
-        statements = compile_rules(shown, source, scope, errors)
+        statements = compile_rules(shown, source, scope, errors, pause=pause)
         rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements))
 
     if errors:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import gc
+import weakref
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policyd.app import _query_op
 from policyd.compiler import RequestNames
 from policyd.engine import _view_at, decide, new_context
 from policyd.policy import load_policy
 from policyd.sandbox import Budget, regex
 from policyd.schema import SCHEMAS, Op, view
+from policyd.store import PolicyStore
 from tests.support import SHIPPED_POLICIES, fixture
 from tests.test_differential import records
 
@@ -65,3 +70,34 @@ def test_a_loaded_policy_holds_no_reference_cycles() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+QUERY_PARTS = st.sampled_from(
+    ["op=NewProxy", "op=Ping", "version=0.1.0", "op=", "op", "op=a%42", "op=a+b", "x=1"]
+)
+
+
+@settings(max_examples=200, derandomize=True, database=None)
+@given(st.lists(QUERY_PARTS, max_size=4), st.sampled_from(["&", ";", "&&"]))
+def test_query_op_reads_as_starlette_does(parts: list[str], sep: str) -> None:
+    query = sep.join(parts)
+    expected = None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "op":
+            expected = value
+    assert _query_op(query.encode()) == expected
+
+
+def test_reload_loads_out_of_the_collector_and_frees_the_replaced_policy(tmp_path: Path) -> None:
+    rules = tmp_path / "NewProxy.rules"
+    rules.write_text('reject "a" when content.remote_port == 1\n')
+    store = PolicyStore(tmp_path)
+    first = weakref.ref(store.policy.rules[Op.NEW_PROXY].statements[0].condition)  # type: ignore[arg-type]
+    frozen = gc.get_freeze_count()
+    rules.write_text('reject "b" when content.remote_port == 2\n')
+    assert store.reload(("NewProxy.rules",)).changed
+    assert gc.isenabled() and gc.get_freeze_count() > frozen
+    assert first() is not None, "kept until the next reload frees it in the reload thread"
+    rules.write_text('reject "c" when content.remote_port == 3\n')
+    store.reload(("NewProxy.rules",))
+    assert first() is None
