@@ -452,6 +452,13 @@ class ExpressionCompiler:
             hint = did_you_mean(name, sandbox.FUNCTIONS)
             raise self._error(func, f"unknown function '{name}'", hint)
         fn, iterable_first = sandbox.FUNCTIONS[name]
+        if (
+            name in ("any", "all")
+            and len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.GeneratorExp | ast.ListComp)
+        ):
+            return _any_all(name, fn, self._comprehension_plan(node.args[0], scope))
         args, kwargs = self._compile_args(node, scope)
         if not kwargs:
             return _positional_call(name, fn, iterable_first, args)
@@ -557,6 +564,18 @@ class ExpressionCompiler:
     def _compile_comprehension(
         self, node: ast.ListComp | ast.GeneratorExp | ast.SetComp | ast.DictComp, scope: Scope
     ) -> Compiled:
+        plan = self._comprehension_plan(node, scope)
+
+        def comprehension(ctx: Ctx) -> Any:
+            # The first loop's iterable sees no loop variable yet: evaluate it before making the
+            # comprehension's own context, which an empty iterable never needs.
+            return _comprehend(plan, ctx, sandbox.sized_iterable(plan.loops[0][1](ctx), ctx.budget))
+
+        return comprehension
+
+    def _comprehension_plan(
+        self, node: ast.ListComp | ast.GeneratorExp | ast.SetComp | ast.DictComp, scope: Scope
+    ) -> _Loops:
         loops: list[tuple[ast.AST, Compiled, list[Compiled]]] = []
         inner = scope
         for gen in node.generators:
@@ -573,24 +592,7 @@ class ExpressionCompiler:
             )
         else:
             plan = _Loops(tuple(loops), type(node), self._compile(node.elt, inner), None)
-
-        first_iterable = plan.loops[0][1]
-
-        def comprehension(ctx: Ctx) -> Any:
-            # The first loop's iterable sees no loop variable yet: evaluate it before making the
-            # comprehension's own context, which an empty iterable never needs.
-            items = sandbox.sized_iterable(first_iterable(ctx), ctx.budget)
-            results: list[Any] = []
-            pairs: dict[Any, Any] = {}
-            if len(items):  # type: ignore[arg-type]
-                _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound)), results, pairs, items)
-            if plan.kind is ast.DictComp:
-                return pairs
-            if plan.kind is ast.SetComp:
-                return set(results)
-            return results
-
-        return comprehension
+        return plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +603,19 @@ class _Loops:
     kind: type[ast.AST]
     element: Compiled  # the element, or the key of a dict comprehension
     value: Compiled | None  # the value of a dict comprehension
+
+
+def _comprehend(plan: _Loops, ctx: Ctx, items: Iterable[Any]) -> Any:
+    """A comprehension's value, its first iterable already evaluated (and charged)."""
+    results: list[Any] = []
+    pairs: dict[Any, Any] = {}
+    if len(items):  # type: ignore[arg-type]
+        _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound)), results, pairs, items)
+    if plan.kind is ast.DictComp:
+        return pairs
+    if plan.kind is ast.SetComp:
+        return set(results)
+    return results
 
 
 def _assign(bound: dict[str, Any], target: ast.AST, value: Any) -> None:
@@ -1009,3 +1024,20 @@ def _method_call(name: str, receiver: Compiled, arg: Compiled | None) -> Compile
         return sandbox.check_length(result)
 
     return method_call
+
+
+def _any_all(name: str, fn: Callable[..., Any], plan: _Loops) -> Compiled:
+    """`any(x for x in xs)`: the generic call of a comprehension, with the call's closure and the
+    comprehension's folded into one (its list is still built and charged in full first)."""
+    first = plan.loops[0][1]
+
+    def call(ctx: Ctx) -> Any:
+        budget = ctx.budget
+        values = _comprehend(plan, ctx, sandbox.sized_iterable(first(ctx), budget))
+        sandbox.sized_iterable(values, budget)
+        try:
+            return fn(values)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EvaluationError(f"{name}(): {e}") from None
+
+    return call
