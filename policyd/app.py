@@ -138,9 +138,9 @@ class _PluginRoute:
     """The plugin route as a raw ASGI app in front of FastAPI, which serves every other path.
 
     frps waits on every answer, so the route skips what it does not use of FastAPI (routing,
-    dependency solving, Request and Response objects): ~40% more requests per second in
-    benchmarks/run.py. Behaviour is the route's: 4xx JSON errors, the body limit, metrics,
-    the decision log, the policy version header.
+    dependency solving, Request and Response objects): about twice the requests per second for
+    a request with little to decide (benchmarks/). Behaviour is the route's: 4xx JSON errors,
+    the body limit, metrics, the decision log, the policy version header.
     """
 
     def __init__(self, app: ASGIApp, path: str, answer: Answer, limit: int) -> None:

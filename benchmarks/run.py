@@ -1,0 +1,465 @@
+"""policyd's benchmarks: in-process decisions, HTTP throughput, reloads under load, a 10k-rule swap.
+
+    python -m benchmarks.run [--duration 5] [--rounds 3] [--only inproc,http,reload,swap]
+
+Every server runs on 127.0.0.1 with `policyd serve`'s own uvicorn settings; baselines and
+candidates are measured in the same run, interleaved round by round, and compared as ratios
+(absolute numbers depend on the machine and on whatever else it runs). Prints a table and writes
+it as JSON to benchmarks/results/. HTTP scenarios need wrk (`apt-get install -y wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BODY = HERE / "newproxy.json"
+URL_PATH = "/handler?version=0.1.0&op=NewProxy"  # as frps sends it
+CONNECTIONS = 32
+
+
+# -- servers ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One server process on a free loopback port; its stderr kept in a file."""
+
+    def __init__(self, label: str, args: list[str], log_dir: Path, checkout: Path = ROOT) -> None:
+        self.label = label
+        self.port = _free_port()
+        self.log_path = log_dir / f"{label.replace(' ', '_').replace(',', '').replace('/', '_')}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, *[a.replace("{port}", str(self.port)) for a in args]]
+        # Another checkout's policyd runs from its own tree (imports resolve there first).
+        env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited:\n{self.log_path.read_text()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.label} not ready after {timeout}s")
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def policyd(label: str, policies: Path, log_dir: Path, *extra: str, checkout: Path = ROOT) -> Server:
+    args = ["-m", "policyd", "serve", "--policies", str(policies), "--port", "{port}", *extra]
+    return Server(label, args, log_dir, checkout)
+
+
+def baseline(label: str, name: str, log_dir: Path) -> Server:
+    return Server(label, ["-m", "benchmarks.baselines", name, "{port}"], log_dir)
+
+
+# -- load ---------------------------------------------------------------------------------
+def wrk(url: str, seconds: float, connections: int = CONNECTIONS) -> dict[str, Any]:
+    """One wrk run (1 thread): its JSON summary, with req/s added."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(HERE / "wrk.lua"), url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WRK_BODY_FILE": str(BODY)},
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    result: dict[str, Any] = json.loads(line.removeprefix("WRKJSON "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["failed"] = sum(result["errors"].values())
+    return result
+
+
+def _ms(us: float) -> float:
+    return round(us / 1000, 2)
+
+
+# -- scenarios ----------------------------------------------------------------------------
+def scenario_inproc(seconds: float) -> list[dict[str, Any]]:
+    from benchmarks import inproc
+
+    return inproc.run(seconds)
+
+
+def scenario_http(
+    seconds: float, rounds: int, log_dir: Path, compare: Path | None = None
+) -> list[dict[str, Any]]:
+    """Throughput of each server, wrk against one at a time, all in the same rounds."""
+    servers = [
+        baseline("raw ASGI constant responder", "raw", log_dir),
+        baseline("bare FastAPI, pydantic model", "fastapi-model", log_dir),
+        baseline("bare FastAPI, request.json()", "fastapi-json", log_dir),
+        policyd("policyd, shipped policy", ROOT / "policies", log_dir, "--log-level", "warning"),
+        policyd("policyd, 50-rule policy", HERE / "policy50", log_dir, "--log-level", "warning"),
+        policyd(
+            "policyd, 50-rule policy, decision log off",
+            HERE / "policy50",
+            log_dir,
+            "--log-level",
+            "warning",
+            "--decision-log",
+            "off",
+        ),
+    ]
+    if compare is not None:
+        for label, policies in (("shipped policy", ROOT / "policies"), ("50-rule policy", HERE / "policy50")):
+            servers.append(
+                policyd(
+                    f"{compare.name} checkout, {label}",
+                    policies,
+                    log_dir,
+                    "--log-level",
+                    "warning",
+                    checkout=compare,
+                )
+            )
+    runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in servers}
+    try:
+        for s in servers:
+            s.wait_ready()
+            wrk(s.url + URL_PATH, 1)  # warm-up
+        for _ in range(rounds):
+            for s in servers:
+                runs[s.label].append(wrk(s.url + URL_PATH, seconds))
+    finally:
+        for s in servers:
+            s.stop()
+    rows = []
+    medians = {label: statistics.median(r["rps"] for r in rs) for label, rs in runs.items()}
+    for label, rs in runs.items():
+        failed = sum(r["failed"] for r in rs)
+        rows.append(
+            {
+                "scenario": "HTTP, NewProxy body",
+                "subject": label,
+                "rps": round(medians[label]),
+                "p50_ms": _ms(statistics.median(r["latency_us"]["p50"] for r in rs)),
+                "p99_ms": _ms(statistics.median(r["latency_us"]["p99"] for r in rs)),
+                "vs_raw": round(medians[label] / medians["raw ASGI constant responder"], 2),
+                "vs_fastapi_model": round(medians[label] / medians["bare FastAPI, pydantic model"], 2),
+                "vs_fastapi_json": round(medians[label] / medians["bare FastAPI, request.json()"], 2),
+                "rounds_rps": [round(r["rps"]) for r in rs],
+                "failed": failed,
+            }
+        )
+    return rows
+
+
+def _copy_policy(target: Path) -> Path:
+    shutil.copytree(HERE / "policy50", target, dirs_exist_ok=True)
+    return target
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def scenario_reload(seconds: float, rounds: int, log_dir: Path) -> list[dict[str, Any]]:
+    """p99 with NewProxy.rules rewritten every second, against p99 without, same server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = _copy_policy(Path(tmp) / "policies")
+        rules = policies / "NewProxy.rules"
+        original = rules.read_text()
+        server = policyd("policyd reloading", policies, log_dir, "--decision-log", "off").wait_ready()
+        quiet: list[dict[str, Any]] = []
+        busy: list[dict[str, Any]] = []
+        edits = 0
+        try:
+            wrk(server.url + URL_PATH, 1)
+            for _ in range(rounds):
+                quiet.append(wrk(server.url + URL_PATH, seconds))
+                stop = threading.Event()
+
+                def edit(stop: threading.Event = stop) -> None:
+                    nonlocal edits
+                    while not stop.wait(1.0):
+                        edits += 1
+                        _write_atomically(rules, original + f"# edit {edits}\n")
+
+                editor = threading.Thread(target=edit)
+                editor.start()
+                try:
+                    busy.append(wrk(server.url + URL_PATH, seconds))
+                finally:
+                    stop.set()
+                    editor.join()
+                time.sleep(0.5)  # let the last reload finish before the next quiet round
+            reloads = server.logs().count("active after change")
+        finally:
+            server.stop()
+    p99_quiet = statistics.median(r["latency_us"]["p99"] for r in quiet)
+    p99_busy = statistics.median(r["latency_us"]["p99"] for r in busy)
+    return [
+        {
+            "scenario": "reload every second under load (50-rule policy)",
+            "subject": "without reloads",
+            "rps": round(statistics.median(r["rps"] for r in quiet)),
+            "p50_ms": _ms(statistics.median(r["latency_us"]["p50"] for r in quiet)),
+            "p99_ms": _ms(p99_quiet),
+            "rounds_p99_ms": [_ms(r["latency_us"]["p99"]) for r in quiet],
+            "failed": sum(r["failed"] for r in quiet),
+        },
+        {
+            "scenario": "reload every second under load (50-rule policy)",
+            "subject": f"with reloads ({reloads} swaps of {edits} edits)",
+            "rps": round(statistics.median(r["rps"] for r in busy)),
+            "p50_ms": _ms(statistics.median(r["latency_us"]["p50"] for r in busy)),
+            "p99_ms": _ms(p99_busy),
+            "p99_ratio": round(p99_busy / p99_quiet, 2),
+            "rounds_p99_ms": [_ms(r["latency_us"]["p99"]) for r in busy],
+            "failed": sum(r["failed"] for r in busy),
+        },
+    ]
+
+
+def big_policy(rules: int = 10_000) -> str:
+    """Login rules for `rules` users, one per line, all of them validated and compiled."""
+    lines = ["# Login.rules: a 10,000-rule policy for the swap benchmark.", "let team = user.metas.team"]
+    for i in range(rules):
+        lines.append(
+            f'reject "user u{i} may only log in from team t{i % 50} ({{team}} asked)" '
+            f'when user.user == "u{i}" and team != "t{i % 50}" and not regex("^10[.]{i % 256}[.]", '
+            f"content.client_address)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def scenario_swap(seconds: float, log_dir: Path) -> list[dict[str, Any]]:
+    """Load and swap in a 10,000-rule policy while NewProxy requests keep coming."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = _copy_policy(Path(tmp) / "policies")
+        server = policyd("policyd swapping", policies, log_dir, "--decision-log", "off").wait_ready()
+        text = big_policy()
+        try:
+            wrk(server.url + URL_PATH, 1)
+            result: dict[str, Any] = {}
+            load = threading.Thread(target=lambda: result.update(wrk(server.url + URL_PATH, seconds)))
+            load.start()
+            time.sleep(min(2.0, seconds / 4))
+            before = server.logs().count("active after change")
+            written = time.monotonic()
+            _write_atomically(policies / "Login.rules", text)
+            swapped_after = None
+            while load.is_alive():
+                if swapped_after is None and server.logs().count("active after change") > before:
+                    swapped_after = time.monotonic() - written
+                time.sleep(0.05)
+            load.join()
+            if swapped_after is None and server.logs().count("active after change") > before:
+                swapped_after = float("nan")  # swapped, but only after the load ended
+        finally:
+            server.stop()
+    return [
+        {
+            "scenario": "swap in a 10,000-rule policy under load",
+            "subject": "policyd, 50-rule NewProxy + 10,000 Login rules",
+            "rps": round(result["rps"]),
+            "p50_ms": _ms(result["latency_us"]["p50"]),
+            "p99_ms": _ms(result["latency_us"]["p99"]),
+            "max_ms": _ms(result["latency_us"]["max"]),
+            "failed": result["failed"],
+            "swapped_after_s": None if swapped_after is None else round(swapped_after, 2),
+        }
+    ]
+
+
+# -- report -------------------------------------------------------------------------------
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on this run's rows."""
+    out = []
+
+    def find(scenario: str, subject: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["scenario"].startswith(scenario) and r["subject"] == subject), None)
+
+    inproc = next(
+        (r for r in rows if r["scenario"].startswith("in-process, 50-rule") and "compiled" in r["subject"]),
+        None,
+    )
+    if inproc:
+        out.append(_target("in-process: 50-rule decision vs plain simpleeval", inproc["ratio"], ">=", 10))
+    http = find("HTTP", "policyd, 50-rule policy")
+    if http:
+        out.append(
+            _target("HTTP: policyd 50-rule vs FastAPI (pydantic)", http["vs_fastapi_model"], ">=", 1.5)
+        )
+        out.append(
+            _target("HTTP: policyd 50-rule vs FastAPI (request.json)", http["vs_fastapi_json"], ">=", 1.5)
+        )
+        out.append(_target("HTTP: policyd 50-rule vs raw ASGI", http["vs_raw"], ">=", 0.6))
+    reload_row = next((r for r in rows if "p99_ratio" in r), None)
+    if reload_row:
+        out.append(_target("reload every second: p99 ratio", reload_row["p99_ratio"], "<=", 1.2))
+    swap = next((r for r in rows if r["scenario"].startswith("swap")), None)
+    if swap:
+        out.append(_target("10k-rule swap: failed answers", swap["failed"], "<=", 0))
+        out.append(_target("10k-rule swap: slowest answer (ms)", swap["max_ms"], "<=", 50))
+        swapped = swap["swapped_after_s"] is not None and swap["swapped_after_s"] == swap["swapped_after_s"]
+        out.append({"target": "10k-rule swap: swapped during the load", "value": swapped, "met": swapped})
+    return out
+
+
+def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
+    met = value >= bound if op == ">=" else value <= bound
+    return {"target": f"{name} {op} {bound:g}", "value": value, "met": met}
+
+
+def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
+    columns = [
+        ("subject", "subject", 48),
+        ("rps", "req/s", 8),
+        ("p50_ms", "p50 ms", 7),
+        ("p99_ms", "p99 ms", 7),
+        ("max_ms", "max ms", 7),
+        ("us_per_decision", "µs/dec", 8),
+        ("ratio", "×simpleeval", 11),
+        ("vs_raw", "×raw", 5),
+        ("vs_fastapi_model", "×FastAPI", 8),
+        ("vs_fastapi_json", "×FA.json", 8),
+        ("p99_ratio", "p99 ×", 6),
+        ("failed", "failed", 6),
+    ]
+    scenario = None
+    for row in rows:
+        if row["scenario"] != scenario:
+            scenario = row["scenario"]
+            print(f"\n{scenario}")
+            print(
+                "  "
+                + " ".join(
+                    f"{title:>{width}}" if key != "subject" else f"{title:<{width}}"
+                    for key, title, width in columns
+                )
+            )
+        cells = []
+        for key, _, width in columns:
+            value = row.get(key, "")
+            cells.append(f"{value!s:<{width}}" if key == "subject" else f"{value!s:>{width}}")
+        print("  " + " ".join(cells))
+        if "swapped_after_s" in row:
+            print(f"  (the new policy answered {row['swapped_after_s']} s after the file was written)")
+    print("\ntargets")
+    for goal in goals:
+        print(f"  [{'met' if goal['met'] else 'NOT MET'}] {goal['target']}: {goal['value']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server (default 3)")
+    parser.add_argument("--only", default="inproc,http,reload,swap", help="scenarios to run")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout of policyd (e.g. a worktree of main) to serve in the HTTP scenario too",
+    )
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(","))
+    if wanted - {"inproc"} and shutil.which("wrk") is None:
+        print(
+            "wrk is not installed; the HTTP scenarios need it. On Debian/Ubuntu:\n"
+            "  apt-get update && apt-get install -y wrk\n"
+            "or run only the in-process scenario: python -m benchmarks.run --only inproc",
+            file=sys.stderr,
+        )
+        return 2
+    rows: list[dict[str, Any]] = []
+    with _log_dir() as log_dir:
+        if "inproc" in wanted:
+            rows += scenario_inproc(max(1.0, args.duration / 2))
+        if "http" in wanted:
+            rows += scenario_http(args.duration, args.rounds, log_dir, args.compare)
+        if "reload" in wanted:
+            rows += scenario_reload(args.duration, args.rounds, log_dir)
+        if "swap" in wanted:
+            rows += scenario_swap(max(15.0, args.duration), log_dir)
+    goals = targets(rows)
+    print_table(rows, goals)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / time.strftime("%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps({"environment": environment(args), "rows": rows, "targets": goals}, indent=2))
+    print(f"\nwritten to {path}")
+    return 0
+
+
+@contextlib.contextmanager
+def _log_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="policyd-bench-") as tmp:
+        yield Path(tmp)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    import uvicorn
+
+    def installed(module: str) -> bool:
+        try:
+            __import__(module)
+        except ImportError:
+            return False
+        return True
+
+    wrk_version = ""
+    if shutil.which("wrk"):
+        done = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        wrk_version = (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else ""
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "uvicorn": uvicorn.__version__,
+        "uvloop": installed("uvloop"),
+        "httptools": installed("httptools"),
+        "wrk": wrk_version,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "connections": CONNECTIONS,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
