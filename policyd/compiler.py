@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from policyd import sandbox
 from policyd.errors import EvaluationError, LimitError, Location, ValidationError
 from policyd.sandbox import Budget
-from policyd.schema import Field, Kind, did_you_mean, field_of_other_ops, view, zero_value
+from policyd.schema import Field, Kind, ZeroMap, did_you_mean, field_of_other_ops, view, zero_value
 
 
 class RequestNames(dict[str, Any]):
@@ -122,7 +122,7 @@ def _lookup(container: Any, key: Any, dotted: bool) -> Any:
             raise EvaluationError(f"{_describe(key)} cannot be a key") from None
     if dotted:
         raise EvaluationError(f"'.{key}' is not available on a {_describe(container)}")
-    if isinstance(container, list | tuple | str):
+    if isinstance(container, (list, tuple, str)):
         try:
             return container[key]
         except IndexError:
@@ -623,7 +623,7 @@ def _assign(bound: dict[str, Any], target: ast.AST, value: Any) -> None:
         bound[target.id] = value
         return
     assert isinstance(target, ast.Tuple)
-    if not isinstance(value, list | tuple) or len(value) != len(target.elts):
+    if not isinstance(value, (list, tuple)) or len(value) != len(target.elts):
         raise EvaluationError(f"cannot unpack a {_describe(value)} into {len(target.elts)} names")
     for t, v in zip(target.elts, value, strict=True):
         _assign(bound, t, v)
@@ -773,7 +773,9 @@ def _field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: 
             node = node.get(key)
         if last is None:
             if node is None:
-                return [] if final.kind is Kind.STR_LIST else zero_value(final)
+                if final.kind is Kind.STR_LIST:
+                    return []
+                return ZeroMap() if final.kind is Kind.STR_MAP else zero_value(final)
             if final.kind in _SCALAR_ZERO or final.kind is Kind.STR_LIST:
                 return node
             return generic(ctx) if not isinstance(node, dict) else view(final, node)
