@@ -148,7 +148,7 @@ def expressions(draw: st.DrawFn, op: Op, depth: int = 3, bound: tuple[str, ...] 
     shape = draw(
         st.sampled_from(
             [
-                "binop", "unary", "and", "or", "compare", "chain", "in_const", "in_range", "is",
+                "binop", "unary", "and", "or", "compare", "chain", "in_const", "in_range", "in_dynamic", "is",
                 "ifexp", "call", "call_iter", "method", "index", "slice", "list", "tuple", "set",
                 "dict", "listcomp", "gencall", "setcomp", "dictcomp", "nested", "fstring",
             ]
@@ -176,6 +176,9 @@ def expressions(draw: st.DrawFn, op: Op, depth: int = 3, bound: tuple[str, ...] 
         if draw(st.booleans()):
             args += f", {draw(st.sampled_from([1, 2, -1, 7]))}"
         return f"({sub()} {draw(st.sampled_from(['in', 'not in']))} range({args}))"
+    if shape == "in_dynamic":
+        bounds = ", ".join(sub() for _ in range(draw(st.integers(1, 3))))
+        return f"({sub()} {draw(st.sampled_from(['in', 'not in']))} range({bounds}))"
     if shape == "is":
         singleton = draw(st.sampled_from(["None", "True"]))
         return f"({sub()} {draw(st.sampled_from(['is', 'is not']))} {singleton})"
@@ -325,6 +328,17 @@ SPECIALISED = [
     "content.subdomain and not content.subdomain.startswith(team + '-')",
     "content.proxy_type in ('tcp', 'udp') and content.remote_port not in range(6000, 7000)",
     "content.remote_port is None or content.use_encryption is True",
+    "content.remote_port in range(data.teams.red.ports[0], data.teams.red.ports[1] + 1)",
+    "content.remote_port not in range(t.ports[0], t.ports[1])",
+    "n in range(n - 1, n + 1)",
+    "content.remote_port in range(n, 'x')",
+    "content.proxy_type in range(0, n)",
+    "6022.0 in range(n, 7000)",
+    "True in range(0, 2)",
+    "content.remote_port in range(n)",
+    "any(len(v) > 2 for v in content.annotations.values())",
+    "all(d.endswith('.example.com') for d in content.custom_domains)",
+    "any([d for d in content.custom_domains])",
 ]
 CONTENTS: list[dict[str, Any]] = [
     {},
@@ -366,7 +380,7 @@ def test_the_generated_grammar_mostly_compiles() -> None:
         total += 1
         try:
             compile_expression(case[1], case[0])
-        except ValidationError:
+        except (ValidationError, SyntaxError):
             return
         compiled += 1
 
