@@ -1,8 +1,9 @@
 """The HTTP service frps calls: the plugin route, health, status and metrics endpoints.
 
-The plugin route reads the raw body and answers raw bytes: no per-request model validation beyond
-what the wire format needs, so the request path stays lean. Everything else (metrics, the decision
-log, status) lives in its own module; this one only wires them to HTTP.
+The plugin route is a raw ASGI app in front of FastAPI: it reads the raw body and answers raw
+bytes, with no per-request model validation beyond what the wire format needs, so the request
+path stays lean; FastAPI serves the other endpoints. Everything else (metrics, the decision log,
+status) lives in its own module; this one only wires them to HTTP.
 """
 
 from __future__ import annotations
