@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pytest
 import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,3 +102,63 @@ def test_reload_loads_out_of_the_collector_and_frees_the_replaced_policy(tmp_pat
     rules.write_text('reject "c" when content.remote_port == 3\n')
     store.reload(("NewProxy.rules",))
     assert first() is None
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+NAMES = st.sampled_from(["alice", "bob", "root", "mallory", "dave", ""])
+DOMAINS = st.sampled_from(["a.red.example.com", "red.example.com", "x.example.com", "*.red.example.com"])
+
+
+@st.composite
+def newproxy_contents(draw: st.DrawFn) -> dict[str, Any]:
+    """NewProxy requests that get past the first rules often enough to reach the later ones."""
+    name = draw(NAMES)
+    content = draw(
+        st.fixed_dictionaries(
+            {"proxy_type": st.sampled_from(["tcp", "udp", "http", "https", "stcp", "tcpmux", "bogus"])},
+            optional={
+                "remote_port": st.sampled_from([0, 80, 6022, 6666, 6550, 7001, None]),
+                "custom_domains": st.lists(DOMAINS, max_size=2),
+                "subdomain": st.sampled_from(["", "web", "red-web", "Bad!"]),
+                "allow_users": st.lists(NAMES | st.just("*"), max_size=2),
+                "metas": st.dictionaries(st.sampled_from(["owner", "team"]), NAMES, max_size=2),
+                "use_encryption": st.booleans(),
+                "sk": st.sampled_from(["", "s3cret"]),
+                "group": st.sampled_from(["", "red-g", "g"]),
+                "group_key": st.sampled_from(["", "k"]),
+                "bandwidth_limit": st.sampled_from(["", "10MB", "fast"]),
+                "locations": st.lists(st.sampled_from(["/", "/api", "api"]), max_size=2),
+            },
+        )
+    )
+    team = draw(st.sampled_from(["red", "red", "blue", "", "x"]))
+    content["user"] = {
+        "user": name,
+        "metas": {"team": team},
+        "run_id": draw(st.sampled_from(["r1", "r1", ""])),
+    }
+    content["proxy_name"] = draw(st.sampled_from([f"{name}.ssh", f"{name}.web", "x", f"{name}.BAD"]))
+    return content
+
+
+@pytest.mark.parametrize(
+    "directory", [SHIPPED_POLICIES, BENCHMARKS / "policy50"], ids=["shipped", "policy50"]
+)
+def test_whole_decisions_agree_with_a_plain_engine_on_the_reference(directory: Path) -> None:
+    """decide() against benchmarks/inproc.TreeEngine: the same rules through policyd.reference,
+    with every view built in full (no lazy views, no field readers, no specialised closures)."""
+    from benchmarks.inproc import TreeEngine
+    from policyd import reference
+
+    policy = load_policy(directory)
+    plain = TreeEngine(policy, Op.NEW_PROXY, reference.evaluate)
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @given(newproxy_contents())
+    def check(content: dict[str, Any]) -> None:
+        decision = decide(policy, Op.NEW_PROXY, content)
+        assert decision.error is None
+        outcome, reason = plain.decide(content)
+        assert (decision.outcome.value, decision.reason) == (outcome, reason)
+
+    check()
