@@ -867,19 +867,20 @@ def _compare_constant(
             if isinstance(right_node, ast.List)
             else set(values)
         )
-        # The display is built (and charged one step, its deep size) after `left` is evaluated.
+        # The display is built (and charged its deep size) after `left` is evaluated.
+        cost = _built_cost(container)
         if negate:
 
             def not_in_display(ctx: Ctx) -> bool:
                 value = left(ctx)
-                ctx.budget.charge()
+                ctx.budget.charge(cost)
                 return value not in container
 
             return not_in_display
 
         def in_display(ctx: Ctx) -> bool:
             value = left(ctx)
-            ctx.budget.charge()
+            ctx.budget.charge(cost)
             return value in container
 
         return in_display
@@ -902,11 +903,13 @@ def _compare_constant(
     r = range(*(v for _, v in args))
     lo, hi, step = r.start, r.stop, r.step
 
-    # range() returns a SafeRange, charged one step after `left` is evaluated; for an int,
+    cost = _built_cost(rng)
+
+    # range() returns a SafeRange, charged as built after `left` is evaluated; for an int,
     # membership of a step-1 range is a bounds check.
     def in_range(ctx: Ctx) -> bool:
         value = left(ctx)
-        ctx.budget.charge()
+        ctx.budget.charge(cost)
         if type(value) is int and step == 1:
             return (lo <= value < hi) is not negate
         return (value in rng) is not negate
@@ -978,21 +981,29 @@ def _compare(op: ast.cmpop, left: Compiled, right: Compiled) -> Compiled | None:
     return None
 
 
+def _built_cost(value: Any) -> int:
+    """The steps sandbox.charge_built() charges for `value`, a constant built once at load time."""
+    scratch = Budget(max_steps=1 << 62, seconds=1e9)
+    sandbox.charge_built(value, scratch)
+    return scratch.steps
+
+
 def _in_dynamic_range(
     left: Compiled, call: ast.Call, negate: bool, compile_arg: Callable[[ast.expr], Compiled]
 ) -> Compiled:
     """`x in range(a, b)` with computed bounds: no SafeRange built for int bounds and an int x.
 
     As the generic call: bounds evaluated after x, range() refuses non-integers, the range is
-    charged one step, and membership is SafeRange's.
+    charged as built (what does not depend on its bounds), and membership is SafeRange's.
     """
     args = [compile_arg(a) for a in call.args]
+    cost = _built_cost(sandbox.SafeRange(0))
 
     def in_range(ctx: Ctx) -> bool:
         value = left(ctx)
         bounds = [a(ctx) for a in args]
         if len(bounds) == 2 and type(bounds[0]) is int and type(bounds[1]) is int:
-            ctx.budget.charge()
+            ctx.budget.charge(cost)
             if type(value) is int:
                 return (bounds[0] <= value < bounds[1]) is not negate
             rng = sandbox.SafeRange(*bounds)
@@ -1001,7 +1012,7 @@ def _in_dynamic_range(
                 rng = sandbox.SafeRange(*bounds)
             except (TypeError, ValueError, OverflowError) as e:
                 raise EvaluationError(f"range(): {e}") from None
-            ctx.budget.charge()
+            ctx.budget.charge(cost)
         return (value in rng) is not negate
 
     return in_range

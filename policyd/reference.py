@@ -12,7 +12,9 @@ private attributes, node types); it refuses any other node type itself, as simpl
 
 Budget (what a request pays in steps, on top of the wall clock):
 - a call of a function that takes an iterable, with that one argument: the iterable's length;
-- a container a function returns or a display (`[...]`, `(...)`, `{...}`) builds: its deep size;
+- a container a function or an operator returns, or a display (`[...]`, `(...)`, `{...}`)
+  builds: its deep size (`sandbox.deep_size`);
+- a key= function: one step per call, and what a call of it would cost;
 - a method that returns a list: its length;
 - a comprehension: each loop's iterable length, one per item, and the deep size of each element.
 
@@ -22,7 +24,7 @@ One instance per evaluation: simpleeval keeps per-call state on the instance.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, FeatureNotAvailable, NameNotDefined
@@ -134,7 +136,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         fn = self.operators.get(type(node.op))
         if fn is None or type(node.op) not in sandbox.BINARY_OPERATORS:
             raise FeatureNotAvailable(f"operator {type(node.op).__name__} is not available")
-        return fn(self._eval(node.left), self._eval(node.right))
+        return sandbox.charge_built(fn(self._eval(node.left), self._eval(node.right)), self.budget)
 
     def _eval_unaryop(self, node: ast.UnaryOp) -> Any:
         return self.operators[type(node.op)](self._eval(node.operand))
@@ -174,13 +176,27 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
             sandbox.sized_iterable(values[0], self.budget)
         kwargs = {k.arg: self._eval(k.value) for k in node.keywords if k.arg is not None}
         key = kwargs.get("key")
-        if key is not None and key not in sandbox.KEY_FUNCTIONS:
-            raise EvaluationError("key= takes one of the policy language's functions")
+        if key is not None:
+            if key not in sandbox.KEY_FUNCTIONS:
+                raise EvaluationError("key= takes one of the policy language's functions")
+            kwargs["key"] = self._key(key)
         try:
             result = fn(*values, **kwargs)
         except (TypeError, ValueError, OverflowError) as e:
             raise EvaluationError(f"{name}(): {e}") from None
         return sandbox.charge_built(sandbox.check_length(result), self.budget)
+
+    def _key(self, fn: Any) -> Any:
+        """A key= function, called once per item by sorted()/min()/max(), runs as a call does."""
+        iterable_first = next(takes for f, takes in sandbox.FUNCTIONS.values() if f is fn)
+
+        def key(value: Any) -> Any:
+            self.budget.charge()
+            if iterable_first:
+                sandbox.sized_iterable(value, self.budget)
+            return sandbox.charge_built(sandbox.check_length(fn(value)), self.budget)
+
+        return key
 
     def _call_method(self, node: ast.Call, func: ast.Attribute) -> Any:
         name = func.attr
@@ -228,15 +244,16 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         return sandbox.charge_built(result, self.budget)
 
     def _eval_joinedstr(self, node: ast.JoinedStr) -> str:
-        parts = []
-        for value in node.values:
-            if isinstance(value, ast.FormattedValue):
-                if value.format_spec is not None or value.conversion != -1:
-                    raise FeatureNotAvailable("format specs and conversions are not available")
-                parts.append(sandbox.to_text(self._eval(value.value)))
-            else:
-                parts.append(self._eval(value))
-        return sandbox.check_length("".join(parts))
+        def parts() -> Iterator[str]:  # one at a time: join_texts stops at the first too many
+            for value in node.values:
+                if isinstance(value, ast.FormattedValue):
+                    if value.format_spec is not None or value.conversion != -1:
+                        raise FeatureNotAvailable("format specs and conversions are not available")
+                    yield sandbox.to_text(self._eval(value.value))
+                else:
+                    yield self._eval(value)
+
+        return sandbox.join_texts(parts())
 
     # -- comprehensions --------------------------------------------------------------------
     def _assign(self, target: ast.expr, value: Any) -> None:
