@@ -18,7 +18,7 @@ import enum
 import io
 import re
 import tokenize
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
@@ -54,6 +54,10 @@ class Template:
 
     def render(self, ctx: Ctx) -> str:
         return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+
+
+# What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
+CacheKey = tuple[str, frozenset[str], frozenset[str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,11 +458,15 @@ def compile_rules(
     errors: list[PolicyError],
     max_errors: int = 100,
     pause: Callable[[], None] | None = None,
+    reuse: Mapping[CacheKey, Statement] | None = None,
+    keep: dict[CacheKey, Statement] | None = None,
 ) -> list[Statement]:
     """Compile a rule file; every error found goes to `errors` (the file is bad if any).
 
     `pause` is called between rules: a reload in a background thread uses it to let the
-    serving thread have the GIL while thousands of rules compile.
+    serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
+    previous load's `keep`) under the same text, op, lets above it and data files is not
+    compiled again, only moved to its new line: an edit recompiles the lines it changed.
     """
     statements: list[Statement] = []
     lets: set[str] = set()
@@ -470,6 +478,18 @@ def compile_rules(
                 ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
             )
             break
+        key = (scope.op, frozenset(lets), scope.data_names, line.text)
+        cached = reuse.get(key) if reuse is not None else None
+        if cached is not None:
+            statement = dataclasses.replace(
+                cached, location=Location(path, line.line, cached.location.column)
+            )
+            if keep is not None:
+                keep[key] = statement
+            if statement.action is Action.LET:
+                lets.add(statement.path[0])
+            statements.append(statement)
+            continue
         if pause is not None:
             pause()
         parser = _RuleParser(path, line, _with_lets(scope, lets))
@@ -486,6 +506,8 @@ def compile_rules(
             if len(head) >= 2 and head[0] == "let":
                 lets.add(head[1].rstrip("="))
             continue
+        if keep is not None:
+            keep[key] = statement
         if statement.action is Action.LET:
             lets.add(statement.path[0])
         statements.append(statement)

@@ -20,7 +20,7 @@ import orjson
 
 from policyd.compiler import Scope
 from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError
-from policyd.language import Action, Statement, compile_rules
+from policyd.language import Action, CacheKey, Statement, compile_rules
 from policyd.schema import SCHEMAS, USER, Op, did_you_mean
 
 RULES_SUFFIX = ".rules"
@@ -60,6 +60,8 @@ class Policy:
     data: dict[str, Any]
     data_files: tuple[DataFile, ...] = ()
     loaded_at: float = field(default_factory=time.time)
+    # Every compiled rule by what it depends on: the next load reuses the unchanged ones.
+    compiled: Mapping[CacheKey, Statement] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rule_count(self) -> int:
@@ -138,26 +140,32 @@ def _toml_position(message: str) -> tuple[int, int]:
     return 0, 0
 
 
-def load_policy(directory: str | Path, *, pause: Callable[[], None] | None = None) -> Policy:
+def load_policy(
+    directory: str | Path,
+    *,
+    pause: Callable[[], None] | None = None,
+    previous: Policy | None = None,
+) -> Policy:
     """Load and validate the whole policy directory; raise PolicyLoadError with every error.
 
     Files are read one by one, so an edit landing mid-load (a ConfigMap's `..data` swap between
     reading data/ and the rules) would mix two versions into one that never existed. The files'
     identities are compared before and after; a load that saw the directory change is retried.
-    `pause` is called between rules (see `compile_rules`).
+    `pause` is called between rules (see `compile_rules`); the rules of `previous` that did not
+    change are reused instead of compiled again.
     """
     root = Path(directory)
     for _ in range(MAX_LOAD_ATTEMPTS - 1):
         before = _identity(root)
         try:
-            policy = _load(root, pause)
+            policy = _load(root, pause, previous)
         except PolicyLoadError:
             if _identity(root) == before:
                 raise
             continue
         if _identity(root) == before:
             return policy
-    return _load(root, pause)
+    return _load(root, pause, previous)
 
 
 def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -176,7 +184,7 @@ def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
-def _load(root: Path, pause: Callable[[], None] | None) -> Policy:
+def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None) -> Policy:
     if not root.is_dir():
         raise PolicyLoadError(
             [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
@@ -203,6 +211,7 @@ def _load(root: Path, pause: Callable[[], None] | None) -> Policy:
         digest.update(shown.encode() + b"\0" + raw + b"\0")
         data_files.append(DataFile(p.stem, shown, hashlib.sha256(raw).hexdigest()))
 
+    compiled: dict[CacheKey, Statement] = {}
     rules: dict[Op, RuleFile] = {}
     ops = {op.value: op for op in Op}
     for p in rule_paths:
@@ -234,7 +243,15 @@ def _load(root: Path, pause: Callable[[], None] | None) -> Policy:
             data_names=frozenset(data),
             op=op.value,
         )
-        statements = compile_rules(shown, source, scope, errors, pause=pause)
+        statements = compile_rules(
+            shown,
+            source,
+            scope,
+            errors,
+            pause=pause,
+            reuse=previous.compiled if previous is not None else None,
+            keep=compiled,
+        )
         rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements))
 
     if errors:
@@ -245,4 +262,5 @@ def _load(root: Path, pause: Callable[[], None] | None) -> Policy:
         rules=MappingProxyType(rules),
         data=data,
         data_files=tuple(data_files),
+        compiled=compiled,
     )

@@ -68,7 +68,7 @@ class PolicyStore:
             what = ", ".join(changed_paths) or "(poll)"
             self._release_replaced()
             try:
-                candidate = _load_out_of_gc(self.directory, pause=_Pacer())
+                candidate = _load_out_of_gc(self.directory, pause=_Pacer(), previous=self.policy)
             except PolicyLoadError as e:
                 attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors))
                 self.stats.failures += 1
@@ -131,7 +131,9 @@ class _Pacer:
             self.next = time.perf_counter() + PAUSE_EVERY_S
 
 
-def _load_out_of_gc(directory: Path, pause: Callable[[], None] | None = None) -> Policy:
+def _load_out_of_gc(
+    directory: Path, pause: Callable[[], None] | None = None, previous: Policy | None = None
+) -> Policy:
     """load_policy() with the cyclic garbage collector kept off the new policy's objects.
 
     Compiling 10,000 rules makes a few hundred thousand objects, which would trigger full
@@ -143,7 +145,7 @@ def _load_out_of_gc(directory: Path, pause: Callable[[], None] | None = None) ->
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        policy = load_policy(directory, pause=pause)
+        policy = load_policy(directory, pause=pause, previous=previous)
         gc.freeze()
         return policy
     finally:

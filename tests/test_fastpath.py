@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from policyd.app import _query_op
 from policyd.compiler import RequestNames
 from policyd.engine import _view_at, decide, new_context
+from policyd.errors import PolicyLoadError
 from policyd.policy import load_policy
 from policyd.sandbox import Budget, regex
 from policyd.schema import SCHEMAS, Op, view
@@ -162,3 +163,31 @@ def test_whole_decisions_agree_with_a_plain_engine_on_the_reference(directory: P
         assert (decision.outcome.value, decision.reason) == (outcome, reason)
 
     check()
+
+
+def test_a_reload_compiles_only_the_rules_that_changed(tmp_path: Path) -> None:
+    rules = tmp_path / "NewProxy.rules"
+    head = 'let team = user.metas.team\nreject "a" when team == "x"\n'
+    rules.write_text(head + 'reject "b" when content.remote_port == 1\n')
+    first = load_policy(tmp_path)
+    rules.write_text("# moved down\n" + head + 'reject "b" when content.remote_port == 2\n')
+    second = load_policy(tmp_path, previous=first)
+    old, new = first.rules[Op.NEW_PROXY].statements, second.rules[Op.NEW_PROXY].statements
+    assert new[1].condition is old[1].condition, "unchanged: reused"
+    assert new[2].condition is not old[2].condition, "changed: compiled again"
+    assert [s.location.line for s in new] == [2, 3, 4], "reused rules carry their new lines"
+
+
+def test_a_reused_rule_is_validated_again_when_what_it_depends_on_changed(tmp_path: Path) -> None:
+    rules = tmp_path / "NewProxy.rules"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "teams.toml").write_text("red = 1\n")
+    rules.write_text('let team = user.metas.team\nreject "a" when team == "x" or data.teams.red\n')
+    first = load_policy(tmp_path)
+    rules.write_text('reject "a" when team == "x" or data.teams.red\n')
+    with pytest.raises(PolicyLoadError, match="unknown name 'team'"):
+        load_policy(tmp_path, previous=first)
+    rules.write_text('let team = user.metas.team\nreject "a" when team == "x" or data.teams.red\n')
+    (tmp_path / "data" / "teams.toml").unlink()
+    with pytest.raises(PolicyLoadError, match="no data file named 'teams'"):
+        load_policy(tmp_path, previous=first)
