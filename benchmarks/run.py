@@ -199,7 +199,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def scenario_reload(seconds: float, rounds: int, log_dir: Path) -> list[dict[str, Any]]:
-    """p99 with NewProxy.rules rewritten every second, against p99 without, same server."""
+    """p99 with one rule of NewProxy.rules edited every second, against p99 without, same server."""
     with tempfile.TemporaryDirectory() as tmp:
         policies = _copy_policy(Path(tmp) / "policies")
         rules = policies / "NewProxy.rules"
@@ -218,7 +218,9 @@ def scenario_reload(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
                     nonlocal edits
                     while not stop.wait(1.0):
                         edits += 1
-                        _write_atomically(rules, original + f"# edit {edits}\n")
+                        # One rule changes, as in an operator's edit: a new port every time.
+                        edited = original.replace("(6666, 6667, 6697)", f"(6666, 6667, {7000 + edits})")
+                        _write_atomically(rules, edited)
 
                 editor = threading.Thread(target=edit)
                 editor.start()
