@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import re2
 
 from policyd.errors import EvaluationError, LimitError
-from policyd.schema import ZeroMap
+from policyd.schema import Record, ZeroMap
 
 T = TypeVar("T")
 
@@ -433,20 +433,26 @@ def _to_int(value: Any, base: int | None = None) -> int:
     return int(value) if base is None else int(value, base)
 
 
+def _string_arg(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise EvaluationError(f"{name}() takes a string, not {type(value).__name__}")
+    return value
+
+
 def _lower(value: str) -> str:
-    return value.lower()
+    return _string_arg("lower", value).lower()
 
 
 def _upper(value: str) -> str:
-    return value.upper()
+    return _string_arg("upper", value).upper()
 
 
 def _startswith(value: str, prefix: str | tuple[str, ...]) -> bool:
-    return value.startswith(tuple(prefix) if isinstance(prefix, list) else prefix)
+    return _string_arg("startswith", value).startswith(tuple(prefix) if isinstance(prefix, list) else prefix)
 
 
 def _endswith(value: str, suffix: str | tuple[str, ...]) -> bool:
-    return value.endswith(tuple(suffix) if isinstance(suffix, list) else suffix)
+    return _string_arg("endswith", value).endswith(tuple(suffix) if isinstance(suffix, list) else suffix)
 
 
 MAX_ROUND_DIGITS = 100  # |ndigits| of round(): round(n, -10**7) would compute 10**(10**7)
@@ -526,6 +532,7 @@ METHODS: dict[type, frozenset[str]] = {
     str: _STR_METHODS,
     dict: _DICT_METHODS,
     ZeroMap: _DICT_METHODS,
+    Record: _DICT_METHODS,  # content.get("future_field", ""), user.keys()
     list: _SEQ_METHODS,
     tuple: _SEQ_METHODS,
     set: _SET_METHODS,

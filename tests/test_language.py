@@ -460,3 +460,19 @@ def test_the_language_contract_example_works_verbatim() -> None:
 
 def test_set_path_key_must_be_a_plain_string() -> None:
     assert "expected a string key in set path" in only_error('set content.metas[f"x"] = "1"')
+
+
+def test_content_and_user_offer_the_read_only_dict_methods() -> None:
+    d = run(
+        "reject \"{content.get('remote_port')} {content.get('future', 'none')} {user.get('user')}\" "
+        "when 'proxy_type' in content.keys()",
+        TCP,
+    )
+    assert d.reason == "6022 none alice", d.error
+
+
+@pytest.mark.parametrize("call", ["lower(5)", "upper(None)", "startswith(1, 'a')", "endswith([], 'a')"])
+def test_string_functions_name_the_wrong_argument_type(call: str) -> None:
+    d = run(f'reject "x" when {call}', TCP)
+    assert d.error is not None and d.error.code == "eval_error"
+    assert "takes a string, not" in d.error.message
