@@ -495,18 +495,7 @@ class ExpressionCompiler:
 
         def method_call(ctx: Ctx) -> Any:
             obj = receiver(ctx)
-            allowed = sandbox.METHODS.get(type(obj))
-            if allowed is None or name not in allowed:
-                raise EvaluationError(f"method '{name}' is not available on a {_describe(obj)}")
-            values = tuple([a(ctx) for a in args])
-            sandbox.precheck_method(obj, name, values)
-            try:
-                result = getattr(obj, name)(*values)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise EvaluationError(f".{name}(): {e}") from None
-            if isinstance(result, list):
-                ctx.budget.charge(len(result))
-            return sandbox.check_length(result)
+            return sandbox.call_method(obj, name, tuple([a(ctx) for a in args]), ctx.budget)
 
         return method_call
 
@@ -1023,18 +1012,7 @@ def _method_call(name: str, receiver: Compiled, arg: Compiled | None) -> Compile
 
     def method_call(ctx: Ctx) -> Any:
         obj = receiver(ctx)
-        allowed = sandbox.METHODS.get(type(obj))
-        if allowed is None or name not in allowed:
-            raise EvaluationError(f"method '{name}' is not available on a {_describe(obj)}")
-        values = () if arg is None else (arg(ctx),)
-        sandbox.precheck_method(obj, name, values)
-        try:
-            result = getattr(obj, name)(*values)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise EvaluationError(f".{name}(): {e}") from None
-        if isinstance(result, list):
-            ctx.budget.charge(len(result))
-        return sandbox.check_length(result)
+        return sandbox.call_method(obj, name, () if arg is None else (arg(ctx),), ctx.budget)
 
     return method_call
 

@@ -201,18 +201,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
     def _call_method(self, node: ast.Call, func: ast.Attribute) -> Any:
         name = func.attr
         receiver = self._eval(func.value)
-        allowed = sandbox.METHODS.get(type(receiver))
-        if allowed is None or name not in allowed:
-            raise EvaluationError(f"method '{name}' is not available on a {type(receiver).__name__}")
-        values = tuple(self._eval(a) for a in node.args)
-        sandbox.precheck_method(receiver, name, values)
-        try:
-            result = getattr(receiver, name)(*values)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise EvaluationError(f".{name}(): {e}") from None
-        if isinstance(result, list):
-            self.budget.charge(len(result))
-        return sandbox.check_length(result)
+        return sandbox.call_method(receiver, name, tuple(self._eval(a) for a in node.args), self.budget)
 
     # -- displays --------------------------------------------------------------------------
     def _elements(self, elts: list[ast.expr]) -> list[Any]:

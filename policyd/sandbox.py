@@ -541,6 +541,21 @@ METHODS: dict[type, frozenset[str]] = {
 ALL_METHOD_NAMES = frozenset().union(*METHODS.values())
 
 
+def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> Any:
+    """`receiver.name(*args)` for rules: allowed by the receiver's exact type, sized before and after."""
+    allowed = METHODS.get(type(receiver))
+    if allowed is None or name not in allowed:
+        raise EvaluationError(f"method '{name}' is not available on a {type(receiver).__name__}")
+    precheck_method(receiver, name, args)
+    try:
+        result = getattr(receiver, name)(*args)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EvaluationError(f".{name}(): {e}") from None
+    if isinstance(result, list):
+        budget.charge(len(result))
+    return check_length(result)
+
+
 def precheck_method(receiver: Any, name: str, args: tuple[Any, ...]) -> None:
     """Refuse method calls whose result would exceed the size limits before doing the work."""
     if not isinstance(receiver, str):
