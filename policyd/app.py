@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policyd.access import Allowlist
 from policyd.decisionlog import DecisionLog
-from policyd.engine import decide
+from policyd.engine import decide, fail_unencodable
 from policyd.metrics import CONTENT_TYPE, Metrics
 from policyd.protocol import (
     ALLOW_UNCHANGED,
@@ -230,21 +230,17 @@ def create_app(
         decision = decide(
             store.policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options
         )
-        metrics.observe(decision)
-        decisions.write(decision, plugin_request.content, reqid)
         try:
             encoded = encode_answer(decision)
         except orjson.JSONEncodeError as e:
             # A rule can compute what JSON cannot carry (a lone surrogate "\ud800", an integer
-            # over 64 bits, content nested past orjson's 255 levels); frps must still get a 200.
+            # over 64 bits, content nested past orjson's 255 levels); frps must still get a 200,
+            # and the metrics and decision log must show what frps got: a rule error.
             fail_open = plugin_request.op in options.fail_open_ops
-            log.error(
-                "%s %s: the answer cannot be encoded as JSON: %s",
-                plugin_request.op.value,
-                "failed OPEN" if fail_open else "rejected",
-                e,
-            )
+            fail_unencodable(decision, f"the answer cannot be encoded as JSON: {e}", fail_open=fail_open)
             encoded = ALLOW_UNCHANGED if fail_open else POLICY_ERROR_ANSWER
+        metrics.observe(decision)
+        decisions.write(decision, plugin_request.content, reqid)
         return encoded, decision.policy_version
 
     route = _PluginRoute(app, settings.handler_path, answer, settings.max_body_bytes)

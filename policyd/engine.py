@@ -269,3 +269,16 @@ def decide(
             decision.content = work
     decision.eval_us = (time.perf_counter() - started) * 1e6
     return decision
+
+
+def fail_unencodable(decision: Decision, message: str, *, fail_open: bool) -> None:
+    """Turn a decision whose answer cannot be sent into the rule error frps will see instead."""
+    error = EvaluationError(message)
+    if decision.rule is not None:
+        error.at(decision.rule)
+    decision.error = error
+    decision.failed_open = fail_open
+    decision.outcome = Outcome.ALLOW if fail_open else Outcome.REJECT
+    decision.reason = "" if fail_open else GENERIC_ERROR_REASON
+    decision.content = None
+    decision.changes = []

@@ -50,3 +50,19 @@ def test_deep_content_without_a_rewrite_is_answered_normally(tmp_path: Path) -> 
         tmp_path / "p", {"NewProxy.rules": 'reject "no" when content["future_field"] == 1'}
     )
     assert post(policies, "NewProxy", {"future_field": DEEP}) == (200, {"reject": False, "unchange": True})
+
+
+def test_unencodable_answer_is_counted_and_logged_as_the_error_frps_got(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    policies = write_policy(tmp_path / "p", {"NewProxy.rules": 'reject "\\ud800"'})
+    with app_client(policies, decision_log="stdout") as client:
+        response = client.post("/handler", json={"version": "0.1.0", "op": "NewProxy", "content": {}})
+        assert response.json() == POLICY_ERROR
+        metrics = client.get("/metrics").text
+    assert 'policyd_decisions_total{op="NewProxy",outcome="error"} 1.0' in metrics
+    assert 'outcome="reject"} 1.0' not in metrics
+    [line] = [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith("{")]
+    assert line["outcome"] == "error" and line["reason"] == "policy error"
+    assert "cannot be encoded as JSON" in line["error"]["message"]
+    assert line["rule"] == "NewProxy.rules:1"
