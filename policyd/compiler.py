@@ -106,32 +106,6 @@ class Scope:
         return {*BUILTIN_NAMES, *CONSTANTS, *sandbox.FUNCTIONS, *self.lets, *self.locals}
 
 
-def _describe(value: Any) -> str:
-    names: dict[type, str] = {dict: "object", list: "list", tuple: "tuple", str: "string"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _lookup(container: Any, key: Any, dotted: bool) -> Any:
-    """`x.key` / `x[key]` for rules: mappings by key, sequences by index; nothing else."""
-    if isinstance(container, dict):
-        try:
-            return container[key]
-        except KeyError:
-            raise EvaluationError(f"no key {key!r} in this object") from None
-        except TypeError:
-            raise EvaluationError(f"{_describe(key)} cannot be a key") from None
-    if dotted:
-        raise EvaluationError(f"'.{key}' is not available on a {_describe(container)}")
-    if isinstance(container, (list, tuple, str)):
-        try:
-            return container[key]
-        except IndexError:
-            raise EvaluationError(f"index {key!r} out of range (length {len(container)})") from None
-        except TypeError:
-            raise EvaluationError(f"cannot index a {_describe(container)} with {_describe(key)}") from None
-    raise EvaluationError(f"cannot index a {_describe(container)}")
-
-
 class ExpressionCompiler:
     """Compiles one expression; `locate` maps the AST's (line, col) to the rule file."""
 
@@ -283,7 +257,7 @@ class ExpressionCompiler:
                     return container[attr]
                 except KeyError:
                     raise EvaluationError(f"no key {attr!r} in this object") from None
-            return _lookup(container, attr, True)
+            return sandbox.lookup(container, attr, True)
 
         return self._key_path(node, scope, attribute) or attribute
 
@@ -298,7 +272,7 @@ class ExpressionCompiler:
         index = self._compile(node.slice, scope)
 
         def subscript(ctx: Ctx) -> Any:
-            return _lookup(value(ctx), index(ctx), False)
+            return sandbox.lookup(value(ctx), index(ctx), False)
 
         return self._key_path(node, scope, subscript) or subscript
 
@@ -613,7 +587,7 @@ def _assign(bound: dict[str, Any], target: ast.AST, value: Any) -> None:
         return
     assert isinstance(target, ast.Tuple)
     if not isinstance(value, (list, tuple)) or len(value) != len(target.elts):
-        raise EvaluationError(f"cannot unpack a {_describe(value)} into {len(target.elts)} names")
+        raise EvaluationError(f"cannot unpack a {sandbox.describe(value)} into {len(target.elts)} names")
     for t, v in zip(target.elts, value, strict=True):
         _assign(bound, t, v)
 

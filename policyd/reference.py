@@ -98,32 +98,11 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
     def _eval_attribute(self, node: ast.Attribute) -> Any:
         if node.attr.startswith("_"):
             raise FeatureNotAvailable(f"attribute '{node.attr}' is private")
-        container = self._eval(node.value)
-        if not isinstance(container, dict):
-            raise EvaluationError(f"'.{node.attr}' is not available on a {type(container).__name__}")
-        try:
-            return container[node.attr]
-        except KeyError:
-            raise EvaluationError(f"no key {node.attr!r} in this object") from None
+        return sandbox.lookup(self._eval(node.value), node.attr, True)
 
     def _eval_subscript(self, node: ast.Subscript) -> Any:
         container = self._eval(node.value)
-        key = self._eval(node.slice)
-        if isinstance(container, dict):
-            try:
-                return container[key]
-            except KeyError:
-                raise EvaluationError(f"no key {key!r} in this object") from None
-            except TypeError:
-                raise EvaluationError(f"a {type(key).__name__} cannot be a key") from None
-        if isinstance(container, list | tuple | str):
-            try:
-                return container[key]
-            except IndexError:
-                raise EvaluationError(f"index {key!r} out of range") from None
-            except TypeError:
-                raise EvaluationError(f"cannot index with a {type(key).__name__}") from None
-        raise EvaluationError(f"cannot index a {type(container).__name__}")
+        return sandbox.lookup(container, self._eval(node.slice), False)
 
     def _eval_slice(self, node: ast.Slice) -> slice:
         lower, upper, step = (

@@ -541,6 +541,35 @@ METHODS: dict[type, frozenset[str]] = {
 ALL_METHOD_NAMES = frozenset().union(*METHODS.values())
 
 
+def describe(value: Any) -> str:
+    names: dict[type, str] = {dict: "object", list: "list", tuple: "tuple", str: "string"}
+    return names.get(type(value), type(value).__name__)
+
+
+def lookup(container: Any, key: Any, dotted: bool) -> Any:
+    """`x.key` / `x[key]` for rules: mappings by key, sequences by index; nothing else.
+
+    Both evaluators use it, so a rule reaches Python objects only through this one door.
+    """
+    if isinstance(container, dict):
+        try:
+            return container[key]
+        except KeyError:
+            raise EvaluationError(f"no key {key!r} in this object") from None
+        except TypeError:
+            raise EvaluationError(f"{describe(key)} cannot be a key") from None
+    if dotted:
+        raise EvaluationError(f"'.{key}' is not available on a {describe(container)}")
+    if isinstance(container, (list, tuple, str)):
+        try:
+            return container[key]
+        except IndexError:
+            raise EvaluationError(f"index {key!r} out of range (length {len(container)})") from None
+        except TypeError:
+            raise EvaluationError(f"cannot index a {describe(container)} with {describe(key)}") from None
+    raise EvaluationError(f"cannot index a {describe(container)}")
+
+
 def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> Any:
     """`receiver.name(*args)` for rules: allowed by the receiver's exact type, sized before and after."""
     allowed = METHODS.get(type(receiver))
