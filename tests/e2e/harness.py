@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.support import PolicydProcess, free_port, write_policy
+from tests.support import PolicydProcess, free_port, stop_process, write_policy
 
 LOOPBACK = "127.0.0.1"  # everything binds here, never to another address
 READY_TIMEOUT = 20.0  # seconds: generous, the 2-core machine runs other work too
@@ -116,13 +116,7 @@ class LoggedProcess:
             raise AssertionError(f"{self.name} still running after {timeout:.0f}s") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
