@@ -278,6 +278,20 @@ def big_policy(rules: int = 10_000) -> dict[str, str]:
     return files
 
 
+def _swap_row(scenario: str, subject: str, run: dict[str, Any]) -> dict[str, Any]:
+    """One table row of a swap-scenario wrk run."""
+    latency = run["latency_us"]
+    return {
+        "scenario": scenario,
+        "subject": subject,
+        "rps": round(run["rps"]),
+        "p50_ms": _ms(latency["p50"]),
+        "p99_ms": _ms(latency["p99"]),
+        "max_ms": _ms(latency["max"]),
+        "failed": run["failed"],
+    }
+
+
 def scenario_swap(seconds: float, log_dir: Path) -> list[dict[str, Any]]:
     """Load and swap in a 10,000-rule policy while NewProxy requests keep coming."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -310,24 +324,11 @@ def scenario_swap(seconds: float, log_dir: Path) -> list[dict[str, Any]]:
                 swapped_after = float("nan")  # swapped, but only after the load ended
         finally:
             server.stop()
+    scenario = "swap in a 10,000-rule policy under load"
     return [
+        _swap_row(scenario, "same server and load, no change (control)", control),
         {
-            "scenario": "swap in a 10,000-rule policy under load",
-            "subject": "same server and load, no change (control)",
-            "rps": round(control["rps"]),
-            "p50_ms": _ms(control["latency_us"]["p50"]),
-            "p99_ms": _ms(control["latency_us"]["p99"]),
-            "max_ms": _ms(control["latency_us"]["max"]),
-            "failed": control["failed"],
-        },
-        {
-            "scenario": "swap in a 10,000-rule policy under load",
-            "subject": "policyd, 50 NewProxy rules + 10,000 in 5 other files",
-            "rps": round(result["rps"]),
-            "p50_ms": _ms(result["latency_us"]["p50"]),
-            "p99_ms": _ms(result["latency_us"]["p99"]),
-            "max_ms": _ms(result["latency_us"]["max"]),
-            "failed": result["failed"],
+            **_swap_row(scenario, "policyd, 50 NewProxy rules + 10,000 in 5 other files", result),
             "swapped_after_s": None if swapped_after is None else round(swapped_after, 2),
         },
     ]
