@@ -134,9 +134,13 @@ class ExpressionCompiler:
         ast.JoinedStr: "_compile_joinedstr",
     }
 
-    def __init__(self, scope: Scope, locate: Locator) -> None:
+    def __init__(self, scope: Scope, locate: Locator, *, record: bool = False) -> None:
         self.scope = scope
         self.locate = locate
+        # With `record`, every node's closure by id(node): policyd.codegen calls the closures of
+        # the nodes it does not inline.
+        self.closures: dict[int, Compiled] | None = {} if record else None
+        self.any_all: dict[int, Callable[[Ctx, Any], Any]] = {}  # any()/all() calls, by id(node)
 
     # -- entry -----------------------------------------------------------------------------
     def compile(self, tree: ast.expr) -> Compiled:
@@ -165,7 +169,10 @@ class ExpressionCompiler:
         if method is None:
             raise self._error(node, f"{_node_name(node)} is not available in rules")
         handler: Callable[[Any, Scope], Compiled] = getattr(self, method)
-        return handler(node, scope)
+        compiled = handler(node, scope)
+        if self.closures is not None:
+            self.closures[id(node)] = compiled
+        return compiled
 
     # -- leaves ----------------------------------------------------------------------------
     def _compile_constant(self, node: ast.Constant, scope: Scope) -> Compiled:
@@ -432,7 +439,11 @@ class ExpressionCompiler:
             and not node.keywords
             and isinstance(node.args[0], ast.GeneratorExp | ast.ListComp)
         ):
-            return _any_all(name, fn, self._comprehension_plan(node.args[0], scope))
+            plan = self._comprehension_plan(node.args[0], scope)
+            finish = any_all_finish(name, fn, plan)
+            if self.closures is not None:
+                self.any_all[id(node)] = finish
+            return _any_all(finish, plan)
         args, kwargs = self._compile_args(node, scope)
         if not kwargs:
             return _positional_call(name, fn, iterable_first, args)
@@ -670,17 +681,21 @@ def _as_text(inner: Compiled) -> Compiled:
 _SCALAR_ZERO: dict[Kind, Any] = {Kind.STR: "", Kind.INT: 0, Kind.BOOL: False}
 
 
-def _field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: Compiled) -> Compiled | None:
-    """`content.a.b` / `user.metas["k"]` read from the raw request instead of a built view.
+@dataclass(frozen=True, slots=True)
+class FieldPath:
+    """Where `content.a.b` / `user.metas["k"]` reads in the raw request (see field_path)."""
 
-    A view (schema.view) shows an absent or null field as its zero value, a map key that is not
-    there as "", and a key outside the schema as the raw value or None. The reader follows the
-    schema through records down to a field, a map key or an extra key; where the raw request
-    holds something else than a dict on the way, `generic` decides.
-    """
+    path: tuple[str, ...]  # record fields followed from the root
+    final: Field  # the field at the end of `path`
+    last: str | None = None  # then "map" (a key of a metas-like map) or "extra" (a key outside the schema)
+    final_key: str = ""  # that key
+
+
+def field_path(schema: Field, keys: tuple[str, ...]) -> FieldPath | None:
+    """The schema followed through records down to a field, a map key or an extra key."""
     steps: list[str] = []
     f = schema
-    last: str | None = None  # "map" (a key of a metas-like map) or "extra" (a key outside the schema)
+    last: str | None = None
     for i, key in enumerate(keys):
         if f.kind is Kind.RECORD and key in f.fields:
             steps.append(key)
@@ -695,9 +710,23 @@ def _field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: 
         else:
             return None
         steps.append(key)
-    path = tuple(steps[:-1]) if last else tuple(steps)
-    final_key = steps[-1] if last else ""
-    final = f
+    if last:
+        return FieldPath(tuple(steps[:-1]), f, last, steps[-1])
+    return FieldPath(tuple(steps), f)
+
+
+def _field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: Compiled) -> Compiled | None:
+    """`content.a.b` / `user.metas["k"]` read from the raw request instead of a built view.
+
+    A view (schema.view) shows an absent or null field as its zero value, a map key that is not
+    there as "", and a key outside the schema as the raw value or None. The reader follows the
+    schema (field_path); where the raw request holds something else than a dict on the way,
+    `generic` decides.
+    """
+    where = field_path(schema, keys)
+    if where is None:
+        return None
+    path, final, last, final_key = where.path, where.final, where.last, where.final_key
 
     if last is None and len(path) == 1 and final.kind in _SCALAR_ZERO:
         (key,) = path
@@ -790,34 +819,29 @@ def _constant(node: ast.AST) -> tuple[bool, Any]:
     return False, None
 
 
-def _compare_constant(
-    op: ast.cmpop,
-    left: Compiled,
-    right_node: ast.expr,
-    scope: Scope,
-    compile_arg: Callable[[ast.expr], Compiled] | None = None,
-) -> Compiled | None:
-    """`x == "tcp"`, `x < 1024`, `x in ("tcp", "udp")`, `x in range(6000, 7000)` with the
-    constant built once at load time (still charged as the generic closures charge it)."""
+@dataclass(frozen=True, slots=True)
+class ConstantOperand:
+    """The right side of `x OP constant`, decided and built once at load time.
+
+    Both back ends read it (the closures here and policyd.codegen), so they cannot disagree on
+    which comparisons are specialised or on what they charge.
+    """
+
+    op: type[ast.cmpop]
+    value: Any  # the scalar; the display's tuple, list or set; or the SafeRange
+    cost: int = 0  # steps a display or range is charged as built, after x is evaluated
+    bounds: tuple[int, int] | None = None  # a step-1 range: an int x is tested by its bounds
+
+
+def constant_operand(op: ast.cmpop, right_node: ast.expr, scope: Scope) -> ConstantOperand | None:
+    """`x == "tcp"`, `x < 1024`, `x in ("tcp", "udp")`, `x in range(6000, 7000)`: the constant."""
     is_constant, c = _constant(right_node)
     if is_constant:
-        if isinstance(op, ast.Eq):
-            return lambda ctx: left(ctx) == c
-        if isinstance(op, ast.NotEq):
-            return lambda ctx: left(ctx) != c
-        if isinstance(op, ast.Lt):
-            return lambda ctx: left(ctx) < c
-        if isinstance(op, ast.LtE):
-            return lambda ctx: left(ctx) <= c
-        if isinstance(op, ast.Gt):
-            return lambda ctx: left(ctx) > c
-        if isinstance(op, ast.GtE):
-            return lambda ctx: left(ctx) >= c
+        if isinstance(op, ast.Eq | ast.NotEq | ast.Lt | ast.LtE | ast.Gt | ast.GtE):
+            return ConstantOperand(type(op), c)
         return None
     if not isinstance(op, ast.In | ast.NotIn):
         return None
-    negate = isinstance(op, ast.NotIn)
-    container: Any
     if isinstance(right_node, ast.Tuple | ast.List | ast.Set):
         items = [_constant(e) for e in right_node.elts]
         if not all(ok for ok, _ in items):
@@ -830,8 +854,79 @@ def _compare_constant(
             if isinstance(right_node, ast.List)
             else set(values)
         )
-        # The display is built (and charged its deep size) after `left` is evaluated.
-        cost = _built_cost(container)
+        return ConstantOperand(type(op), container, _built_cost(container))
+    args = _constant_range_args(right_node, scope)
+    if args is None:
+        return None
+    try:
+        rng = sandbox.SafeRange(*args)
+    except EvaluationError:
+        return None
+    r = range(*args)
+    bounds = (r.start, r.stop) if r.step == 1 else None
+    return ConstantOperand(type(op), rng, _built_cost(rng), bounds)
+
+
+def _is_range_call(node: ast.expr, scope: Scope) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "range"
+        and "range" not in scope.locals
+        and not node.keywords
+        and 1 <= len(node.args) <= 3
+    )
+
+
+def _constant_range_args(node: ast.expr, scope: Scope) -> list[int] | None:
+    """The arguments of `range(...)` when all are integer literals."""
+    if not _is_range_call(node, scope):
+        return None
+    assert isinstance(node, ast.Call)
+    args = [_constant(a) for a in node.args]
+    if not all(ok and type(v) is int for ok, v in args):
+        return None
+    return [v for _, v in args]
+
+
+def _compare_constant(
+    op: ast.cmpop,
+    left: Compiled,
+    right_node: ast.expr,
+    scope: Scope,
+    compile_arg: Callable[[ast.expr], Compiled] | None = None,
+) -> Compiled | None:
+    """A comparison with a constant (see constant_operand) as one closure, the constant built
+    once at load time and still charged as the generic closures charge it."""
+    operand = constant_operand(op, right_node, scope)
+    if operand is None:
+        if (
+            compile_arg is not None
+            and isinstance(op, ast.In | ast.NotIn)
+            and _is_range_call(right_node, scope)
+            and _constant_range_args(right_node, scope) is None
+        ):
+            assert isinstance(right_node, ast.Call)
+            return _in_dynamic_range(left, right_node, isinstance(op, ast.NotIn), compile_arg)
+        return None
+    c = operand.value
+    kind = operand.op
+    if kind is ast.Eq:
+        return lambda ctx: left(ctx) == c
+    if kind is ast.NotEq:
+        return lambda ctx: left(ctx) != c
+    if kind is ast.Lt:
+        return lambda ctx: left(ctx) < c
+    if kind is ast.LtE:
+        return lambda ctx: left(ctx) <= c
+    if kind is ast.Gt:
+        return lambda ctx: left(ctx) > c
+    if kind is ast.GtE:
+        return lambda ctx: left(ctx) >= c
+    negate = kind is ast.NotIn
+    cost = operand.cost
+    if not isinstance(c, sandbox.SafeRange):
+        container = c
         if negate:
 
             def not_in_display(ctx: Ctx) -> bool:
@@ -847,74 +942,49 @@ def _compare_constant(
             return value in container
 
         return in_display
-    if not (
-        isinstance(right_node, ast.Call)
-        and isinstance(right_node.func, ast.Name)
-        and right_node.func.id == "range"
-        and "range" not in scope.locals
-        and not right_node.keywords
-        and 1 <= len(right_node.args) <= 3
-    ):
-        return None
-    args = [_constant(a) for a in right_node.args]
-    if not all(ok and type(v) is int for ok, v in args):
-        return None if compile_arg is None else _in_dynamic_range(left, right_node, negate, compile_arg)
-    try:
-        rng = sandbox.SafeRange(*(v for _, v in args))
-    except EvaluationError:
-        return None
-    r = range(*(v for _, v in args))
-    lo, hi, step = r.start, r.stop, r.step
-
-    cost = _built_cost(rng)
+    rng = c
+    lo, hi = operand.bounds if operand.bounds is not None else (0, 0)
+    step1 = operand.bounds is not None
 
     # range() returns a SafeRange, charged as built after `left` is evaluated; for an int,
     # membership of a step-1 range is a bounds check.
     def in_range(ctx: Ctx) -> bool:
         value = left(ctx)
         ctx.budget.charge(cost)
-        if type(value) is int and step == 1:
+        if type(value) is int and step1:
             return (lo <= value < hi) is not negate
         return (value in rng) is not negate
 
     return in_range
 
 
-def _positional_call(
-    name: str, fn: Callable[..., Any], iterable_first: bool, args: list[Compiled]
-) -> Compiled:
-    """A function call without keyword arguments (the generic call, minus the keyword handling)."""
+def invoker(name: str, fn: Callable[..., Any], iterable_first: bool) -> Callable[..., Any]:
+    """`invoke(budget, *values)`: a function called with evaluated positional arguments, its
+    input checked and its result checked and charged (both back ends call it)."""
 
-    if len(args) == 1:
-        (arg,) = args
-
-        def call1(ctx: Ctx) -> Any:
-            value = arg(ctx)
-            if iterable_first:
-                sandbox.sized_iterable(value, ctx.budget)
-            try:
-                result = fn(value)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise EvaluationError(f"{name}(): {e}") from None
-            if type(result) in _NUMBERS:  # nothing to check or charge
-                return result
-            return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
-
-        return call1
-
-    def call(ctx: Ctx) -> Any:
-        values = [a(ctx) for a in args]
+    def invoke(budget: Budget, *values: Any) -> Any:
         if iterable_first and len(values) == 1:
-            sandbox.sized_iterable(values[0], ctx.budget)
+            sandbox.sized_iterable(values[0], budget)
         try:
             result = fn(*values)
         except (TypeError, ValueError, OverflowError) as e:
             raise EvaluationError(f"{name}(): {e}") from None
-        if type(result) in _NUMBERS:
+        if type(result) in _NUMBERS:  # nothing to check or charge
             return result
-        return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
+        return sandbox.charge_built(sandbox.check_length(result), budget)
 
-    return call
+    return invoke
+
+
+def _positional_call(
+    name: str, fn: Callable[..., Any], iterable_first: bool, args: list[Compiled]
+) -> Compiled:
+    """A function call without keyword arguments (the generic call, minus the keyword handling)."""
+    invoke = invoker(name, fn, iterable_first)
+    if len(args) == 1:
+        (arg,) = args
+        return lambda ctx: invoke(ctx.budget, arg(ctx))
+    return lambda ctx: invoke(ctx.budget, *[a(ctx) for a in args])
 
 
 # Results that check_length and charge_built leave alone (neither strings nor containers).
@@ -991,18 +1061,23 @@ def _method_call(name: str, receiver: Compiled, arg: Compiled | None) -> Compile
     return method_call
 
 
-def _any_all(name: str, fn: Callable[..., Any], plan: _Loops) -> Compiled:
-    """`any(x for x in xs)`: the generic call of a comprehension, with the call's closure and the
-    comprehension's folded into one (its list is still built and charged in full first)."""
-    first = plan.loops[0][1]
+def any_all_finish(name: str, fn: Callable[..., Any], plan: _Loops) -> Callable[[Ctx, Any], Any]:
+    """`any(x for x in xs)` once `xs` is evaluated: the generic call of a comprehension, with the
+    call's closure and the comprehension's folded into one (its list still built and charged in
+    full first)."""
 
-    def call(ctx: Ctx) -> Any:
+    def finish(ctx: Ctx, first: Any) -> Any:
         budget = ctx.budget
-        values = _comprehend(plan, ctx, sandbox.sized_iterable(first(ctx), budget))
+        values = _comprehend(plan, ctx, sandbox.sized_iterable(first, budget))
         sandbox.sized_iterable(values, budget)
         try:
             return fn(values)
         except (TypeError, ValueError, OverflowError) as e:
             raise EvaluationError(f"{name}(): {e}") from None
 
-    return call
+    return finish
+
+
+def _any_all(finish: Callable[[Ctx, Any], Any], plan: _Loops) -> Compiled:
+    first = plan.loops[0][1]
+    return lambda ctx: finish(ctx, first(ctx))

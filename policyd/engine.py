@@ -18,6 +18,7 @@ from policyd.compiler import Ctx, RequestNames
 from policyd.errors import EvaluationError, Location, PolicyError
 from policyd.language import Action, Statement
 from policyd.policy import Policy
+from policyd.program import RuleFailed
 from policyd.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
 from policyd.schema import SCHEMAS, USER, Field, Kind, Op, Record, ZeroMap, type_matches, view
 
@@ -165,35 +166,44 @@ def _check_type(statement: Statement, value: Any) -> Any:
     return value
 
 
-def decide(
-    policy: Policy,
-    op: Op,
-    content: dict[str, Any],
-    *,
-    reqid: str = "",
-    now: float | None = None,
-    options: EvalOptions = DEFAULT_OPTIONS,
-    trace: list[TraceStep] | None = None,
-) -> Decision:
-    """Decide one request with `policy`. `content` is not modified.
+def _warn(decision: Decision, ctx: Ctx, statement: Statement) -> None:
+    """A warn rule that fired: its message, rendered now (later sets must not change it)."""
+    assert statement.message is not None
+    decision.warnings.append(RuleWarning(statement.message.render(ctx), statement.location))
 
-    With `trace` (a list), every rule reached is appended to it, with the values it computed.
+
+def _set(decision: Decision, names: RequestNames, statement: Statement, value: Any) -> Any:
+    """A set rule that fired: the value checked against the field, the change made on a copy of
+    the request (kept in `decision.content` until decide() ends) and recorded. Returns the value."""
+    value = _check_type(statement, value)
+    current = names.content_raw
+    before = _view_at(SCHEMAS[decision.op], current, statement.path)
+    if _same(before, value):
+        return value
+    work = decision.content
+    if work is None:
+        work = decision.content = dict(current)
+    _apply_set(work, statement.path, value)
+    decision.changes.append(Change(".".join(statement.path), before, value))
+    names.replace_request(work, _raw_user(decision.op, work))
+    return value
+
+
+def _interpret(
+    statements: tuple[Statement, ...],
+    ctx: Ctx,
+    names: RequestNames,
+    decision: Decision,
+    trace: list[TraceStep] | None,
+) -> int:
+    """The rules run one by one, each step recorded in `trace`: what `policyd eval` explains, and
+    what the rule file's program (policyd.program) does in one function per chunk.
+
+    Returns the index of the reject/allow rule that decided, or -1; a rule's failure is raised
+    as RuleFailed with its index.
     """
-    started = time.perf_counter()
-    decision = Decision(Outcome.ALLOW, op, policy.version)
-    rule_file = policy.rules.get(op)
-    if rule_file is None:
-        decision.eval_us = (time.perf_counter() - started) * 1e6
-        return decision
-    budget = Budget(options.max_steps, options.eval_seconds)
-    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
-    names = ctx.names
-    assert isinstance(names, RequestNames)
-    work: dict[str, Any] | None = None
-    statement: Statement | None = None
-    try:
-        for statement in rule_file.statements:
-            # Most rules are a condition that does not hold: that path is kept short.
+    for index, statement in enumerate(statements):
+        try:
             condition = statement.condition
             if condition is not None:
                 holds = condition(ctx)
@@ -221,41 +231,75 @@ def decide(
                 continue
             if condition is None and trace is not None:
                 trace.append(TraceStep(statement.location, statement.source, action.value, True, None, True))
-            if action is Action.REJECT:
-                assert statement.message is not None
-                decision.outcome = Outcome.REJECT
-                decision.reason = statement.message.render(ctx)
-                decision.rule = statement.location
-                decision.changes = []  # nothing changes on a reject
-                break
-            if action is Action.ALLOW:
-                decision.rule = statement.location
-                break
+            if action is Action.REJECT or action is Action.ALLOW:
+                return index
             if action is Action.WARN:
-                assert statement.message is not None
-                decision.warnings.append(RuleWarning(statement.message.render(ctx), statement.location))
+                _warn(decision, ctx, statement)
                 continue
-            # SET
             assert statement.value is not None
-            value = _check_type(statement, statement.value(ctx))
+            value = _set(decision, names, statement, statement.value(ctx))
             if trace is not None:
                 trace[-1] = dataclasses.replace(trace[-1], value=value)
-            before = _view_at(SCHEMAS[op], work if work is not None else content, statement.path)
-            if _same(before, value):
-                continue
-            if work is None:
-                work = dict(content)
-            _apply_set(work, statement.path, value)
-            decision.changes.append(Change(".".join(statement.path), before, value))
-            names.replace_request(work, _raw_user(op, work))
-    except Exception as e:  # a rule's failure must never escape as a 500
-        error = e if isinstance(e, PolicyError) else EvaluationError(f"{type(e).__name__}: {e}")
+        except Exception as e:
+            raise RuleFailed(index, e) from None
+    return -1
+
+
+def decide(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    *,
+    reqid: str = "",
+    now: float | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    trace: list[TraceStep] | None = None,
+) -> Decision:
+    """Decide one request with `policy`. `content` is not modified.
+
+    The rules run as their rule file's program; with `trace` (a list) they run one by one
+    instead, and every rule reached is appended to it with the values it computed.
+    """
+    started = time.perf_counter()
+    decision = Decision(Outcome.ALLOW, op, policy.version)
+    rule_file = policy.rules.get(op)
+    if rule_file is None:
+        decision.eval_us = (time.perf_counter() - started) * 1e6
+        return decision
+    budget = Budget(options.max_steps, options.eval_seconds)
+    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
+    names = ctx.names
+    assert isinstance(names, RequestNames)
+    statements = rule_file.statements
+    try:
+        index = -1
+        if trace is None and rule_file.program is not None:
+            for chunk in rule_file.program:
+                index = chunk(ctx, names, decision, _warn, _set)
+                if index >= 0:
+                    break
+        else:
+            index = _interpret(statements, ctx, names, decision, trace)
+        if index >= 0:
+            statement = statements[index]
+            decision.rule = statement.location
+            if statement.action is Action.REJECT:
+                assert statement.message is not None
+                decision.outcome = Outcome.REJECT
+                try:
+                    decision.reason = statement.message.render(ctx)
+                except Exception as e:
+                    raise RuleFailed(index, e) from None
+    except RuleFailed as failed:  # a rule's failure must never escape as a 500
+        cause = failed.error
+        error = (
+            cause if isinstance(cause, PolicyError) else EvaluationError(f"{type(cause).__name__}: {cause}")
+        )
         error.__traceback__ = None  # its frames would make the decision a reference cycle
-        if statement is not None:
-            error.at(statement.location)
+        statement = statements[failed.index]
+        error.at(statement.location)
         decision.error = error
-        decision.rule = statement.location if statement is not None else None
-        decision.changes = []
+        decision.rule = statement.location
         if op in options.fail_open_ops:
             decision.outcome = Outcome.ALLOW
             decision.failed_open = True
@@ -263,10 +307,12 @@ def decide(
         else:
             decision.outcome = Outcome.REJECT
             decision.reason = GENERIC_ERROR_REASON
+    if decision.outcome is Outcome.REJECT or decision.error is not None:
+        decision.changes = []  # nothing changes on a reject or an error
+    if decision.changes:
+        decision.outcome = Outcome.REWRITE
     else:
-        if decision.outcome is not Outcome.REJECT and decision.changes:
-            decision.outcome = Outcome.REWRITE
-            decision.content = work
+        decision.content = None
     decision.eval_us = (time.perf_counter() - started) * 1e6
     return decision
 

@@ -21,6 +21,7 @@ import tokenize
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from policyd.codegen import Fragment, emit
 from policyd.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
 from policyd.errors import Location, ParseError, PolicyError
 from policyd.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, join_texts, to_text
@@ -72,6 +73,9 @@ class Statement:
     value: Compiled | None = None
     path: tuple[str, ...] = ()
     field: Field | None = None
+    # The condition and value as source for the rule file's program (policyd.program).
+    condition_code: Fragment | None = None
+    value_code: Fragment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +174,10 @@ class _RuleParser:
         return toks, None
 
     # -- pieces ----------------------------------------------------------------------------
-    def expression(self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo) -> Compiled:
+    def expression(
+        self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo
+    ) -> tuple[Compiled, Fragment]:
+        """The expression's closure and its source for the rule file's program (policyd.program)."""
         if not toks:
             raise ParseError(f"expected {what} after '{after.string}'", self.loc(after.end[0], after.end[1]))
         start, end = toks[0].start, toks[-1].end
@@ -195,7 +202,9 @@ class _RuleParser:
             else:
                 msg = _syntax_message(e.msg, src, lineno, col)
             raise ParseError(msg, locate(lineno, col)) from None
-        return ExpressionCompiler(self.scope, _byte_columns(src, locate)).compile(tree.body)
+        compiler = ExpressionCompiler(self.scope, _byte_columns(src, locate), record=True)
+        compiled = compiler.compile(tree.body)
+        return compiled, emit(tree.body, compiler)
 
     def template(self, tok: tokenize.TokenInfo) -> Template:
         raw = tok.string
@@ -320,9 +329,9 @@ class _RuleParser:
                 raise self.error(when_tok, "'let' takes no 'when'; use 'x if cond else y'")
             return self._let(body, head, location, source)
 
-        def condition() -> Compiled | None:
+        def condition() -> tuple[Compiled | None, Fragment | None]:
             if cond_toks is None or when_tok is None:
-                return None
+                return None, None
             return self.expression(cond_toks, "a condition", when_tok)
 
         if action in (Action.REJECT, Action.WARN):
@@ -335,11 +344,13 @@ class _RuleParser:
             if len(body) > 1:
                 raise self.error(body[1], "expected 'when' or the end of the rule after the message")
             message = self.template(body[0])
-            return Statement(action, location, source, condition(), message=message)
+            cond, cond_code = condition()
+            return Statement(action, location, source, cond, message=message, condition_code=cond_code)
         if action is Action.ALLOW:
             if body:
                 raise self.error(body[0], "expected 'when' or the end of the rule after 'allow'")
-            return Statement(action, location, source, condition())
+            cond, cond_code = condition()
+            return Statement(action, location, source, cond, condition_code=cond_code)
         eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
         if eq is None:
             eqeq = next((t for t in body if t.type == tokenize.OP and t.string == "=="), None)
@@ -347,8 +358,19 @@ class _RuleParser:
                 raise self.error(eqeq, "'==' compares; 'set' assigns with '=': set content.FIELD = value")
             raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
         path, f = self.set_path(body[:eq], head)
-        value = self.expression(body[eq + 1 :], "a value", body[eq])
-        return Statement(action, location, source, condition(), value=value, path=path, field=f)
+        value, code = self.expression(body[eq + 1 :], "a value", body[eq])
+        cond, cond_code = condition()
+        return Statement(
+            action,
+            location,
+            source,
+            cond,
+            value=value,
+            path=path,
+            field=f,
+            condition_code=cond_code,
+            value_code=code,
+        )
 
     def _let(
         self,
@@ -364,8 +386,8 @@ class _RuleParser:
             raise self.error(body[0], f"'{name}' is a built-in name and cannot be redefined")
         if name.startswith("_"):
             raise self.error(body[0], "names starting with '_' are not available in rules")
-        value = self.expression(body[2:], "a value", body[1])
-        return Statement(Action.LET, location, source, value=value, path=(name,))
+        value, code = self.expression(body[2:], "a value", body[1])
+        return Statement(Action.LET, location, source, value=value, value_code=code, path=(name,))
 
 
 def _unclosed_bracket(toks: list[tokenize.TokenInfo]) -> tokenize.TokenInfo | None:

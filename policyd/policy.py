@@ -21,6 +21,7 @@ import orjson
 from policyd.compiler import Scope
 from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError
 from policyd.language import Action, CacheKey, Statement, compile_rules
+from policyd.program import Chunk, build_program
 from policyd.schema import SCHEMAS, USER, Op, did_you_mean
 
 RULES_SUFFIX = ".rules"
@@ -36,6 +37,8 @@ class RuleFile:
     path: str  # as shown in messages: relative to the policy directory
     sha256: str
     statements: tuple[Statement, ...]
+    # The statements as generated functions (policyd.program); None runs them one by one.
+    program: tuple[Chunk, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def rule_count(self) -> int:
@@ -252,7 +255,8 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
             reuse=previous.compiled if previous is not None else None,
             keep=compiled,
         )
-        rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements))
+        program = build_program(statements, pause) if not errors else None
+        rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements), program)
 
     if errors:
         raise PolicyLoadError(errors)

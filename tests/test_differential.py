@@ -1,4 +1,4 @@
-"""The compiled fast path against the reference evaluator: same result, error class and steps.
+"""Both fast paths against the reference evaluator: same result, error class and steps.
 
 Hypothesis generates expressions over the language's grammar (fields of the op's schema, lets,
 data, functions, methods, operators, displays, comprehensions, f-strings) and request contents
@@ -19,9 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyd import reference, sandbox
+from policyd.codegen import emit
 from policyd.compiler import ExpressionCompiler, Scope
 from policyd.engine import new_context
 from policyd.errors import Location, ValidationError
+from policyd.program import compile_fragment
 from policyd.sandbox import Budget
 from policyd.schema import SCHEMAS, USER, Field, Kind, Op
 
@@ -239,9 +241,12 @@ lets = st.fixed_dictionaries(
 
 # -- running both ------------------------------------------------------------------------
 def compile_expression(source: str, op: Op) -> Any:
+    """The expression's AST, its closure and its generated function (policyd.codegen)."""
     scope = Scope(SCHEMAS[op], USER, frozenset(DATA), op.value, lets=frozenset(LETS))
     tree = ast.parse(source, mode="eval").body
-    return tree, ExpressionCompiler(scope, lambda line, col: Location("t.rules", line, col)).compile(tree)
+    compiler = ExpressionCompiler(scope, lambda line, col: Location("t.rules", line, col), record=True)
+    compiled = compiler.compile(tree)
+    return tree, compiled, compile_fragment(emit(tree, compiler))
 
 
 def outcome(fn: Any) -> tuple[str, Any]:
@@ -268,18 +273,22 @@ def same(a: Any, b: Any) -> bool:
 
 def check(op: Op, source: str, content: dict[str, Any], let_values: dict[str, Any], max_steps: int) -> None:
     try:
-        tree, compiled = compile_expression(source, op)
+        tree, compiled, generated = compile_expression(source, op)
     except (ValidationError, SyntaxError):
         return  # refused at load time (or an f-string nested in one): never evaluated by either
-    fast_budget, ref_budget = Budget(max_steps, 60.0), Budget(max_steps, 60.0)
-    ctx = new_context(op, content, data=DATA, budget=fast_budget, reqid="ab12", now=NOW)
-    ctx.names.update(let_values)
+    ref_budget = Budget(max_steps, 60.0)
     names = reference.request_names(op, content, data=DATA, reqid="ab12", now=NOW) | let_values
-    fast = outcome(lambda: compiled(ctx))
     ref = outcome(lambda: reference.evaluate(tree, names, ref_budget))
-    assert fast[0] == ref[0] and same(fast[1], ref[1]), f"{source!r}: fast {fast!r} != reference {ref!r}"
-    steps = (fast_budget.steps, ref_budget.steps)
-    assert steps[0] == steps[1], f"{source!r}: steps charged (fast, reference) {steps}"
+    for name, fn in (("closures", compiled), ("generated code", generated)):
+        budget = Budget(max_steps, 60.0)
+        ctx = new_context(op, content, data=DATA, budget=budget, reqid="ab12", now=NOW)
+        ctx.names.update(let_values)
+        fast = outcome(lambda fn=fn, ctx=ctx: fn(ctx))  # type: ignore[misc]
+        assert fast[0] == ref[0] and same(fast[1], ref[1]), (
+            f"{source!r}: {name} {fast!r} != reference {ref!r}"
+        )
+        steps = (budget.steps, ref_budget.steps)
+        assert steps[0] == steps[1], f"{source!r}: steps charged ({name}, reference) {steps}"
 
 
 @st.composite
@@ -339,6 +348,25 @@ SPECIALISED = [
     "any(len(v) > 2 for v in content.annotations.values())",
     "all(d.endswith('.example.com') for d in content.custom_domains)",
     "any([d for d in content.custom_domains])",
+    # shapes policyd.codegen writes inline
+    "content.headers['X-Forwarded-For']",
+    "content.response_headers.Server",
+    "content.user.metas['team']",
+    "user.metas",
+    "content['remote_port']",
+    "user['run_id']",
+    "all(u in t.ports for u in content.allow_users)",
+    "any(v for v in xs)",
+    "[content.remote_port, 1]",
+    "(content.proxy_type, user.user)",
+    "-content.remote_port",
+    "content.remote_port + 1 if content.use_encryption else 'x'",
+    "content.proxy_name.startswith(user.user + '.')",
+    "regex('^[a-z]+$', content.proxy_name)",
+    "len(content.metas) > 16",
+    "t['ports'][1] > content.remote_port",
+    "content.proxy_type in xs",
+    "content.remote_port <= n",
 ]
 CONTENTS: list[dict[str, Any]] = [
     {},
