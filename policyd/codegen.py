@@ -29,12 +29,12 @@ from policyd.compiler import (
     field_path,
     invoker,
 )
-from policyd.schema import Kind, ZeroMap, view, zero_value
+from policyd.schema import Kind, Record, ZeroMap, view, zero_value
 
 # The generated function's locals an expression may use (see policyd.program).
 CTX, NAMES, CONTENT, USER, BUDGET = "ctx", "names", "c", "u", "b"
 # The only builtins generated code uses; policyd.program binds them under these names.
-BUILTINS: dict[str, Any] = {"_type": type, "_dict": dict, "_int": int, "_list": list}
+BUILTINS: dict[str, Any] = {"_type": type, "_dict": dict, "_int": int}
 
 _SCALAR_ZERO: dict[Kind, Any] = {Kind.STR: "", Kind.INT: 0, Kind.BOOL: False}
 _COMPARE_SYMBOLS: dict[type[ast.cmpop], str] = {
@@ -46,6 +46,11 @@ _COMPARE_SYMBOLS: dict[type[ast.cmpop], str] = {
     ast.GtE: ">=",
 }
 _LITERALS = {True: "True", False: "False", None: "None"}
+# Types sandbox.sized_iterable accepts: an empty one makes any()/all() of a comprehension a constant.
+_ITERABLES = frozenset(
+    {str, list, tuple, set, frozenset, dict, ZeroMap, Record, sandbox.SafeRange}
+    | {type({}.keys()), type({}.values()), type({}.items())}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +266,7 @@ class _Emitter:
             return None
         finish = self.any_all.get(id(node))
         if finish is not None:
-            # any()/all() of a comprehension (compiler.any_all_finish): over an empty list, as
+            # any()/all() of a comprehension (compiler.any_all_finish): over an empty collection, as
             # most optional lists of a request are, the answer is known without the loop.
             comprehension = node.args[0]
             assert isinstance(comprehension, ast.GeneratorExp | ast.ListComp)
@@ -269,7 +274,8 @@ class _Emitter:
             first = self.expr(comprehension.generators[0].iter)
             empty = "False" if func.id == "any" else "True"
             return (
-                f"({empty} if _type({t} := {first}) is _list and not {t} else {self.ref(finish)}({CTX}, {t}))"
+                f"({empty} if _type({t} := {first}) in {self.ref(_ITERABLES)} and not {t}"
+                f" else {self.ref(finish)}({CTX}, {t}))"
             )
         fn, iterable_first = sandbox.FUNCTIONS[func.id]
         args = [self.expr(a) for a in node.args]
