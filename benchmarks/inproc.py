@@ -9,6 +9,7 @@ It is checked to reach the same decision as `decide()` before it is timed.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import io
 import json
@@ -126,6 +127,12 @@ class TreeEngine:
         return ("rewrite", "") if work is not None else ("allow", "")
 
 
+def _without_programs(policy: Policy) -> Policy:
+    """The policy with its rule files run one by one (closures), as before policyd.program."""
+    rules = {op: dataclasses.replace(f, program=None) for op, f in policy.rules.items()}
+    return dataclasses.replace(policy, rules=rules)
+
+
 def _per_call_us(fn: Callable[[], object], seconds: float) -> float:
     """Median µs per call over several timed batches of about seconds/5 each."""
     for _ in range(50):
@@ -167,16 +174,18 @@ def run(seconds: float = 2.0) -> list[dict[str, Any]]:
             "simpleeval": functools.partial(baseline.decide, content),
             "policyd": functools.partial(decide, policy, Op.NEW_PROXY, content),
             "reference": functools.partial(ref.decide, content),
+            "closures": functools.partial(decide, _without_programs(policy), Op.NEW_PROXY, content),
         }
         for name, fn in subjects.items():
             timings[name] = _per_call_us(fn, seconds)
-        for name in ("simpleeval", "reference", "policyd"):
+        for name in ("simpleeval", "reference", "closures", "policyd"):
             rows.append(
                 {
                     "scenario": f"in-process, {label} ({rules} rules)",
                     "subject": {
                         "simpleeval": "plain simpleeval, cached parse (baseline)",
                         "reference": "policyd.reference evaluator",
+                        "closures": "policyd decide(), closures rule by rule",
                         "policyd": "policyd decide() (compiled)",
                     }[name],
                     "us_per_decision": round(timings[name], 2),

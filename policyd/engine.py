@@ -93,6 +93,9 @@ def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
     return user if isinstance(user, dict) else None
 
 
+_OP_NAMES = {op: op.value for op in Op}  # Op.value is a property: ~5x a dict lookup
+
+
 def new_context(
     op: Op,
     content: dict[str, Any],
@@ -108,7 +111,7 @@ def new_context(
     built only if a rule uses them whole (field reads come from the raw request).
     """
     names = RequestNames(
-        {"op": op.value, "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
+        {"op": _OP_NAMES[op], "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
         SCHEMAS[op],
         content,
         USER,
