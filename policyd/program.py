@@ -21,7 +21,7 @@ from policyd.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, Fragmen
 from policyd.compiler import Ctx, RequestNames
 from policyd.language import Action, Statement
 
-CHUNK_STATEMENTS = 32  # rules per generated function: one compile() holds the GIL (~1-6 ms)
+CHUNK_STATEMENTS = 16  # rules per generated function: one compile() holds the GIL (~1-3 ms)
 
 # warn(decision, ctx, statement) and set(decision, names, statement, value): decide()'s hooks.
 WarnHook = Callable[[Any, Ctx, Statement], None]
