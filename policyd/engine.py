@@ -31,14 +31,16 @@ class Outcome(enum.Enum):
     REWRITE = "rewrite"  # allowed with changed content
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs 3x (object.__setattr__ per field), and a
+# decision makes these on the request path. Nothing changes them once made.
+@dataclass(slots=True)
 class Change:
     path: str  # e.g. "subdomain", "metas.owner"
     before: Any
     after: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RuleWarning:
     message: str
     rule: Location
