@@ -63,7 +63,7 @@ class _Edge:
                 status = message["status"]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        self.metrics.request_started()
         try:
             guard = self.guards.get(path)
             peer = scope.get("client")
@@ -81,8 +81,7 @@ class _Edge:
                 return
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.in_flight.dec()
-            self.metrics.observe_http(self.metrics.path_label(path), status, time.perf_counter() - started)
+            self.metrics.request_done(self.metrics.path_label(path), status, time.perf_counter() - started)
 
 
 # The plugin route's work once the body is read: the JSON answer and the policy version.

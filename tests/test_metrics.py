@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import PolicydProcess, fixture, write_policy
+from policyd.engine import Decision, Outcome, RuleWarning
+from policyd.errors import EvaluationError, Location
+from policyd.metrics import Metrics, _ClientMetrics, _Tally
+from policyd.schema import Op
+from policyd.store import PolicyStore
+from tests.support import ROOT, SHIPPED_POLICIES, PolicydProcess, fixture, write_policy
 from tests.test_status import metric
 
 POLICY = {
@@ -80,3 +90,94 @@ def test_policy_info_and_process_metrics(policyd_server: Callable[..., PolicydPr
     assert metric(text, "process_start_time_seconds") > 0
     names = {f.name for f in text_string_to_metric_families(text)}
     assert not any(name.endswith("_created") for name in names)
+
+
+# -- recording without prometheus-client's per-value locks ---------------------------------------
+RULE = Location("Ping.rules", 2, 1)
+WARN = Location("Ping.rules", 1, 1)
+
+
+def decisions() -> list[Decision]:
+    """A mix touching every per-decision metric, with durations on and between bucket bounds."""
+    return [
+        Decision(Outcome.ALLOW, Op.PING, "v1", eval_us=5.0),
+        Decision(Outcome.REJECT, Op.PING, "v1", rule=RULE, eval_us=7.5),
+        Decision(Outcome.REJECT, Op.PING, "v1", rule=Location("Ping.rules", 2, 9), eval_us=250_000.5),
+        Decision(
+            Outcome.REWRITE,
+            Op.NEW_PROXY,
+            "v1",
+            warnings=[RuleWarning("w", WARN), RuleWarning("w", WARN)],
+            eval_us=33.25,
+        ),
+        Decision(
+            Outcome.ALLOW,
+            Op.LOGIN,
+            "v1",
+            rule=RULE,
+            error=EvaluationError("boom", RULE),
+            failed_open=True,
+            eval_us=0.0,
+        ),
+    ]
+
+
+REQUESTS = [("/handler", 200, 0.0001), ("/handler", 200, 0.0003), ("other", 404, 2.0), ("/handler", 400, 0.0)]
+
+
+def record(metrics: Any) -> None:
+    for decision in decisions():
+        metrics.observe(decision)
+    for path, code, seconds in REQUESTS:
+        metrics.request_started()
+        metrics.request_done(path, code, seconds)
+    metrics.request_started()  # one still in flight
+
+
+def test_plain_numbers_export_exactly_what_prometheus_client_metrics_do() -> None:
+    tally, reference = _Tally(), CollectorRegistry()
+    tally_registry = CollectorRegistry()
+    tally_registry.register(tally)
+    record(tally)
+    record(_ClientMetrics(reference))
+    assert generate_latest(tally_registry).decode() == generate_latest(reference).decode()
+
+
+def test_in_flight_counts_requests_started_and_not_done() -> None:
+    tally = _Tally()
+    tally.request_started()
+    tally.request_started()
+    tally.request_done("/handler", 200, 0.001)
+    registry = CollectorRegistry()
+    registry.register(tally)
+    assert metric(generate_latest(registry).decode(), "policyd_http_requests_in_flight") == 1
+
+
+def test_a_worker_records_into_the_multiprocess_directory(tmp_path: Path) -> None:
+    # prometheus-client picks multiprocess mode from the environment when it is imported, as a
+    # worker of `policyd serve --workers N` does; the scrape is answered from the files.
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    worker = (
+        "import sys; from tests.test_metrics import record, worker_metrics; "
+        "record(worker_metrics(sys.argv[1]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", worker, str(directory)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+    )
+    text = worker_metrics(str(directory)).render().decode()
+    assert metric(text, "policyd_decisions_total", op="Ping", outcome="reject") == 2
+    assert metric(text, "policyd_decisions_total", op="Login", outcome="error") == 1
+    assert metric(text, "policyd_rule_hits_total", rule="Ping.rules:2") == 3
+    assert metric(text, "policyd_warn_hits_total", rule="Ping.rules:1") == 2
+    assert metric(text, "policyd_fail_open_total", op="Login") == 1
+    assert metric(text, "policyd_eval_duration_microseconds_bucket", op="Ping", le="10.0") == 2
+    assert metric(text, "policyd_http_requests_total", path="/handler", code="200") == 2
+    assert metric(text, "policyd_http_request_duration_seconds_count", path="/handler") == 3
+
+
+def worker_metrics(directory: str) -> Metrics:
+    return Metrics(PolicyStore(SHIPPED_POLICIES), handler_path="/handler", multiprocess_dir=directory)
