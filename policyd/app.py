@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 import orjson
@@ -41,61 +42,31 @@ JSON = "application/json"
 VERSION_HEADER = "x-policyd-version"  # frps ignores it; people and tests see which policy answered
 
 
-class _Edge:
-    """Pure ASGI wrapper: refuses peers off a path's allowlist (403) and times every request."""
-
-    def __init__(self, app: ASGIApp, *, guards: Mapping[str, Allowlist], metrics: Metrics) -> None:
-        self.app = app
-        self.guards = guards
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path = scope["path"]
-        status = 500  # what the client gets if the app raises
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.metrics.request_started()
-        try:
-            guard = self.guards.get(path)
-            peer = scope.get("client")
-            if guard is not None and not guard.allows(peer[0] if peer else None):
-                log.warning("refused %s from %s: not on the allowlist", path, peer[0] if peer else "?")
-                body = error_body(f"client {peer[0] if peer else '?'} may not call {path}")
-                await send_status(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(body))],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-            await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.request_done(self.metrics.path_label(path), status, time.perf_counter() - started)
-
-
 # The plugin route's work once the body is read: the JSON answer and the policy version.
 Answer = Callable[[bytes, "str | None", str], tuple[bytes, str]]
+
+_JSON_TYPE = (b"content-type", b"application/json")
+_ALLOW_POST = (b"allow", b"POST")
+_VERSION_HEADER = VERSION_HEADER.encode()
 
 
 class _ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def _request_headers(scope: Scope, limit: int) -> str:
+    """frps's reqid (the first X-Frp-Reqid); BadRequest (413) for a declared body over `limit`."""
+    reqid = None
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BadRequest(f"body of {value.decode()} bytes exceeds the limit of {limit} bytes", 413)
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise BadRequest(f"body of {value.decode()} bytes exceeds the limit of {limit} bytes", 413)
+        elif name == b"x-frp-reqid" and reqid is None:
+            reqid = value.decode("latin-1")
+    return reqid or ""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
     body = b""
     while True:
         message = await receive()
@@ -108,18 +79,13 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return body
 
 
+# frps sends one of a handful of query strings (`version=0.1.0&op=NewProxy`), so they are parsed
+# once; the bound keeps query strings made up by others from growing it.
+@lru_cache(maxsize=64)
 def _query_op(query_string: bytes) -> str | None:
     """`?op=` as Starlette's query_params.get("op") reads it: the last one, percent-decoded."""
     if b"op" not in query_string:
         return None
-    if b"%" not in query_string and b"+" not in query_string and b";" not in query_string:
-        # What frps sends (?version=0.1.0&op=NewProxy): nothing to decode, so split it directly.
-        found: str | None = None
-        for part in query_string.split(b"&"):
-            name, _, raw = part.partition(b"=")
-            if name == b"op":
-                found = raw.decode("latin-1")
-        return found
     op = None
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key == "op":
@@ -127,55 +93,121 @@ def _query_op(query_string: bytes) -> str | None:
     return op
 
 
-def _header(scope: Scope, wanted: bytes) -> str:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return value.decode("latin-1")  # type: ignore[no-any-return]
-    return ""
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "?"
 
 
-class _PluginRoute:
-    """The plugin route as a raw ASGI app in front of FastAPI, which serves every other path.
+def _answer_headers(status: int, body: bytes, version: str) -> list[tuple[bytes, bytes]]:
+    headers = [_JSON_TYPE, (b"content-length", b"%d" % len(body))]
+    if version:
+        headers.append((_VERSION_HEADER, version.encode()))
+    if status == 405:
+        headers.append(_ALLOW_POST)
+    return headers
 
-    frps waits on every answer, so the route skips what it does not use of FastAPI (routing,
-    dependency solving, Request and Response objects): about twice the requests per second for
-    a request with little to decide (benchmarks/). Behaviour is the route's: 4xx JSON errors,
-    the body limit, metrics, the decision log, the policy version header.
+
+class _Front:
+    """The raw ASGI app in front of FastAPI: the plugin route itself, an allowlist and HTTP
+    metrics for every path.
+
+    frps waits on every answer, so the plugin route skips what it does not use of FastAPI
+    (routing, dependency solving, Request and Response objects) and of a middleware stack (a
+    wrapper around `send` to learn the status): about twice the requests per second for a request
+    with little to decide (benchmarks/). Behaviour is the route's: 4xx JSON errors, 405 with
+    Allow, the body limit, metrics, the decision log, the policy version header. FastAPI serves
+    every other path behind the same allowlists (403) and metrics.
     """
 
-    def __init__(self, app: ASGIApp, path: str, answer: Answer, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        path: str,
+        answer: Answer,
+        limit: int,
+        guards: Mapping[str, Allowlist],
+        metrics: Metrics,
+    ) -> None:
         self.app = app
         self.path = path
         self.answer = answer
         self.limit = limit
+        self.guards = {p: g for p, g in guards.items() if g}  # an empty allowlist allows everyone
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        version = ""
-        if scope["method"] != "POST":
-            status, body = 405, error_body(f"{self.path} answers POST only")
+        elif scope["path"] == self.path:
+            await self._plugin(scope, receive, send)
         else:
-            try:
-                raw = await _read_body(scope, receive, self.limit)
-                status = 200
-                body, version = self.answer(
-                    raw, _query_op(scope["query_string"]), _header(scope, b"x-frp-reqid")
-                )
-            except _ClientGone:
+            await self._other(scope, receive, send)
+
+    def _refuses(self, scope: Scope, path: str) -> bytes | None:
+        """The 403 body when the peer is off `path`'s allowlist, else None."""
+        guard = self.guards.get(path)
+        if guard is None:
+            return None
+        client = scope.get("client")
+        if guard.allows(client[0] if client else None):
+            return None
+        log.warning("refused %s from %s: not on the allowlist", path, _peer(scope))
+        return error_body(f"client {_peer(scope)} may not call {path}")
+
+    async def _plugin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        metrics = self.metrics
+        metrics.request_started()
+        status = 500  # what the client gets if this raises
+        try:
+            version = ""
+            refusal = self._refuses(scope, self.path)
+            if refusal is not None:
+                answer_status, body = 403, refusal
+            elif scope["method"] != "POST":
+                answer_status, body = 405, error_body(f"{self.path} answers POST only")
+            else:
+                try:
+                    reqid = _request_headers(scope, self.limit)
+                    raw = await _read_body(receive, self.limit)
+                    body, version = self.answer(raw, _query_op(scope["query_string"]), reqid)
+                    answer_status = 200
+                except _ClientGone:
+                    return
+                except BadRequest as e:
+                    log.warning("bad request from %s: %s", _peer(scope), e.message)
+                    answer_status, body = e.status, error_body(e.message)
+            headers = _answer_headers(answer_status, body, version)
+            status = answer_status
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            metrics.request_done(self.path, status, time.perf_counter() - started)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path = scope["path"]
+        status = 500  # what the client gets if the app raises
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.request_started()
+        try:
+            refusal = self._refuses(scope, path)
+            if refusal is not None:
+                status = 403
+                headers = _answer_headers(status, refusal, "")
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": refusal})
                 return
-            except BadRequest as e:
-                peer = scope.get("client")
-                log.warning("bad request from %s: %s", peer[0] if peer else "?", e.message)
-                status, body = e.status, error_body(e.message)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if version:
-            headers.append((VERSION_HEADER.encode(), version.encode()))
-        if status == 405:
-            headers.append((b"allow", b"POST"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.request_done(self.metrics.path_label(path), status, time.perf_counter() - started)
 
 
 def create_app(
@@ -242,8 +274,14 @@ def create_app(
         decisions.write(decision, plugin_request.content, reqid)
         return encoded, decision.policy_version
 
-    route = _PluginRoute(app, settings.handler_path, answer, settings.max_body_bytes)
-    front = _Edge(route, guards={p: g for p, g in guards.items() if g}, metrics=metrics)
+    front = _Front(
+        app,
+        path=settings.handler_path,
+        answer=answer,
+        limit=settings.max_body_bytes,
+        guards=guards,
+        metrics=metrics,
+    )
 
     @app.get("/healthz")
     async def healthz() -> Response:
