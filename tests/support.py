@@ -116,9 +116,13 @@ class PolicydProcess:
             return self.client.post(path, params=params, json=body, **kwargs)
         return self.client.post(path, params=params, content=body, **kwargs)
 
-    def decision_lines(self) -> list[dict[str, Any]]:
-        """Decision-log lines the process printed (its stdout and stderr share the log file)."""
-        return decision_lines(self.logs())
+    def decision_lines(self, count: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """Decision-log lines the process printed (its stdout and stderr share the log file), once
+        there are at least `count`: the log writes its lines in batches, within a moment."""
+        deadline = time.monotonic() + timeout
+        while len(lines := decision_lines(self.logs())) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return lines
 
     def logs(self) -> str:
         self._log.flush()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+import httpx
 import pytest
 
+from policyd.app import create_app
 from policyd.decisionlog import DecisionLog, decision_record, mask
-from policyd.engine import decide
+from policyd.engine import Decision, decide
 from policyd.policy import load_policy
 from policyd.schema import Op
-from tests.support import PolicydProcess, fixture, write_policy
+from policyd.settings import Settings
+from policyd.store import PolicyStore
+from tests.support import SHIPPED_POLICIES, PolicydProcess, decision_lines, fixture, write_policy
 
 REQID = "0123456789abcdef"
 SECRETS_POLICY = {
@@ -34,7 +41,7 @@ def test_a_rewrite_logs_who_what_and_the_changes(
     server = policyd_server()
     body = fixture("NewProxy-tcp")
     server.post(body, headers={"X-Frp-Reqid": REQID})
-    [line] = server.decision_lines()
+    [line] = server.decision_lines(1)
     assert line["reqid"] == REQID
     assert (line["op"], line["user"], line["proxy_name"]) == ("NewProxy", "alice", "alice.ssh")
     assert line["run_id"] == body["content"]["user"]["run_id"]
@@ -48,7 +55,7 @@ def test_a_rewrite_logs_who_what_and_the_changes(
 def test_a_reject_logs_the_deciding_rule_and_reason(policyd_server: Callable[..., PolicydProcess]) -> None:
     server = policyd_server()
     server.post(fixture("NewUserConn-tcp"))
-    [line] = server.decision_lines()
+    [line] = server.decision_lines(1)
     assert line["outcome"] == "reject"
     assert line["rule"] == "NewUserConn.rules:2"
     assert line["reason"] == "visitors from 198.51.100.23 are blocked"
@@ -58,7 +65,7 @@ def test_a_reject_logs_the_deciding_rule_and_reason(policyd_server: Callable[...
 def test_warns_are_logged_with_their_rule(policyd_server: Callable[..., PolicydProcess]) -> None:
     server = policyd_server()
     server.post(fixture("Login-reconnect"))
-    [line] = server.decision_lines()
+    [line] = server.decision_lines(1)
     assert line["outcome"] == "allow"
     assert line["client_address"] == "[2001:db8::42]:61000"
     assert line["warnings"] == [
@@ -74,10 +81,10 @@ def test_secrets_are_masked(policyd_server: Callable[..., PolicydProcess], tmp_p
     }
     server.post(login)
     server.post({"op": "Login", "content": {"user": "bob", "metas": {"token": "wrong-token-123"}}})
+    eve, bob = server.decision_lines(2)
     text = server.logs()
     for secret in ("pk-0123456789", "tk-eve-secret", "rotated-secret-value", "wrong-token-123"):
         assert secret not in text
-    eve, bob = server.decision_lines()
     assert eve["warnings"][0]["message"] == "key *** token ***"
     assert eve["changes"] == [
         {"field": "metas.api_token", "before": "***", "after": "***"},
@@ -94,7 +101,7 @@ def test_sampling_drops_plain_allows_but_keeps_rejects(
         server.post({"op": "Ping", "content": {"user": {"user": "alice"}}})
     server.post({"op": "Ping", "content": {"user": {"user": "mallory"}}})
     server.post({"op": "NewWorkConn", "content": {"user": {"user": "alice"}}})
-    lines = server.decision_lines()
+    lines = server.decision_lines(2)
     assert [(d["op"], d["user"], d["outcome"]) for d in lines] == [
         ("Ping", "mallory", "reject"),
         ("NewWorkConn", "alice", "allow"),
@@ -106,9 +113,10 @@ def test_decision_log_to_a_file(policyd_server: Callable[..., PolicydProcess], t
     server = policyd_server(env={"POLICYD_DECISION_LOG": str(target)})
     server.post(fixture("Ping-basic"))
     server.post(fixture("NewUserConn-tcp"))
+    server.stop()  # shutdown writes what is batched
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert [d["op"] for d in lines] == ["Ping", "NewUserConn"]
-    assert server.decision_lines() == []
+    assert decision_lines(server.log_path.read_text()) == []
 
 
 def test_decision_log_off(policyd_server: Callable[..., PolicydProcess]) -> None:
@@ -154,3 +162,124 @@ def test_write_survives_a_failing_sink(tmp_path: Path) -> None:
 def test_mask_walks_nested_maps() -> None:
     value: dict[str, Any] = {"team": "red", "token": "t", "nested": [{"password": "p", "x": 1}]}
     assert mask(value) == {"team": "red", "token": "***", "nested": [{"password": "***", "x": 1}]}
+
+
+# -- batching ---------------------------------------------------------------------------------
+def ping_decisions(tmp_path: Path, count: int) -> list[tuple[Decision, dict[str, Any]]]:
+    policy = load_policy(write_policy(tmp_path / "p", {"Ping.rules": 'reject "no {user.user}"\n'}))
+    out = []
+    for i in range(count):
+        content = {"user": {"user": f"user-{i}"}}
+        out.append((decide(policy, Op.PING, content), content))
+    return out
+
+
+def users(batches: list[bytes]) -> list[str]:
+    return [json.loads(line)["user"] for batch in batches for line in batch.splitlines()]
+
+
+def test_lines_are_written_in_batches_of_whole_lines_up_to_the_batch_size(tmp_path: Path) -> None:
+    batches: list[bytes] = []
+    decisions = ping_decisions(tmp_path, 20)
+
+    async def run() -> None:
+        log = DecisionLog(batches.append, batch_bytes=1000, flush_after_s=3600)
+        for decision, content in decisions:
+            log.write(decision, content, REQID)
+        full = list(batches)
+        log.close()
+        assert full and all(len(batch) <= 1000 for batch in full)
+        assert len(batches) == len(full) + 1  # the rest, at close
+
+    asyncio.run(run())
+    assert all(batch.endswith(b"\n") for batch in batches)
+    assert users(batches) == [f"user-{i}" for i in range(20)]
+
+
+def test_a_line_longer_than_a_batch_is_written_alone(tmp_path: Path) -> None:
+    batches: list[bytes] = []
+    [(short, content)] = ping_decisions(tmp_path, 1)
+    long_content = {"user": {"user": "x" * 500}}
+    long = decide(load_policy(tmp_path / "p"), Op.PING, long_content)
+
+    async def run() -> None:
+        log = DecisionLog(batches.append, batch_bytes=300, flush_after_s=3600)
+        log.write(short, content, REQID)
+        log.write(long, long_content, REQID)
+        log.write(short, content, REQID)
+        log.close()
+
+    asyncio.run(run())
+    assert [len(batch.splitlines()) for batch in batches] == [1, 1, 1]
+    assert users(batches) == ["user-0", "x" * 500, "user-0"]
+
+
+def test_a_batch_is_written_after_the_flush_delay(tmp_path: Path) -> None:
+    batches: list[bytes] = []
+    decisions = ping_decisions(tmp_path, 3)
+
+    async def run() -> None:
+        log = DecisionLog(batches.append, flush_after_s=0.01)
+        for decision, content in decisions:
+            log.write(decision, content, REQID)
+        assert batches == []  # nothing is written while the request is still being answered
+        for _ in range(1000):
+            if batches:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert len(batches) == 1
+    assert users(batches) == ["user-0", "user-1", "user-2"]
+
+
+def test_without_an_event_loop_each_line_is_written_at_once(tmp_path: Path) -> None:
+    batches: list[bytes] = []
+    log = DecisionLog(batches.append)
+    for decision, content in ping_decisions(tmp_path, 2):
+        log.write(decision, content, REQID)
+    assert users(batches) == ["user-0", "user-1"]
+
+
+def test_no_line_is_lost_on_sigterm(policyd_server: Callable[..., PolicydProcess]) -> None:
+    server = policyd_server()
+    for _ in range(25):
+        server.post(fixture("NewUserConn-tcp"))
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=15)
+    assert [line["op"] for line in server.decision_lines()] == ["NewUserConn"] * 25
+
+
+def test_shutdown_writes_the_batched_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = DecisionLog.open
+
+    def open_unhurried(target: str, sample: Any = MappingProxyType({})) -> DecisionLog:
+        log = opened(target, sample)
+        log.flush_after_s = 3600  # only the shutdown can write the line
+        return log
+
+    monkeypatch.setattr(DecisionLog, "open", staticmethod(open_unhurried))
+    target = tmp_path / "decisions.jsonl"
+    app = create_app(Settings(decision_log=str(target)), PolicyStore(SHIPPED_POLICIES), watch=False)
+    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    said: list[str] = []
+
+    async def tell(message: Any) -> None:
+        said.append(message["type"])
+
+    async def run() -> None:
+        await lifespan.put({"type": "lifespan.startup"})
+        serving = asyncio.create_task(app({"type": "lifespan", "state": {}}, lifespan.get, tell))
+        while "lifespan.startup.complete" not in said:
+            await asyncio.sleep(0)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://policyd") as client:
+            answer = await client.post("/handler?op=Ping", json=fixture("Ping-basic"))
+        assert answer.status_code == 200
+        assert target.read_text() == ""
+        await lifespan.put({"type": "lifespan.shutdown"})
+        await serving
+
+    asyncio.run(run())
+    assert said == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert [json.loads(line)["op"] for line in target.read_text().splitlines()] == ["Ping"]

@@ -69,6 +69,7 @@ def test_sigterm_lets_an_in_flight_request_finish(policyd_server: Callable[..., 
     # uvicorn re-raises the signal once it has shut down cleanly (systemd counts that as success).
     assert server.proc.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in server.logs()
+    assert [line["op"] for line in server.decision_lines()] == ["NewUserConn"]  # its line too
 
 
 def test_workers_all_serve_the_new_version_after_an_edit(
