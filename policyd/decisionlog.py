@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from policyd.engine import Decision, Outcome
+from policyd.engine import Change, Decision, Outcome
 from policyd.schema import Op, is_secret_key
 
 log = logging.getLogger("policyd.decisions")
@@ -102,6 +102,22 @@ def secrets_in(decision: Decision, content: Mapping[str, Any]) -> list[str]:
     return sorted(found, key=len, reverse=True)  # longest first: a secret may contain another
 
 
+# Content fields a line names when the op has them: the proxy and the peers' addresses.
+_CONTEXT_FIELDS = ("proxy_name", "proxy_type", "client_address", "remote_addr")
+_NESTED = (dict, list, tuple)
+
+
+def _change(change: Change) -> dict[str, Any]:
+    if is_secret_key(change.path.rsplit(".", 1)[-1]):
+        return {"field": change.path, "before": MASK, "after": MASK}
+    before, after = change.before, change.after
+    if isinstance(before, _NESTED):
+        before = mask(before)
+    if isinstance(after, _NESTED):
+        after = mask(after)
+    return {"field": change.path, "before": before, "after": after}
+
+
 def decision_record(
     decision: Decision,
     content: Mapping[str, Any],
@@ -120,33 +136,30 @@ def decision_record(
         user_obj = user_obj if isinstance(user_obj, dict) else {}
         user = _str(user_obj.get("user"))
         run_id = _str(content.get("run_id")) or _str(user_obj.get("run_id"))
+    # `_value_` is the plain attribute behind an enum's `.value`, a Python-level descriptor.
     record: dict[str, Any] = {
         "time": at,
         "reqid": reqid,
-        "op": op.value,
+        "op": op._value_,
         "user": user,
         "run_id": run_id,
     }
-    for key in ("proxy_name", "proxy_type", "client_address", "remote_addr"):
+    for key in _CONTEXT_FIELDS:
         value = content.get(key)
         if value:
             record[key] = value
-    record["outcome"] = "error" if decision.error is not None else decision.outcome.value
+    error = decision.error
+    record["outcome"] = "error" if error is not None else decision.outcome._value_
     record["rule"] = decision.rule.rule if decision.rule is not None else ""
-    record["reason"] = _scrub(decision.reason, secrets)
+    record["reason"] = _scrub(decision.reason, secrets) if decision.reason else ""
     if decision.warnings:
         record["warnings"] = [
             {"message": _scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
         ]
     if decision.changes:
-        record["changes"] = [
-            {"field": c.path, "before": MASK, "after": MASK}
-            if is_secret_key(c.path.rsplit(".", 1)[-1])
-            else {"field": c.path, "before": mask(c.before), "after": mask(c.after)}
-            for c in decision.changes
-        ]
-    if decision.error is not None:
-        record["error"] = {"code": decision.error.code, "message": _scrub(decision.error.message, secrets)}
+        record["changes"] = [_change(c) for c in decision.changes]
+    if error is not None:
+        record["error"] = {"code": error.code, "message": _scrub(error.message, secrets)}
         record["failed_open"] = decision.failed_open
     record["policy_version"] = decision.policy_version
     record["eval_us"] = round(decision.eval_us, 1)
