@@ -6,8 +6,7 @@ rewrite carries the *whole* content, unknown fields included: frps replaces, it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,8 +25,10 @@ class BadRequest(Exception):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class PluginRequest:
+class PluginRequest(NamedTuple):
+    """A request as frps sent it, checked. (A NamedTuple: built per request, in a third of the
+    time a frozen dataclass takes.)"""
+
     op: Op
     version: str
     content: dict[str, Any]
