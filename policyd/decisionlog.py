@@ -21,6 +21,7 @@ import random
 import select
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -107,8 +108,13 @@ _CONTEXT_FIELDS = ("proxy_name", "proxy_type", "client_address", "remote_addr")
 _NESTED = (dict, list, tuple)
 
 
+@lru_cache(maxsize=1024)  # a policy sets the same few paths, request after request
+def _secret_path(path: str) -> bool:
+    return is_secret_key(path.rsplit(".", 1)[-1])
+
+
 def _change(change: Change) -> dict[str, Any]:
-    if is_secret_key(change.path.rsplit(".", 1)[-1]):
+    if _secret_path(change.path):
         return {"field": change.path, "before": MASK, "after": MASK}
     before, after = change.before, change.after
     if isinstance(before, _NESTED):
@@ -162,7 +168,7 @@ def decision_record(
         record["error"] = {"code": error.code, "message": _scrub(error.message, secrets)}
         record["failed_open"] = decision.failed_open
     record["policy_version"] = decision.policy_version
-    record["eval_us"] = round(decision.eval_us, 1)
+    record["eval_us"] = round(decision.eval_us * 10) / 10  # 0.1 us; round(x, 1) takes 4x as long
     return record
 
 
