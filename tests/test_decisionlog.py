@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -21,7 +26,16 @@ from policyd.policy import load_policy
 from policyd.schema import Op
 from policyd.settings import Settings
 from policyd.store import PolicyStore
-from tests.support import SHIPPED_POLICIES, PolicydProcess, decision_lines, fixture, write_policy
+from tests.support import (
+    SHIPPED_POLICIES,
+    PolicydProcess,
+    decision_lines,
+    fixture,
+    free_port,
+    stop_process,
+    write_policy,
+)
+from tests.test_lifecycle import wait_until
 
 REQID = "0123456789abcdef"
 SECRETS_POLICY = {
@@ -248,6 +262,40 @@ def test_no_line_is_lost_on_sigterm(policyd_server: Callable[..., PolicydProcess
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(timeout=15)
     assert [line["op"] for line in server.decision_lines()] == ["NewUserConn"] * 25
+
+
+def test_workers_sharing_a_stdout_pipe_write_whole_lines(tmp_path: Path) -> None:
+    # Each batch is one write of at most PIPE_BUF bytes, which a pipe takes atomically: lines
+    # from two workers answering at once never interleave, and none is lost at shutdown.
+    assert DecisionLog.open("stdout").batch_bytes <= select.PIPE_BUF
+    port, stderr = free_port(), tmp_path / "stderr.log"
+    command = [sys.executable, "-m", "policyd", "serve", "--policies", str(SHIPPED_POLICIES)]
+    output: list[bytes] = []
+    with stderr.open("wb") as errors:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port), "--workers", "2"], stdout=subprocess.PIPE, stderr=errors
+        )
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: output.append(stdout.read()))
+    reader.start()
+    try:
+        wait_until(lambda: stderr.read_text().count("Application startup complete") == 2, "both workers")
+        body = fixture("NewProxy-tcp")
+
+        def post(_: int) -> int:
+            # A fresh connection each time, so the kernel spreads them over both workers.
+            url = f"http://127.0.0.1:{port}/handler"
+            return httpx.post(url, params={"op": "NewProxy"}, json=body, timeout=10).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(300))) == {200}
+    finally:
+        stop_process(proc)
+        reader.join()
+    lines = output[0].splitlines()
+    assert len(lines) == 300
+    assert all(json.loads(line)["proxy_name"] == "alice.ssh" for line in lines)
 
 
 def test_shutdown_writes_the_batched_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
