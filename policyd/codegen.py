@@ -28,6 +28,8 @@ from policyd.compiler import (
     constant_operand,
     field_path,
     invoker,
+    is_dynamic_range,
+    range_member,
 )
 from policyd.schema import Kind, Record, ZeroMap, view, zero_value
 
@@ -233,8 +235,11 @@ class _Emitter:
         if operand is None:
             if isinstance(op, ast.Eq | ast.NotEq):
                 return f"({left} {_COMPARE_SYMBOLS[type(op)]} {self.expr(right)})"
-            if isinstance(op, ast.In | ast.NotIn) and isinstance(right, ast.Call):
-                return None  # maybe compiler._in_dynamic_range: its closure knows
+            if is_dynamic_range(op, right, self.scope):
+                assert isinstance(right, ast.Call)
+                member = self.ref(range_member(isinstance(op, ast.NotIn)))
+                bounds = "".join(f", {self.expr(a)}" for a in right.args)
+                return f"{member}({BUDGET}, {left}{bounds})"
             return f"{self.ref(sandbox.COMPARISONS[type(op)])}({left}, {self.expr(right)})"
         symbol = _COMPARE_SYMBOLS.get(operand.op)
         if symbol is not None:

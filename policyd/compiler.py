@@ -878,6 +878,15 @@ def _is_range_call(node: ast.expr, scope: Scope) -> bool:
     )
 
 
+def is_dynamic_range(op: ast.cmpop, right_node: ast.expr, scope: Scope) -> bool:
+    """Whether `x OP right` is `x in range(...)` with computed bounds (see range_member)."""
+    return (
+        isinstance(op, ast.In | ast.NotIn)
+        and _is_range_call(right_node, scope)
+        and _constant_range_args(right_node, scope) is None
+    )
+
+
 def _constant_range_args(node: ast.expr, scope: Scope) -> list[int] | None:
     """The arguments of `range(...)` when all are integer literals."""
     if not _is_range_call(node, scope):
@@ -900,12 +909,7 @@ def _compare_constant(
     once at load time and still charged as the generic closures charge it."""
     operand = constant_operand(op, right_node, scope)
     if operand is None:
-        if (
-            compile_arg is not None
-            and isinstance(op, ast.In | ast.NotIn)
-            and _is_range_call(right_node, scope)
-            and _constant_range_args(right_node, scope) is None
-        ):
+        if compile_arg is not None and is_dynamic_range(op, right_node, scope):
             assert isinstance(right_node, ast.Call)
             return _in_dynamic_range(left, right_node, isinstance(op, ast.NotIn), compile_arg)
         return None
@@ -1021,22 +1025,18 @@ def _built_cost(value: Any) -> int:
     return scratch.steps
 
 
-def _in_dynamic_range(
-    left: Compiled, call: ast.Call, negate: bool, compile_arg: Callable[[ast.expr], Compiled]
-) -> Compiled:
-    """`x in range(a, b)` with computed bounds: no SafeRange built for int bounds and an int x.
+def range_member(negate: bool) -> Callable[..., bool]:
+    """`member(budget, x, *bounds)`: `x in range(*bounds)` with computed bounds, x evaluated first.
 
-    As the generic call: bounds evaluated after x, range() refuses non-integers, the range is
-    charged as built (what does not depend on its bounds), and membership is SafeRange's.
+    As the generic call: range() refuses non-integers, the range is charged as built (what does
+    not depend on its bounds), and membership is SafeRange's; no SafeRange is built for int
+    bounds and an int x. Both back ends call it.
     """
-    args = [compile_arg(a) for a in call.args]
     cost = _built_cost(sandbox.SafeRange(0))
 
-    def in_range(ctx: Ctx) -> bool:
-        value = left(ctx)
-        bounds = [a(ctx) for a in args]
+    def member(budget: Budget, value: Any, *bounds: Any) -> bool:
         if len(bounds) == 2 and type(bounds[0]) is int and type(bounds[1]) is int:
-            ctx.budget.charge(cost)
+            budget.charge(cost)
             if type(value) is int:
                 return (bounds[0] <= value < bounds[1]) is not negate
             rng = sandbox.SafeRange(*bounds)
@@ -1045,8 +1045,22 @@ def _in_dynamic_range(
                 rng = sandbox.SafeRange(*bounds)
             except (TypeError, ValueError, OverflowError) as e:
                 raise EvaluationError(f"range(): {e}") from None
-            ctx.budget.charge(cost)
+            budget.charge(cost)
         return (value in rng) is not negate
+
+    return member
+
+
+def _in_dynamic_range(
+    left: Compiled, call: ast.Call, negate: bool, compile_arg: Callable[[ast.expr], Compiled]
+) -> Compiled:
+    """`x in range(a, b)` with computed bounds (see range_member)."""
+    args = [compile_arg(a) for a in call.args]
+    member = range_member(negate)
+
+    def in_range(ctx: Ctx) -> bool:
+        value = left(ctx)
+        return member(ctx.budget, value, *[a(ctx) for a in args])
 
     return in_range
 
