@@ -13,14 +13,17 @@ compile() (see PolicyStore and the 50 ms swap target in benchmarks/).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
+from types import CodeType
 from typing import Any
 
 from policyd.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, Fragment
 from policyd.compiler import Ctx, RequestNames
 from policyd.language import Action, Statement
 
+COMPILED_CHUNKS = 1024  # chunk code kept for reuse by later loads: all of a 10,000-rule policy
 CHUNK_STATEMENTS = 16  # rules per generated function: one compile() holds the GIL (~1-3 ms)
 
 # warn(decision, ctx, statement) and set(decision, names, statement, value): decide()'s hooks.
@@ -138,11 +141,23 @@ def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dic
     )
 
 
+@functools.lru_cache(maxsize=COMPILED_CHUNKS)
+def _compiled(source: str) -> CodeType:
+    """compile() once per distinct chunk source.
+
+    The source holds no constants of the rules, only their shape: after an edit, every chunk
+    whose rules kept their shape (a new port in a list, a new message) and place reuses its
+    code, and only the environment is built anew. A reload then holds the GIL for microseconds
+    instead of a compile() per chunk (~1.5 ms each).
+    """
+    return compile(source, "<rules>", "exec")
+
+
 def _build_chunk(statements: Sequence[Statement], start: int, end: int) -> Chunk | None:
     env = _environment()
     source = chunk_source(statements, start, end, env)
     if source is None:
         return None
-    exec(compile(source, f"<rules {start}-{end - 1}>", "exec"), env)
+    exec(_compiled(source), env)
     chunk: Chunk = env.pop("chunk")
     return chunk

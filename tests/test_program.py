@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policyd import program
 from policyd.engine import Decision, EvalOptions, decide
 from policyd.policy import Policy, load_policy
 from policyd.program import CHUNK_STATEMENTS, chunk_source
@@ -183,3 +184,17 @@ def test_no_rule_text_reaches_the_generated_source(policy: Policy) -> None:
                     assert generated_name(tok.string), tok
                 if tok.type == tokenize.NUMBER:
                     assert tok.string.isdigit() and int(tok.string) < len(statements) + 3, tok
+
+
+def test_an_edit_that_keeps_the_shape_reuses_compiled_chunks() -> None:
+    """A new port in a list compiles nothing (constants are not in the source) yet applies."""
+    rules = "reject 'irc' when content.remote_port in (6666, 6667, {port})\n" + "".join(
+        f"reject 'r{i}' when content.remote_port == {-i}\n" for i in range(CHUNK_STATEMENTS)
+    )
+    first = policy_of({"NewProxy.rules": rules.format(port=7001)})
+    misses = program._compiled.cache_info().misses
+    second = policy_of({"NewProxy.rules": rules.format(port=7002)})
+    assert program._compiled.cache_info().misses == misses
+    assert both_paths(first, Op.NEW_PROXY, {"remote_port": 7002})["reason"] == ""
+    assert both_paths(second, Op.NEW_PROXY, {"remote_port": 7002})["reason"] == "irc"
+    assert both_paths(second, Op.NEW_PROXY, {"remote_port": 7001})["reason"] == ""
