@@ -41,7 +41,7 @@ class RequestNames(dict[str, Any]):
         user_schema: Field,
         user_raw: dict[str, Any] | None,
     ) -> None:
-        super().__init__(names)
+        dict.__init__(self, names)  # not super(): one lookup less on every request
         self.content_schema = content_schema
         self.user_schema = user_schema
         self.content_raw = content_raw

@@ -157,11 +157,14 @@ def _same(before: Any, after: Any) -> bool:
     return type(before) is type(after) and before == after
 
 
+_VIEWS = (ZeroMap, Record)  # a tuple: a `|` union is built anew on every isinstance() call
+
+
 def _check_type(statement: Statement, value: Any) -> Any:
     f: Field | None = statement.field
     if isinstance(value, tuple):
         value = list(value)
-    elif isinstance(value, ZeroMap | Record):
+    elif isinstance(value, _VIEWS):
         value = dict(value)
     if f is not None and not type_matches(f, value):
         raise EvaluationError(
@@ -190,7 +193,10 @@ def _set(decision: Decision, names: RequestNames, statement: Statement, value: A
         work = decision.content = dict(current)
     _apply_set(work, statement.path, value)
     decision.changes.append(Change(".".join(statement.path), before, value))
-    names.replace_request(work, _raw_user(decision.op, work))
+    # `user` is made of the login's own fields, or of content.user: only a set there changes it
+    # (the copy in `work` shares every other nested dict with the request).
+    changes_user = decision.op is Op.LOGIN or statement.path[0] == "user"
+    names.replace_request(work, _raw_user(decision.op, work) if changes_user else names.user_raw)
     return value
 
 
