@@ -254,7 +254,7 @@ class _Emitter:
             test = f"(({lo} <= {t} < {hi}) if _type({t}) is _int else ({t} in {rng}))"
             if operand.op is ast.NotIn:
                 test = f"not {test}"
-        return f"(({t} := {left}), {BUDGET}.charge({cost}), {test})[2]"
+        return f"(({t} := {left}), {BUDGET}.add({cost}), {test})[2]"
 
     # -- calls and displays ------------------------------------------------------------------
     def _Call(self, node: ast.Call) -> str | None:

@@ -935,14 +935,14 @@ def _compare_constant(
 
             def not_in_display(ctx: Ctx) -> bool:
                 value = left(ctx)
-                ctx.budget.charge(cost)
+                ctx.budget.add(cost)
                 return value not in container
 
             return not_in_display
 
         def in_display(ctx: Ctx) -> bool:
             value = left(ctx)
-            ctx.budget.charge(cost)
+            ctx.budget.add(cost)
             return value in container
 
         return in_display
@@ -954,7 +954,7 @@ def _compare_constant(
     # membership of a step-1 range is a bounds check.
     def in_range(ctx: Ctx) -> bool:
         value = left(ctx)
-        ctx.budget.charge(cost)
+        ctx.budget.add(cost)
         if type(value) is int and step1:
             return (lo <= value < hi) is not negate
         return (value in rng) is not negate

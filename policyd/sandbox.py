@@ -74,6 +74,14 @@ class Budget:
         ) and _clock() > self.deadline:
             raise LimitError("evaluation ran out of time")
 
+    def add(self, n: int) -> None:
+        """Charge n steps without reading the clock: for work bounded by a rule's own text (a
+        literal display or range, charged as built), which cannot run long between two reads.
+        Most conditions test such a constant, so this keeps them cheap (127 -> ~70 ns)."""
+        steps = self.steps = self.steps + n
+        if steps > self.steps_left:
+            raise LimitError(f"evaluation took more than {self.steps_left} steps")
+
 
 def deep_size(value: Any, budget: Budget) -> int:
     """Count the items inside a container, charging each to the budget.
