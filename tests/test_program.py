@@ -198,3 +198,20 @@ def test_an_edit_that_keeps_the_shape_reuses_compiled_chunks() -> None:
     assert both_paths(first, Op.NEW_PROXY, {"remote_port": 7002})["reason"] == ""
     assert both_paths(second, Op.NEW_PROXY, {"remote_port": 7002})["reason"] == "irc"
     assert both_paths(second, Op.NEW_PROXY, {"remote_port": 7001})["reason"] == ""
+
+
+def test_a_set_is_seen_by_the_next_rules_field_reads() -> None:
+    """A set changes what later rules read, in its chunk and the next."""
+    filler = [f"reject 'never {i}' when content.proxy_name == 'x{i}'" for i in range(CHUNK_STATEMENTS)]
+    rules = "\n".join(
+        [
+            "reject 'low' when content.remote_port < 10",
+            "set content.remote_port = 7000 when content.remote_port == 6000",
+            "warn 'same chunk' when content.remote_port == 7000",
+            *filler,
+            "reject 'next chunk {content.remote_port}' when content.remote_port == 7000",
+        ]
+    )
+    decision = both_paths(policy_of({"NewProxy.rules": rules}), Op.NEW_PROXY, {"remote_port": 6000})
+    assert [w.message for w in decision["warnings"]] == ["same chunk"]
+    assert decision["reason"] == "next chunk 7000"
