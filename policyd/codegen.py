@@ -25,6 +25,7 @@ from policyd.compiler import (
     CONSTANTS,
     ExpressionCompiler,
     Scope,
+    constant_key_path,
     constant_operand,
     field_path,
     invoker,
@@ -132,22 +133,10 @@ class _Emitter:
             return None  # a slice, or a key path the compiler reads from the raw request
         return f"{self.ref(sandbox.lookup)}({self.expr(node.value)}, {self.expr(node.slice)}, False)"
 
-    def _field(self, node: ast.Attribute | ast.Subscript) -> str | None:
+    def _field(self, node: ast.Attribute | ast.Subscript, of_user: bool, keys: tuple[str, ...]) -> str | None:
         """`content.field`, `content.metas.key`, `user.metas["key"]`: compiler._field_reader's
         reads at most one record field deep, written inline."""
-        keys: list[str] = []
-        root: ast.AST = node
-        while isinstance(root, ast.Attribute | ast.Subscript):
-            if isinstance(root, ast.Attribute):
-                keys.append(root.attr)
-            elif isinstance(root.slice, ast.Constant) and type(root.slice.value) is str:
-                keys.append(root.slice.value)
-            else:
-                return None
-            root = root.value
-        assert isinstance(root, ast.Name)
-        of_user = root.id == "user"
-        where = field_path(self.scope.user_schema if of_user else self.scope.op_schema, tuple(reversed(keys)))
+        where = field_path(self.scope.user_schema if of_user else self.scope.op_schema, keys)
         if where is None or len(where.path) > 1:
             return None
         t = self.temp()
@@ -186,22 +175,15 @@ class _Emitter:
 
         Anything unusual at run time (not a dict, a missing key) calls the node's closure.
         """
-        root: ast.AST = node
-        while isinstance(root, ast.Attribute | ast.Subscript):
-            root = root.value
-        if not isinstance(root, ast.Name) or root.id in self.scope.locals:
+        found = constant_key_path(node)
+        if found is None or found[0] in self.scope.locals:
             return None
-        name = root.id
+        name, keys = found
         if name in ("content", "user") and name not in self.scope.lets:
-            return self._field(node)
-        if node.value is not root or not (name in self.scope.lets or name in BUILTIN_NAMES):
+            return self._field(node, name == "user", keys)
+        if len(keys) != 1 or not (name in self.scope.lets or name in BUILTIN_NAMES):
             return None
-        if isinstance(node, ast.Attribute):
-            key = node.attr
-        elif isinstance(node.slice, ast.Constant) and type(node.slice.value) is str:
-            key = node.slice.value
-        else:
-            return None
+        (key,) = keys
         t, k = self.temp(), self.ref(key)
         return (
             f"({t}[{k}] if _type({t} := {NAMES}[{self.ref(name)}]) is _dict and {k} in {t}"
@@ -287,7 +269,7 @@ class _Emitter:
         invoke = self.ref(invoker(func.id, fn, iterable_first))
         return f"{invoke}({BUDGET}" + "".join(f", {a}" for a in args) + ")"
 
-    def _display(self, node: ast.List | ast.Tuple | ast.Set, opening: str, closing: str) -> str | None:
+    def _display(self, node: ast.List | ast.Tuple, opening: str, closing: str) -> str | None:
         if any(isinstance(e, ast.Starred) for e in node.elts):
             return None
         items = "".join(f"{self.expr(e)}, " for e in node.elts)

@@ -291,25 +291,15 @@ class ExpressionCompiler:
         `generic` (the node compiled the ordinary way) answers whenever the shortcut meets
         anything unusual, so values and errors stay exactly those of the generic closures.
         """
-        keys: list[str] = []
-        root: ast.AST = node
-        while isinstance(root, ast.Attribute | ast.Subscript):
-            if isinstance(root, ast.Attribute):
-                keys.append(root.attr)
-            elif isinstance(root.slice, ast.Constant) and type(root.slice.value) is str:
-                keys.append(root.slice.value)
-            else:
-                return None
-            root = root.value
-        if not isinstance(root, ast.Name):
+        found = constant_key_path(node)
+        if found is None:
             return None
-        keys.reverse()
-        name = root.id
+        name, keys = found
         if name in ("content", "user") and name not in scope.locals and name not in scope.lets:
             schema = scope.op_schema if name == "content" else scope.user_schema
-            return _field_reader(name == "user", schema, tuple(keys), generic)
+            return _field_reader(name == "user", schema, keys, generic)
         if name in scope.lets or (name in BUILTIN_NAMES and name not in scope.locals):
-            return _key_walk(name, tuple(keys), generic)
+            return _key_walk(name, keys, generic)
         return None
 
     def _compile_slice(self, node: ast.Slice, scope: Scope) -> Compiled:
@@ -567,6 +557,24 @@ class ExpressionCompiler:
         else:
             plan = _Loops(tuple(loops), type(node), self._compile(node.elt, inner), None)
         return plan
+
+
+def constant_key_path(node: ast.Attribute | ast.Subscript) -> tuple[str, tuple[str, ...]] | None:
+    """`name.a.b["c"]` as ("name", ("a", "b", "c")); None unless a name is followed by
+    attributes and string-literal keys only (both back ends read such paths in one step)."""
+    keys: list[str] = []
+    root: ast.AST = node
+    while isinstance(root, ast.Attribute | ast.Subscript):
+        if isinstance(root, ast.Attribute):
+            keys.append(root.attr)
+        elif isinstance(root.slice, ast.Constant) and type(root.slice.value) is str:
+            keys.append(root.slice.value)
+        else:
+            return None
+        root = root.value
+    if not isinstance(root, ast.Name):
+        return None
+    return root.id, tuple(reversed(keys))
 
 
 @dataclass(frozen=True, slots=True)
