@@ -1,4 +1,4 @@
-"""Shared test helpers: fixtures from ../shared, temporary policies, a real policyd subprocess."""
+"""Shared test helpers: request fixtures, temporary policies, a real policyd subprocess."""
 
 from __future__ import annotations
 
@@ -19,20 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_POLICIES = ROOT / "policies"
 
 
-def _fixtures_dir() -> Path:
-    env = os.environ.get("POLICYD_FIXTURES")
-    if env:
-        return Path(env)
-    for candidate in (
-        ROOT.parent / "shared" / "fixtures",
-        ROOT.parent.parent / "shared" / "fixtures",
-    ):
-        if candidate.is_dir():
-            return candidate
-    raise RuntimeError("frp fixtures not found: set POLICYD_FIXTURES or lay shared/ beside the repo")
-
-
-FIXTURES = _fixtures_dir()
+# The project's own copy of frps's request bodies (from shared/fixtures, byte for byte): the
+# suite runs in any clone, with nothing beside it.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def fixture(name: str) -> dict[str, Any]:

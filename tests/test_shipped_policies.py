@@ -1,4 +1,4 @@
-"""Every fixture from ../shared/fixtures decided by the shipped example policies."""
+"""Every request fixture (tests/fixtures, copied from shared/fixtures) decided by the shipped policies."""
 
 from __future__ import annotations
 
@@ -19,13 +19,19 @@ REJECT, ALLOW = "reject", "allow"
 # fixture → (outcome, reason or {field: new value} for rewrites)
 EXPECTED: dict[str, tuple[str, Any]] = {
     "CloseProxy-basic": (ALLOW, ""),
+    "CloseProxy-frps070-captured": (ALLOW, ""),
     "Login-anonymous": (REJECT, "login needs metadatas.team (one of: blue, red)"),
     "Login-basic": (ALLOW, ""),
     "Login-frps033-captured": (REJECT, "team red needs metadatas.token"),
+    "Login-frps070-captured": (REJECT, "team red needs metadatas.token"),
     "Login-reconnect": (ALLOW, ""),
     "NewProxy-frps033-captured": (
         REJECT,
         "tcp/udp ports for team red are 6000-6999 (asked for 16022)",
+    ),
+    "NewProxy-frps070-captured": (
+        REJECT,
+        "tcp/udp ports for team red are 6000-6999 (asked for 27022)",
     ),
     "NewProxy-future-field": ("rewrite", {"metas": {"team": "red"}}),
     "NewProxy-http-group": ("rewrite", {"subdomain": "blue-api", "metas": {"team": "blue"}}),
@@ -48,11 +54,14 @@ EXPECTED: dict[str, tuple[str, Any]] = {
     ),
     "NewProxy-udp-bandwidth": ("rewrite", {"metas": {"team": "red"}}),
     "NewUserConn-frps033-captured": (ALLOW, ""),
+    "NewUserConn-frps070-captured": (ALLOW, ""),
     "NewUserConn-https": (ALLOW, ""),
     "NewUserConn-tcp": (REJECT, "visitors from 198.51.100.23 are blocked"),
     "NewWorkConn-basic": (ALLOW, ""),
+    "NewWorkConn-frps070-captured": (ALLOW, ""),
     "Ping-basic": (ALLOW, ""),
     "Ping-frps033-captured": (ALLOW, ""),
+    "Ping-frps070-captured": (ALLOW, ""),
 }
 
 
