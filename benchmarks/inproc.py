@@ -115,12 +115,15 @@ class TreeEngine:
                 ev(rule.value, names, budget)  # type: ignore[arg-type]
             else:
                 value = ev(rule.value, names, budget)  # type: ignore[arg-type]
+                current: Any = content if work is None else work
+                for key in rule.path:
+                    current = current.get(key) if isinstance(current, dict) else None
+                if current == value:
+                    continue  # nothing changes: no copy, so the outcome stays "allow"
                 work = dict(content) if work is None else work
                 node = work
                 for key in rule.path[:-1]:
                     node[key] = node = dict(node.get(key) or {})
-                if node.get(rule.path[-1]) == value:
-                    continue
                 node[rule.path[-1]] = value
                 fresh = reference.request_names(self.op, work, data=self.policy.data, now=names["now"])
                 names.update(content=fresh["content"], user=fresh["user"])
