@@ -1,11 +1,13 @@
 """policyd's benchmarks: in-process decisions, HTTP throughput, reloads under load, a 10k-rule swap.
 
-    python -m benchmarks.run [--duration 5] [--rounds 3] [--only inproc,http,reload,swap]
+    python -m benchmarks.run [--duration 5] [--rounds 3] [--only inproc,peers,http,reload,swap,storm,frps]
 
 Every server runs on 127.0.0.1 with `policyd serve`'s own uvicorn settings; baselines and
 candidates are measured in the same run, interleaved round by round, and compared as ratios
 (absolute numbers depend on the machine and on whatever else it runs). Prints a table and writes
-it as JSON to benchmarks/results/. HTTP scenarios need wrk (`apt-get install -y wrk`).
+it as JSON to benchmarks/results/. HTTP scenarios need wrk (`apt-get install -y wrk`); `peers`
+times Rego and CEL from the `bench` extra; `frps` needs real frp binaries in FRPS_BIN/FRPC_BIN.
+See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ ROOT = HERE.parent
 BODY = HERE / "newproxy.json"
 URL_PATH = "/handler?version=0.1.0&op=NewProxy"  # as frps sends it
 CONNECTIONS = 32
+SCENARIOS = ("inproc", "peers", "http", "reload", "swap", "storm", "frps")
+WRK_SCENARIOS = {"http", "reload", "swap", "storm"}
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -121,6 +125,12 @@ def scenario_inproc(seconds: float) -> list[dict[str, Any]]:
     from benchmarks import inproc
 
     return inproc.run(seconds)
+
+
+def scenario_peers(seconds: float) -> list[dict[str, Any]]:
+    from benchmarks.peers import scenario
+
+    return scenario.run(seconds)
 
 
 def scenario_http(
@@ -357,6 +367,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _target("HTTP: policyd 50-rule vs FastAPI (request.json)", http["vs_fastapi_json"], ">=", 1.5)
         )
         out.append(_target("HTTP: policyd 50-rule vs raw ASGI", http["vs_raw"], ">=", 0.6))
+    if any(r["scenario"].startswith("peers") for r in rows):
+        from benchmarks.peers import scenario as peers
+
+        out += [_target(*goal) for goal in peers.targets(rows)]
     reload_row = next((r for r in rows if "p99_ratio" in r), None)
     if reload_row:
         out.append(_target("reload every second: p99 ratio", reload_row["p99_ratio"], "<=", 1.2))
@@ -374,40 +388,59 @@ def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
     return {"target": f"{name} {op} {bound:g}", "value": value, "met": met}
 
 
+COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its rows have
+    ("subject", "subject", 48),
+    ("rps", "req/s", 8),
+    ("seconds", "s", 6),
+    ("p50_ms", "p50 ms", 7),
+    ("p99_ms", "p99 ms", 7),
+    ("max_ms", "max ms", 7),
+    ("us_per_decision", "µs/dec", 8),
+    ("ratio", "×simpleeval", 11),
+    ("allow_us", "allow", 19),
+    ("reject24_us", "reject at rule 24", 19),
+    ("rewrite_us", "rewrite", 19),
+    ("vs_raw", "×raw", 5),
+    ("vs_fastapi_model", "×FastAPI", 8),
+    ("vs_fastapi_json", "×FA.json", 8),
+    ("time_vs_raw", "time ×raw", 9),
+    ("p99_vs_raw", "p99 ×raw", 8),
+    ("time_vs_raw_plugin", "time ×raw plugin", 16),
+    ("p99_ratio", "p99 ×", 6),
+    ("answered", "answered", 8),
+    ("failed", "failed", 6),
+]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if key.endswith("_us") and f"{key[:-3]}_vs_policyd" in row:  # the peers table: "10.7 µs (1×)"
+        return f"{row[key]:g} µs ({row[key[:-3] + '_vs_policyd']:g}×)"
+    return str(row.get(key, ""))
+
+
 def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
-    columns = [
-        ("subject", "subject", 48),
-        ("rps", "req/s", 8),
-        ("p50_ms", "p50 ms", 7),
-        ("p99_ms", "p99 ms", 7),
-        ("max_ms", "max ms", 7),
-        ("us_per_decision", "µs/dec", 8),
-        ("ratio", "×simpleeval", 11),
-        ("vs_raw", "×raw", 5),
-        ("vs_fastapi_model", "×FastAPI", 8),
-        ("vs_fastapi_json", "×FA.json", 8),
-        ("p99_ratio", "p99 ×", 6),
-        ("failed", "failed", 6),
-    ]
-    scenario = None
-    for row in rows:
-        if row["scenario"] != scenario:
-            scenario = row["scenario"]
-            print(f"\n{scenario}")
-            print(
-                "  "
-                + " ".join(
-                    f"{title:>{width}}" if key != "subject" else f"{title:<{width}}"
-                    for key, title, width in columns
-                )
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        group = [r for r in rows if r["scenario"] == scenario]
+        columns = [c for c in COLUMNS if c[0] == "subject" or any(c[0] in r for r in group)]
+        print(f"\n{scenario}")
+        print(
+            "  "
+            + " ".join(
+                f"{title:>{width}}" if key != "subject" else f"{title:<{width}}"
+                for key, title, width in columns
             )
-        cells = []
-        for key, _, width in columns:
-            value = row.get(key, "")
-            cells.append(f"{value!s:<{width}}" if key == "subject" else f"{value!s:>{width}}")
-        print("  " + " ".join(cells))
-        if "swapped_after_s" in row:
-            print(f"  (the new policy answered {row['swapped_after_s']} s after the file was written)")
+        )
+        for row in group:
+            if "skipped" in row:
+                print(f"  {row['subject']:<48} skipped: {row['skipped']}")
+                continue
+            cells = []
+            for key, _, width in columns:
+                value = _cell(row, key)
+                cells.append(f"{value:<{width}}" if key == "subject" else f"{value:>{width}}")
+            print("  " + " ".join(cells))
+            if "swapped_after_s" in row:
+                print(f"  (the new policy answered {row['swapped_after_s']} s after the file was written)")
     print("\ntargets")
     for goal in goals:
         print(f"  [{'met' if goal['met'] else 'NOT MET'}] {goal['target']}: {goal['value']}")
@@ -419,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server (default 3)")
-    parser.add_argument("--only", default="inproc,http,reload,swap", help="scenarios to run")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run (comma-separated)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes")
     parser.add_argument(
         "--compare",
@@ -428,11 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     wanted = set(args.only.split(","))
-    if wanted - {"inproc"} and shutil.which("wrk") is None:
+    if wanted - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {', '.join(sorted(wanted - set(SCENARIOS)))}: use {SCENARIOS}")
+    if wanted & WRK_SCENARIOS and shutil.which("wrk") is None:
         print(
-            "wrk is not installed; the HTTP scenarios need it. On Debian/Ubuntu:\n"
+            f"wrk is not installed; {', '.join(sorted(wanted & WRK_SCENARIOS))} need it. On Debian/Ubuntu:\n"
             "  apt-get update && apt-get install -y wrk\n"
-            "or run only the in-process scenario: python -m benchmarks.run --only inproc",
+            "or run only the in-process scenarios: python -m benchmarks.run --only inproc,peers",
             file=sys.stderr,
         )
         return 2
@@ -440,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     with _log_dir() as log_dir:
         if "inproc" in wanted:
             rows += scenario_inproc(max(1.0, args.duration / 2))
+        if "peers" in wanted:
+            rows += scenario_peers(args.duration)
         if "http" in wanted:
             rows += scenario_http(args.duration, args.rounds, log_dir, args.compare)
         if "reload" in wanted:

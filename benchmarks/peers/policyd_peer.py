@@ -1,0 +1,36 @@
+"""policyd itself, as the peers benchmark calls it: `decide()` on the loaded 50-rule policy.
+
+Only the front door is imported (policyd.policy.load_policy, policyd.engine.decide); the op is
+taken from the loaded policy, so nothing here depends on where policyd keeps its schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.peers.common import POLICY_DIR, Verdict
+from policyd.engine import Decision, decide
+from policyd.policy import load_policy
+
+
+class Policyd:
+    name = "policyd decide()"
+
+    def __init__(self) -> None:
+        self.policy = load_policy(POLICY_DIR)
+        self.op = next(op for op in self.policy.rules if op == "NewProxy")
+
+    def decision(self, content: dict[str, Any], now: int) -> Decision:
+        """What is timed: one decide() call, exactly as the service makes it."""
+        return decide(self.policy, self.op, content, now=now)
+
+    def decide(self, content: dict[str, Any], now: int) -> Verdict:
+        d = self.decision(content, now)
+        if d.error is not None:
+            raise AssertionError(f"policyd failed on a benchmark request: {d.error}")
+        return Verdict(
+            d.outcome.value,
+            d.reason,
+            d.content,
+            tuple(w.message for w in d.warnings) if d.outcome.value != "reject" else (),
+        )
