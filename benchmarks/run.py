@@ -371,6 +371,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from benchmarks.peers import scenario as peers
 
         out += [_target(*goal) for goal in peers.targets(rows)]
+    if any(r["scenario"].startswith("frps") and "skipped" not in r for r in rows):
+        from benchmarks import frps
+
+        out += [_target(*goal) for goal in frps.targets(rows)]
     reload_row = next((r for r in rows if "p99_ratio" in r), None)
     if reload_row:
         out.append(_target("reload every second: p99 ratio", reload_row["p99_ratio"], "<=", 1.2))
@@ -391,7 +395,7 @@ def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
 COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its rows have
     ("subject", "subject", 48),
     ("rps", "req/s", 8),
-    ("seconds", "s", 6),
+    ("seconds", "seconds", 7),
     ("p50_ms", "p50 ms", 7),
     ("p99_ms", "p99 ms", 7),
     ("max_ms", "max ms", 7),
@@ -423,13 +427,14 @@ def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None
         group = [r for r in rows if r["scenario"] == scenario]
         columns = [c for c in COLUMNS if c[0] == "subject" or any(c[0] in r for r in group)]
         print(f"\n{scenario}")
-        print(
-            "  "
-            + " ".join(
-                f"{title:>{width}}" if key != "subject" else f"{title:<{width}}"
-                for key, title, width in columns
+        if any("skipped" not in r for r in group):
+            print(
+                "  "
+                + " ".join(
+                    f"{title:>{width}}" if key != "subject" else f"{title:<{width}}"
+                    for key, title, width in columns
+                )
             )
-        )
         for row in group:
             if "skipped" in row:
                 print(f"  {row['subject']:<48} skipped: {row['skipped']}")
@@ -483,6 +488,14 @@ def main(argv: list[str] | None = None) -> int:
             rows += scenario_reload(args.duration, args.rounds, log_dir)
         if "swap" in wanted:
             rows += scenario_swap(max(30.0, args.duration), log_dir)
+        if "storm" in wanted:
+            from benchmarks import storm
+
+            rows += storm.scenario(args.rounds, log_dir)
+        if "frps" in wanted:
+            from benchmarks import frps
+
+            rows += frps.scenario(args.rounds, log_dir)
     goals = targets(rows)
     print_table(rows, goals)
     args.out.mkdir(parents=True, exist_ok=True)

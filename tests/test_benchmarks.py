@@ -7,16 +7,25 @@ peer that disagrees is refused. frps and storm: the configs and request bodies t
 
 from __future__ import annotations
 
+import configparser
+import json
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks import frps, storm
 from benchmarks.peers import requests, scenario
 from benchmarks.peers.common import NOW, Verdict
 from benchmarks.peers.floor import Floor
 from benchmarks.peers.policyd_peer import Policyd
+from policyd.engine import decide
+from policyd.policy import load_policy
+from tests.support import SHIPPED_POLICIES
 
 POLICYD = Policyd()
 FLOOR = Floor()
@@ -99,7 +108,7 @@ def newproxy_requests(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_floor_reaches_policyds_decision_on_generated_requests() -> None:
     decided_by: set[int | None] = set()
 
-    @settings(max_examples=500, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
     @given(newproxy_requests(), st.sampled_from([NOW, NOW + 12 * 3600]))
     def check(content: dict[str, Any], now: int) -> None:
         assert FLOOR.decide(content, now) == POLICYD.decide(content, now)
@@ -156,3 +165,211 @@ def test_the_peer_targets_compare_policyd_with_the_fastest_peer_and_the_floor() 
         "peers, allow: policyd µs / plain-Python floor µs": (2.5, "<=", 2.0),
         "peers, rewrite: policyd µs / plain-Python floor µs": (4.0, "<=", 2.0),
     }
+
+
+# -- frps: configs for real frps/frpc -----------------------------------------------------------
+PORTS = frps.Ports(7000, 7080, 7500, red=range(6000, 6100), blue=range(7000, 7020))
+
+
+def test_the_frp_version_picks_the_config_format_and_the_ops_frps_accepts() -> None:
+    assert frps.parse_version("0.70.0\n") == (0, 70, 0)
+    assert frps.parse_version("frps version 0.33.0") == (0, 33, 0)
+    with pytest.raises(ValueError, match="no frp version"):
+        frps.parse_version("command not found")
+    assert frps.config_format((0, 70, 0)) is frps.ConfigFormat.TOML
+    assert frps.config_format((0, 52, 0)) is frps.ConfigFormat.TOML
+    assert frps.config_format((0, 51, 3)) is frps.ConfigFormat.INI
+    assert frps.plugin_ops((0, 33, 0)) == ("Login", "NewProxy", "Ping", "NewWorkConn", "NewUserConn")
+    assert frps.plugin_ops((0, 70, 0)) == frps.ALL_OPS
+
+
+def test_the_fleet_is_one_200_proxy_client_and_20_logins_inside_their_teams_ranges() -> None:
+    clients = frps.fleet(PORTS.red, PORTS.blue)
+    assert len(clients) == 21
+    assert [len(c.proxies) for c in clients] == [200] + [1] * 20
+    assert sum(p.type == "http" for p in clients[0].proxies) == 100
+    names = [(c.user, p.name) for c in clients for p in c.proxies]
+    assert len(set(names)) == 220
+    for client in clients:
+        low, high = frps.TEAM_PORTS[client.metas["team"]]
+        assert all(low <= p.remote_port <= high for p in client.proxies if p.type == "tcp")
+    with pytest.raises(ValueError, match="need 100 red and 20 blue"):
+        frps.fleet(PORTS.red[:10], PORTS.blue)
+
+
+def test_the_toml_configs_hold_what_frps_and_frpc_v0_70_read() -> None:
+    server = tomllib.loads(frps.frps_config(frps.ConfigFormat.TOML, PORTS, "127.0.0.1:9000", frps.ALL_OPS))
+    assert server["bindAddr"] == server["proxyBindAddr"] == server["webServer"]["addr"] == "127.0.0.1"
+    assert (server["bindPort"], server["vhostHTTPPort"], server["webServer"]["port"]) == (7000, 7080, 7500)
+    assert server["auth"] == {"token": frps.TOKEN}
+    assert server["httpPlugins"] == [
+        {"name": "bench", "addr": "127.0.0.1:9000", "path": "/handler", "ops": list(frps.ALL_OPS)}
+    ]
+    bare = tomllib.loads(frps.frps_config(frps.ConfigFormat.TOML, PORTS, None, frps.ALL_OPS))
+    assert "httpPlugins" not in bare and bare["subDomainHost"] == frps.SUBDOMAIN_HOST
+
+    alice = frps.fleet(PORTS.red, PORTS.blue)[0]
+    client = tomllib.loads(frps.frpc_config(frps.ConfigFormat.TOML, alice, 7000))
+    assert (client["serverAddr"], client["serverPort"], client["user"]) == ("127.0.0.1", 7000, "alice")
+    assert client["metadatas"] == {"team": "red", "token": "tk-alice"}
+    assert client["auth"] == {"token": frps.TOKEN} and client["loginFailExit"] is True
+    assert client["proxies"][0] == {
+        "name": "tcp000",
+        "type": "tcp",
+        "localIP": "127.0.0.1",
+        "localPort": 9,
+        "remotePort": 6000,
+    }
+    assert client["proxies"][-1]["subdomain"] == "web099" and "remotePort" not in client["proxies"][-1]
+    assert len(client["proxies"]) == 200
+
+
+def test_the_ini_configs_hold_what_frps_and_frpc_v0_33_read() -> None:
+    server = configparser.ConfigParser()
+    server.read_string(
+        frps.frps_config(frps.ConfigFormat.INI, PORTS, "127.0.0.1:9000", frps.plugin_ops((0, 33, 0)))
+    )
+    assert dict(server["plugin.bench"]) == {
+        "addr": "127.0.0.1:9000",
+        "path": "/handler",
+        "ops": "Login,NewProxy,Ping,NewWorkConn,NewUserConn",
+    }
+    common = server["common"]
+    assert (common["bind_port"], common["vhost_http_port"], common["dashboard_port"]) == (
+        "7000",
+        "7080",
+        "7500",
+    )
+    assert common["proxy_bind_addr"] == common["dashboard_addr"] == "127.0.0.1"
+    assert common["token"] == frps.TOKEN
+    bare = configparser.ConfigParser()
+    bare.read_string(frps.frps_config(frps.ConfigFormat.INI, PORTS, None, ()))
+    assert bare.sections() == ["common"]
+
+    blue = frps.fleet(PORTS.red, PORTS.blue)[1]
+    client = configparser.ConfigParser()
+    client.read_string(frps.frpc_config(frps.ConfigFormat.INI, blue, 7000))
+    assert client.sections() == ["common", "ssh"]
+    assert (client["common"]["user"], client["common"]["meta_team"]) == ("u00", "blue")
+    assert client["common"]["login_fail_exit"] == "true"
+    assert dict(client["ssh"]) == {
+        "type": "tcp",
+        "local_ip": "127.0.0.1",
+        "local_port": "9",
+        "remote_port": "7000",
+    }
+
+
+def test_the_shipped_policy_lets_the_whole_fleet_in() -> None:
+    """With policyd in the chain the round ends only if every Login and NewProxy is allowed:
+    the fleet's requests, as frps v0.70 sends them, against the shipped policy."""
+    policy = load_policy(SHIPPED_POLICIES)
+    ops = {op.value: op for op in policy.rules}
+    for n, client in enumerate(frps.fleet(PORTS.red, PORTS.blue)):
+        login = {
+            "version": "0.70.0",
+            "os": "linux",
+            "arch": "amd64",
+            "user": client.user,
+            "privilege_key": "0" * 32,
+            "timestamp": NOW,
+            "metas": client.metas,
+            "client_spec": {},
+            "pool_count": 1,
+            "client_address": f"127.0.0.1:{40000 + n}",
+        }
+        assert decide(policy, ops["Login"], login).outcome.value == "allow", client.user
+        user = {"user": client.user, "metas": client.metas, "run_id": f"{n:016x}"}
+        for p in client.proxies:
+            content = {"user": user, "proxy_name": f"{client.user}.{p.name}", "proxy_type": p.type}
+            content.update({"remote_port": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
+            decision = decide(policy, ops["NewProxy"], content)
+            assert decision.outcome.value != "reject", (content, decision.reason)
+
+
+def test_online_counts_the_proxies_frps_lists_as_online() -> None:
+    answers = [
+        {"proxies": [{"name": "alice.tcp000", "status": "online"}, {"name": "u00.ssh", "status": "offline"}]},
+        {"proxies": None},  # frps v0.33 with no proxy of that type
+        {"code": 0, "proxies": [{"name": "alice.web000", "status": "online", "conf": {}}]},
+    ]
+    assert frps.online(answers) == 2
+
+
+def test_without_frp_binaries_the_frps_scenario_says_why_it_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FRPS_BIN", raising=False)
+    monkeypatch.delenv("FRPC_BIN", raising=False)
+    [row] = frps.scenario(1, tmp_path)
+    assert "FRPS_BIN/FRPC_BIN not set" in row["skipped"]
+    monkeypatch.setenv("FRPS_BIN", str(tmp_path / "frps"))
+    monkeypatch.setenv("FRPC_BIN", str(tmp_path / "frpc"))
+    assert frps.binaries() == f"FRPS_BIN={tmp_path / 'frps'} is not an executable file"
+
+
+# -- storm: the requests of a reconnect storm ---------------------------------------------------
+def test_the_storm_is_each_clients_login_then_its_three_newproxy_in_frps_shape() -> None:
+    requests_ = list(storm.storm())
+    assert len(requests_) == storm.CLIENTS * (1 + storm.PROXIES_PER_CLIENT) == 40_000
+    assert [r.op for r in requests_[:8]] == ["Login", "NewProxy", "NewProxy", "NewProxy"] * 2
+    assert len({r.reqid for r in requests_}) == 40_000
+    assert all(re.fullmatch(r"[0-9a-f]{16}", r.reqid) for r in requests_[:100])
+    users = set()
+    for r in requests_[:400]:
+        body = json.loads(r.body)
+        assert r.body == json.dumps(body, separators=(",", ":")).encode(), "compact, as frps sends it"
+        assert list(body) == ["version", "op", "content"] and body["op"] == r.op
+        content = body["content"]
+        # v0.70 omits empty fields; the user object of other ops is complete, client_spec always there.
+        empty = [k for k, v in content.items() if v in ("", 0, None, [], {}, False) and k != "client_spec"]
+        assert empty == [], (r.op, empty)
+        user = content["user"] if r.op == "Login" else content["user"]["user"]
+        users.add(user)
+        if r.op == "NewProxy":
+            assert set(content["user"]) == {"user", "metas", "run_id"}
+            assert content["proxy_name"].startswith(user + ".")
+        else:
+            assert content["run_id"], "a reconnect carries the previous run_id"
+    assert len(users) == 100
+
+
+def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests() -> None:
+    """storm.lua counts the rejects in the first 40,000 answers: the count the scenario checks."""
+    policy = load_policy(SHIPPED_POLICIES)
+    ops = {op.value: op for op in policy.rules}
+    outcomes: list[str] = []
+    for r in storm.storm():
+        outcomes.append(decide(policy, ops[r.op], json.loads(r.body)["content"]).outcome.value)
+    assert outcomes.count("reject") == storm.expected_rejects() > 100
+    edge = storm.CONNECTIONS
+    assert "reject" not in outcomes[:edge] + outcomes[-edge:], "repeats or late answers could not hide one"
+    assert outcomes.count("allow") == storm.CLIENTS, "every Login gets in"
+
+
+def test_the_storm_file_holds_one_request_a_line_as_storm_lua_splits_it(tmp_path: Path) -> None:
+    path = tmp_path / "storm.tsv"
+    assert storm.write_requests(path, storm.storm(clients=3)) == 12
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 12
+    op, reqid, body = lines[1].split(b"\t")
+    assert (op, json.loads(body)["op"]) == (b"NewProxy", "NewProxy")
+    assert reqid == next(r for i, r in enumerate(storm.storm(clients=3)) if i == 1).reqid.encode()
+
+
+def _storm_run(seconds: float | None, p99_us: int, rejected: int) -> dict[str, Any]:
+    latency = {"mean": 1.0, "p50": p99_us // 2, "p90": p99_us, "p99": p99_us, "max": p99_us * 2}
+    return {"seconds": seconds, "answered": 40_000, "rejected": rejected, "latency_us": latency, "failed": 0}
+
+
+def test_storm_rows_give_time_and_p99_against_raw_and_count_a_wrong_reject_tally() -> None:
+    runs = {
+        "raw": [_storm_run(2.0, 4000, 0), _storm_run(2.2, 5000, 0)],
+        "policyd": [_storm_run(5.0, 12000, 204), _storm_run(6.0, 14000, 203)],
+        "stuck": [_storm_run(None, 9000, 204)],
+    }
+    raw, policyd, stuck = storm.rows(runs, {"raw": 0, "policyd": 204, "stuck": 204}, 40_000)
+    assert (raw["seconds"], raw["time_vs_raw"], raw["failed"]) == (2.1, 1.0, 0)
+    assert (policyd["seconds"], policyd["time_vs_raw"], policyd["p99_vs_raw"]) == (5.5, 2.62, 2.89)
+    assert policyd["failed"] == 1, "one round answered 203 rejects instead of 204"
+    assert (stuck["seconds"], stuck["time_vs_raw"], stuck["rps"]) == (None, None, None)
