@@ -2,6 +2,7 @@
 -- "<op>\t<X-Frp-Reqid>\t<body>") in order, as frps does, each connection sending its next one as
 -- soon as its answer is in. Prints STORMSTART once loaded and STORMDONE at the $STORM_TOTAL-th
 -- answer (storm.py times the two lines and then stops wrk), and a JSON summary at the end.
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "wrk_summary.lua")
 local requests = {}
 local total = tonumber(os.getenv("STORM_TOTAL"))
 local answered, rejected, i = 0, 0, 0
@@ -37,15 +38,4 @@ function response(status, headers, body)
     io.flush()
     wrk.thread:stop()
   end
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"latency_us":{"mean":%.1f,"p50":%d,"p90":%d,"p99":%d,"max":%d}}\n',
-    summary.requests, summary.duration, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
