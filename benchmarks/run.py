@@ -530,9 +530,21 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk"):
         done = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         wrk_version = (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else ""
+    from importlib import metadata
+
+    def version(distribution: str) -> str | None:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return None
+
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "opa_eval": version("opa-eval"),
+        "common_expression_language": version("common-expression-language"),
+        "frps_bin": os.environ.get("FRPS_BIN"),
         "uvicorn": uvicorn.__version__,
         "uvloop": installed("uvloop"),
         "httptools": installed("httptools"),
