@@ -159,9 +159,9 @@ def test_the_peer_targets_compare_policyd_with_the_fastest_peer_and_the_floor() 
     ]
     judged = {name: (value, op, bound) for name, value, op, bound in scenario.targets(rows)}
     assert judged == {
-        "peers, allow: fastest peer (fast) µs / policyd µs": (6.0, ">=", 5.0),
-        "peers, reject at rule 24: fastest peer (fast) µs / policyd µs": (4.0, ">=", 5.0),
-        "peers, rewrite: fastest peer (fast) µs / policyd µs": (6.0, ">=", 5.0),
+        "peers, allow: fastest peer (fast) (not run: missing) µs / policyd µs": (6.0, ">=", 5.0),
+        "peers, reject at rule 24: fastest peer (fast) (not run: missing) µs / policyd µs": (4.0, ">=", 5.0),
+        "peers, rewrite: fastest peer (fast) (not run: missing) µs / policyd µs": (6.0, ">=", 5.0),
         "peers, allow: policyd µs / plain-Python floor µs": (2.5, "<=", 2.0),
         "peers, rewrite: policyd µs / plain-Python floor µs": (4.0, "<=", 2.0),
     }

@@ -169,13 +169,16 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, float]]:
     policyd = next((r for r in timed if r["role"] == "policyd"), None)
     floor = next((r for r in timed if r["role"] == "floor"), None)
     peers = [r for r in timed if r["role"] == "peer"]
+    missing = [r["subject"] for r in rows if r["scenario"] == SCENARIO and "skipped" in r]
+    unjudged = f" (not run: {', '.join(missing)})" if missing else ""
     out = []
     if policyd and peers:
         for case, _ in CASES:
             fastest = min(peers, key=lambda r: r[f"{case}_us"])
+            name = f"fastest peer ({fastest['subject']}){unjudged} µs / policyd µs"
             out.append(
                 (
-                    f"peers, {CASE_TITLES[case]}: fastest peer ({fastest['subject']}) µs / policyd µs",
+                    f"peers, {CASE_TITLES[case]}: {name}",
                     round(fastest[f"{case}_us"] / policyd[f"{case}_us"], 2),
                     ">=",
                     5.0,
