@@ -52,7 +52,7 @@ def _subjects() -> tuple[list[Subject], list[tuple[str, str]]]:
 
     policyd = Policyd()
     subjects = [
-        Subject(policyd, "policyd", timed=lambda c: functools.partial(policyd.decision, c, NOW)),
+        Subject(policyd, "policyd", timed=lambda c: policyd.timed(c, NOW)),
         Subject(Floor(), "floor"),
     ]
     skipped = []
