@@ -74,8 +74,8 @@ def main() -> None:
 
     import uvicorn
 
-    from policyd.serve import server_options
-    from policyd.settings import Settings
+    from policyd.service.serve import server_options
+    from policyd.service.settings import Settings
 
     name, port = sys.argv[1], int(sys.argv[2])
     uvicorn.run(APPS[name], **server_options(Settings(port=port, log_level="warning")))  # type: ignore[arg-type]

@@ -23,12 +23,12 @@ from typing import Any
 
 from simpleeval import EvalWithCompoundTypes
 
-from policyd import reference, sandbox
 from policyd.engine import decide
-from policyd.language import Action, Statement
 from policyd.policy import Policy, load_policy
-from policyd.sandbox import Budget
-from policyd.schema import Op
+from policyd.rules import reference, sandbox
+from policyd.rules.decision import Op
+from policyd.rules.language import Action, Statement
+from policyd.rules.sandbox import Budget
 
 HERE = Path(__file__).resolve().parent
 FUNCTIONS = {name: fn for name, (fn, _) in sandbox.FUNCTIONS.items()}
@@ -131,7 +131,7 @@ class TreeEngine:
 
 
 def _without_programs(policy: Policy) -> Policy:
-    """The policy with its rule files run one by one (closures), as before policyd.program."""
+    """The policy with its rule files run one by one (closures), as before policyd.rules.program."""
     rules = {op: dataclasses.replace(f, program=None) for op, f in policy.rules.items()}
     return dataclasses.replace(policy, rules=rules)
 
@@ -187,7 +187,7 @@ def run(seconds: float = 2.0) -> list[dict[str, Any]]:
                     "scenario": f"in-process, {label} ({rules} rules)",
                     "subject": {
                         "simpleeval": "plain simpleeval, cached parse (baseline)",
-                        "reference": "policyd.reference evaluator",
+                        "reference": "policyd.rules.reference evaluator",
                         "closures": "policyd decide(), closures rule by rule",
                         "policyd": "policyd decide() (compiled)",
                     }[name],

@@ -21,9 +21,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message
 
 from benchmarks.baselines import raw_app
-from policyd.app import create_app
-from policyd.settings import Settings
-from policyd.store import PolicyStore
+from policyd.service.app import create_app
+from policyd.service.settings import Settings
+from policyd.service.store import PolicyStore
 
 HERE = Path(__file__).resolve().parent
 BODY = (HERE / "newproxy.json").read_bytes()

@@ -11,10 +11,10 @@ from typing import Any, BinaryIO, TextIO, TypeVar
 import click
 
 from policyd import __version__
-from policyd.diagnostics import Diagnostic, OutputFormat, Severity, SourceFiles, render
 from policyd.errors import PolicyError, PolicyLoadError
-from policyd.schema import Op
-from policyd.settings import (
+from policyd.rules.decision import Op
+from policyd.rules.diagnostics import Diagnostic, OutputFormat, Severity, SourceFiles, render
+from policyd.service.settings import (
     CONFIG_ENV,
     DEFAULTS,
     FIELDS,
@@ -94,7 +94,7 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
     Each setting is taken from its option, else its environment variable, else the --config
     file, else the default shown.
     """
-    from policyd.serve import run
+    from policyd.service.serve import run
 
     try:
         settings = _settings_from(ctx, config, given)
@@ -184,14 +184,14 @@ def check(directory: Path, output: str) -> None:
     policy does not load (warnings alone exit 0). DIR defaults to $POLICYD_POLICIES, else
     policies.
     """
-    from policyd.lint import check as run_check
+    from policyd.tools.check import check as run_check
 
     report = run_check(directory, _stdout(), output=OutputFormat(output))
     sys.exit(0 if report.ok else 1)
 
 
 def _print_load_errors(directory: Path, errors: list[PolicyError]) -> None:
-    from policyd.diagnostics import Diagnostic, Severity, SourceFiles, render
+    from policyd.rules.diagnostics import Diagnostic, Severity, SourceFiles, render
 
     click.echo(f"policyd: the policy in {directory} does not load:", err=True)
     sources = SourceFiles(directory)
@@ -233,8 +233,8 @@ def eval_(
     (--config, POLICYD_* variables): fail-open ops, step and time budgets. Exits 2 on bad
     input or when the policy does not load.
     """
-    from policyd.explain import evaluate, read_request
-    from policyd.protocol import BadRequest
+    from policyd.protocol import BadRequest, read_request
+    from policyd.tools.eval import evaluate
 
     sources = [s for s in (content_json, request_file, stdin) if s is not None]
     if len(sources) != 1:
@@ -276,7 +276,7 @@ def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None
     """
     import re
 
-    from policyd.policytest import run_tests
+    from policyd.tools.test import run_tests
 
     try:
         report = run_tests(directory, _stdout(), coverage=coverage, output=OutputFormat(output), run=run)
@@ -301,7 +301,7 @@ def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
     tokens afterwards, so meaning never changes. Files are replaced atomically, safe while
     `serve` watches them.
     """
-    from policyd.fmt import fmt
+    from policyd.tools.fmt import fmt
 
     default = Path(os.environ.get(env_name("policies"), DEFAULTS.policies))
     report = fmt(list(paths) or [default], _stdout(), check=check, diff=diff)
@@ -337,7 +337,7 @@ def frps_config_(
     Address, path and policy directory default to what `serve` would use with the same
     --config and POLICYD_* variables.
     """
-    from policyd.frpsconfig import ConfigFormat, frps_config, reachable_addr
+    from policyd.tools.frpsconfig import ConfigFormat, frps_config, reachable_addr
 
     settings = _serve_settings(config)
     try:

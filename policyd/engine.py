@@ -8,71 +8,27 @@ reject (or a counted fail-open allow, for ops the operator chose) with the error
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from policyd.compiler import Ctx, RequestNames
-from policyd.errors import EvaluationError, Location, PolicyError
-from policyd.language import Action, Statement
+from policyd.errors import EvaluationError, PolicyError
 from policyd.policy import Policy
-from policyd.program import RuleFailed
-from policyd.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
-from policyd.schema import SCHEMAS, USER, Field, Kind, Op, Record, ZeroMap, type_matches, view
-
-GENERIC_ERROR_REASON = "policy error"
-
-
-class Outcome(enum.Enum):
-    ALLOW = "allow"  # allowed, content unchanged
-    REJECT = "reject"
-    REWRITE = "rewrite"  # allowed with changed content
-
-
-# Not frozen: a frozen dataclass's __init__ costs 3x (object.__setattr__ per field), and a
-# decision makes these on the request path. Nothing changes them once made.
-@dataclass(slots=True)
-class Change:
-    path: str  # e.g. "subdomain", "metas.owner"
-    before: Any
-    after: Any
-
-
-@dataclass(slots=True)
-class RuleWarning:
-    message: str
-    rule: Location
-
-
-@dataclass(frozen=True, slots=True)
-class TraceStep:
-    """One rule as `decide(..., trace=[])` saw it: for `policyd eval`'s explanation."""
-
-    rule: Location
-    source: str
-    action: str
-    condition: Any  # the condition's value; True when the rule has none; None if not reached
-    value: Any = None  # what a let/set computed
-    fired: bool = False
-
-
-@dataclass(slots=True)
-class Decision:
-    """What policyd decided for one request, and why."""
-
-    outcome: Outcome
-    op: Op
-    policy_version: str
-    reason: str = ""
-    content: dict[str, Any] | None = None  # the whole content, when outcome is REWRITE
-    rule: Location | None = None  # the rule that decided (reject/allow/error), if any
-    warnings: list[RuleWarning] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
-    error: PolicyError | None = None
-    failed_open: bool = False
-    eval_us: float = 0.0
+from policyd.rules.compiler import Ctx, RequestNames
+from policyd.rules.decision import (
+    GENERIC_ERROR_REASON,
+    Change,
+    Decision,
+    Op,
+    Outcome,
+    RuleWarning,
+    TraceStep,
+)
+from policyd.rules.language import Action, Statement
+from policyd.rules.program import RuleFailed
+from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
+from policyd.rules.schema import SCHEMAS, USER, Field, Kind, Record, ZeroMap, type_matches, view
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +51,6 @@ def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
     return user if isinstance(user, dict) else None
 
 
-_OP_NAMES = {op: op.value for op in Op}  # Op.value is a property: ~5x a dict lookup
-
-
 def new_context(
     op: Op,
     content: dict[str, Any],
@@ -113,7 +66,7 @@ def new_context(
     built only if a rule uses them whole (field reads come from the raw request).
     """
     names = RequestNames(
-        {"op": _OP_NAMES[op], "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
+        {"op": op._value_, "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
         SCHEMAS[op],
         content,
         USER,
@@ -208,7 +161,7 @@ def _interpret(
     trace: list[TraceStep] | None,
 ) -> int:
     """The rules run one by one, each step recorded in `trace`: what `policyd eval` explains, and
-    what the rule file's program (policyd.program) does in one function per chunk.
+    what the rule file's program (policyd.rules.program) does in one function per chunk.
 
     Returns the index of the reject/allow rule that decided, or -1; a rule's failure is raised
     as RuleFailed with its index.

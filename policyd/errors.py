@@ -6,6 +6,8 @@ The same fields render as text for people (`file:line:col: error: message`) and 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,3 +101,9 @@ class PolicyLoadError(Exception):
     def __init__(self, errors: list[PolicyError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A "did you mean 'x'?" hint for a misspelled name, or "" when nothing is close."""
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""

@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 
-from policyd.compiler import Scope
-from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError
-from policyd.language import Action, CacheKey, Statement, compile_rules
-from policyd.program import Chunk, build_program
-from policyd.schema import SCHEMAS, USER, Op, did_you_mean
+from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError, did_you_mean
+from policyd.rules.compiler import Scope
+from policyd.rules.decision import Op
+from policyd.rules.language import Action, CacheKey, Statement, compile_rules
+from policyd.rules.program import Chunk, build_program
+from policyd.rules.schema import SCHEMAS, USER
 
 RULES_SUFFIX = ".rules"
 DATA_DIR = "data"
@@ -37,7 +38,7 @@ class RuleFile:
     path: str  # as shown in messages: relative to the policy directory
     sha256: str
     statements: tuple[Statement, ...]
-    # The statements as generated functions (policyd.program); None runs them one by one.
+    # The statements as generated functions (policyd.rules.program); None runs them one by one.
     program: tuple[Chunk, ...] | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -1,5 +1,8 @@
 """frps's server-plugin wire format: the request body in, one of three answers out.
 
+The service and the operator tools both read requests and write answers with this module, so
+`policyd eval` and `policyd test` see exactly what frps gets.
+
 Answers always carry JSON booleans (frps's Go decoder rejects the op on a string "false"), and a
 rewrite carries the *whole* content, unknown fields included: frps replaces, it does not merge.
 """
@@ -10,10 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from policyd.engine import GENERIC_ERROR_REASON, Decision, Outcome
-from policyd.schema import Op
-
-OPS = {op.value: op for op in Op}
+from policyd.rules.decision import GENERIC_ERROR_REASON, OPS, Decision, Op, Outcome
 
 
 class BadRequest(Exception):
@@ -60,6 +60,44 @@ def parse_request(body: bytes, query_op: str | None = None) -> PluginRequest:
         what = "missing" if content is None else f"a {type(content).__name__}"
         raise BadRequest(f"'content' must be a JSON object; it is {what}")
     return PluginRequest(op, version, content)
+
+
+def split_request(raw: bytes) -> tuple[Op | None, dict[str, Any]]:
+    """The op and content of a request given to a tool: frps's body `{version, op, content}`
+    (checked as the service checks it), or a bare content object (op None).
+
+    An object holding a `content` object is a body; anything else is the content itself.
+    Raises BadRequest saying what is wrong.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"expected a JSON object (a request body or its content), not {type(doc).__name__}")
+    if not isinstance(doc.get("content"), dict):
+        return None, doc
+    if "op" not in doc:
+        return None, doc["content"]
+    request = parse_request(raw)
+    return request.op, request.content
+
+
+def read_request(raw: bytes, op_name: str | None) -> PluginRequest:
+    """A request for `eval`: a body or bare content (see split_request) and the --op given.
+
+    Raises BadRequest when they disagree, or when neither names the op.
+    """
+    body_op, content = split_request(raw)
+    op = OPS.get(op_name) if op_name else None
+    if op_name and op is None:
+        raise BadRequest(f"unknown op {op_name!r}; expected one of {', '.join(OPS)}")
+    if body_op is not None and op is not None and body_op is not op:
+        raise BadRequest(f"op mismatch: the body says {body_op.value!r}, --op says {op.value!r}")
+    op = op or body_op
+    if op is None:
+        raise BadRequest("--op is required when the input does not name its op (bare content)")
+    return PluginRequest(op, "", content)
 
 
 ALLOW_UNCHANGED = orjson.dumps({"reject": False, "unchange": True})

@@ -5,9 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from policyd.engine import Decision, Outcome
 from policyd.protocol import BadRequest, encode_answer, parse_request
-from policyd.schema import Op
+from policyd.rules.decision import Decision, Op, Outcome
 from tests.support import fixture, fixture_names
 
 

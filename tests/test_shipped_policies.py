@@ -3,66 +3,16 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import orjson
 import pytest
 
-from policyd.engine import Outcome, decide
+from policyd.engine import decide
 from policyd.policy import Policy, load_policy
 from policyd.protocol import encode_answer
-from policyd.schema import Op
+from policyd.rules.decision import Op, Outcome
+from tests.helpers import ALLOW, REJECT, SHIPPED_ANSWERS
 from tests.support import SHIPPED_POLICIES, fixture, fixture_names
-
-REJECT, ALLOW = "reject", "allow"
-
-# fixture → (outcome, reason or {field: new value} for rewrites)
-EXPECTED: dict[str, tuple[str, Any]] = {
-    "CloseProxy-basic": (ALLOW, ""),
-    "CloseProxy-frps070-captured": (ALLOW, ""),
-    "Login-anonymous": (REJECT, "login needs metadatas.team (one of: blue, red)"),
-    "Login-basic": (ALLOW, ""),
-    "Login-frps033-captured": (REJECT, "team red needs metadatas.token"),
-    "Login-frps070-captured": (REJECT, "team red needs metadatas.token"),
-    "Login-reconnect": (ALLOW, ""),
-    "NewProxy-frps033-captured": (
-        REJECT,
-        "tcp/udp ports for team red are 6000-6999 (asked for 16022)",
-    ),
-    "NewProxy-frps070-captured": (
-        REJECT,
-        "tcp/udp ports for team red are 6000-6999 (asked for 27022)",
-    ),
-    "NewProxy-future-field": ("rewrite", {"metas": {"team": "red"}}),
-    "NewProxy-http-group": ("rewrite", {"subdomain": "blue-api", "metas": {"team": "blue"}}),
-    "NewProxy-http": (
-        REJECT,
-        "custom domains must be red.example.com or end in .red.example.com (asked for web.example.com)",
-    ),
-    "NewProxy-https": (
-        REJECT,
-        "custom domains must be red.example.com or end in .red.example.com "
-        "(asked for secure.example.com, www.secure.example.com)",
-    ),
-    "NewProxy-no-user": (REJECT, "unknown team"),
-    "NewProxy-stcp": (REJECT, 'allow_users = "*" is not allowed'),
-    "NewProxy-tcp-any-port": (REJECT, "tcp/udp ports for team red are 6000-6999 (asked for 0)"),
-    "NewProxy-tcp": ("rewrite", {"metas": {"owner": "alice", "team": "red"}}),
-    "NewProxy-tcpmux": (
-        REJECT,
-        "custom domains must be red.example.com or end in .red.example.com (asked for mux.example.com)",
-    ),
-    "NewProxy-udp-bandwidth": ("rewrite", {"metas": {"team": "red"}}),
-    "NewUserConn-frps033-captured": (ALLOW, ""),
-    "NewUserConn-frps070-captured": (ALLOW, ""),
-    "NewUserConn-https": (ALLOW, ""),
-    "NewUserConn-tcp": (REJECT, "visitors from 198.51.100.23 are blocked"),
-    "NewWorkConn-basic": (ALLOW, ""),
-    "NewWorkConn-frps070-captured": (ALLOW, ""),
-    "Ping-basic": (ALLOW, ""),
-    "Ping-frps033-captured": (ALLOW, ""),
-    "Ping-frps070-captured": (ALLOW, ""),
-}
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +21,17 @@ def shipped() -> Policy:
 
 
 def test_every_fixture_has_an_expectation() -> None:
-    assert sorted(EXPECTED) == fixture_names()
+    assert sorted(SHIPPED_ANSWERS) == fixture_names()
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(SHIPPED_ANSWERS))
 def test_fixture_decision(shipped: Policy, name: str) -> None:
     body = fixture(name)
     original = copy.deepcopy(body["content"])
     decision = decide(shipped, Op(body["op"]), body["content"], reqid="0123456789abcdef")
     assert body["content"] == original, "decide() must not modify the request"
     assert decision.error is None
-    kind, expected = EXPECTED[name]
+    kind, expected = SHIPPED_ANSWERS[name]
     assert decision.outcome.value == kind
     if kind == REJECT:
         assert decision.reason == expected

@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 
-from policyd.app import create_app
-from policyd.engine import GENERIC_ERROR_REASON, Decision, EvalOptions, Outcome, decide
+from policyd.engine import EvalOptions, decide
 from policyd.errors import PolicyError, PolicyLoadError
 from policyd.policy import Policy, load_policy
-from policyd.schema import Op
-from policyd.settings import Settings
-from policyd.store import PolicyStore
+from policyd.rules.decision import GENERIC_ERROR_REASON, Decision, Op, Outcome
+from policyd.service.app import create_app
+from policyd.service.settings import Settings
+from policyd.service.store import PolicyStore
 from tests.support import write_policy
 
 with warnings.catch_warnings():

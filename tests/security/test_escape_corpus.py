@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from policyd.engine import Outcome
+from policyd.rules.decision import Outcome
 from tests.security.corpus import EVAL_FAILS, LOAD_REFUSED, as_rule
 from tests.security.harness import (
     CONTENT,

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyd.schema import SCHEMAS, USER, Field, Kind, Op
+from policyd.rules.decision import Op
+from policyd.rules.schema import SCHEMAS, USER, Field, Kind
 from tests.security.harness import TestClient, app_client, assert_valid_answer
 from tests.support import PolicydProcess, fixture, write_policy
 

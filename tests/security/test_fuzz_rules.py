@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policyd.engine import Outcome, decide
+from policyd.engine import decide
 from policyd.errors import PolicyError, PolicyLoadError
 from policyd.policy import load_policy
 from policyd.protocol import encode_answer
-from policyd.schema import Op
+from policyd.rules.decision import Op, Outcome
 from tests.security.harness import CONTENT, DATA_FILES, assert_positioned, assert_valid_answer
 from tests.support import write_policy
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from policyd.errors import ParseError, PolicyLoadError
-from policyd.sandbox import MAX_FILE_RULES
+from policyd.rules.sandbox import MAX_FILE_RULES
 from tests.security.harness import HANG_SECONDS, assert_positioned, load, load_failure
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from policyd import policy as policy_module
 from policyd.engine import decide
-from policyd.schema import Op
+from policyd.rules.decision import Op
 from tests.security.harness import assert_valid_answer
 from tests.support import PolicydProcess
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policyd.schema import Op
+from policyd.rules.decision import Op
 from tests.security.harness import app_client
 from tests.support import write_policy
 

@@ -1,0 +1,540 @@
+"""The rule language: one statement per (logical) line, parsed and compiled once at load time.
+
+    reject "REASON {expr}" [when EXPR]
+    allow [when EXPR]
+    set content.PATH = EXPR [when EXPR]
+    warn "MESSAGE {expr}" [when EXPR]
+    let NAME = EXPR
+
+A trailing backslash continues a rule on the next line; `#` starts a comment. Every error carries
+`file:line:col` and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import io
+import re
+import tokenize
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from policyd.errors import Location, ParseError, PolicyError, did_you_mean
+from policyd.rules.codegen import Fragment, emit
+from policyd.rules.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
+from policyd.rules.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, join_texts, to_text
+from policyd.rules.schema import Field, Kind, field_of_other_ops
+
+
+class Action(enum.Enum):
+    REJECT = "reject"
+    ALLOW = "allow"
+    SET = "set"
+    WARN = "warn"
+    LET = "let"
+
+
+_SKIP = {
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.COMMENT,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENDMARKER,
+}
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A reason/message string whose `{expr}` parts are evaluated like an f-string's."""
+
+    parts: tuple[str | Compiled, ...]
+
+    def render(self, ctx: Ctx) -> str:
+        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+
+
+# What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
+CacheKey = tuple[str, frozenset[str], frozenset[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One compiled rule. `path` is the set target below `content` or the let name."""
+
+    action: Action
+    location: Location
+    source: str
+    condition: Compiled | None = None
+    message: Template | None = None
+    value: Compiled | None = None
+    path: tuple[str, ...] = ()
+    field: Field | None = None
+    # The condition and value as source for the rule file's program (policyd.rules.program).
+    condition_code: Fragment | None = None
+    value_code: Fragment | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    text: str
+    line: int  # 1-based line number of the first physical line
+
+
+def source_blocks(source: str) -> Iterator[tuple[_Line, bool]]:
+    """Every line of a rule file, grouped as the parser groups them, and whether it is a rule.
+
+    Backslash-continued lines form one block; blank and comment-only lines come one by one.
+    `policyd fmt` walks these so that it sees exactly the rules the parser sees.
+    """
+    lines = source.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        start = i
+        parts = [lines[i]]
+        # Look at the last physical line only: re-stripping the joined text made this quadratic.
+        comment = lines[i].lstrip().startswith("#")
+        while not comment and parts[-1].rstrip("\r\n").endswith("\\") and i + 1 < len(lines):
+            i += 1
+            parts.append(lines[i])
+        i += 1
+        text = "".join(parts)
+        stripped = text.strip()
+        yield _Line(text, start + 1), bool(stripped) and not stripped.startswith("#")
+
+
+def logical_lines(source: str) -> Iterator[_Line]:
+    """Join backslash-continued lines; skip blank and comment-only lines."""
+    for block, is_rule in source_blocks(source):
+        if is_rule:
+            text = block.text
+            yield _Line(text if text.endswith("\n") else text + "\n", block.line)
+
+
+class _RuleParser:
+    """Parses one logical line into a Statement, given what the file defined above it."""
+
+    def __init__(self, path: str, line: _Line, scope: Scope) -> None:
+        self.path = path
+        self.line = line
+        self.scope = scope
+        self.rows = line.text.splitlines(keepends=True)
+
+    # -- positions -------------------------------------------------------------------------
+    def loc(self, row: int, col: int) -> Location:
+        """Tokenizer (row, col) → file location (1-based column)."""
+        return Location(self.path, self.line.line + row - 1, col + 1)
+
+    def offset(self, row: int, col: int) -> int:
+        return sum(len(r) for r in self.rows[: row - 1]) + col
+
+    def error(self, tok: tokenize.TokenInfo | None, message: str, hint: str = "") -> ParseError:
+        row, col = tok.start if tok else (1, 0)
+        return ParseError(message, self.loc(row, col), hint=hint)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def tokens(self) -> list[tokenize.TokenInfo]:
+        toks: list[tokenize.TokenInfo] = []
+        try:
+            for t in tokenize.generate_tokens(io.StringIO(self.line.text).readline):
+                if t.type not in _SKIP:
+                    toks.append(t)
+        except tokenize.TokenError as e:
+            msg = str(e.args[0]) if e.args else "cannot read this rule"
+            row, col = e.args[1] if len(e.args) > 1 else (1, 0)
+            if "multi-line" in msg:
+                # Point at the bracket left open, not at the end of the rule.
+                opener = _unclosed_bracket(toks)
+                if opener is not None:
+                    raise self.error(opener, f"'{opener.string}' is opened and never closed") from None
+                msg = "a bracket is opened and never closed"
+            raise ParseError(msg, self.loc(min(row, len(self.rows)), col)) from None
+        except (SyntaxError, IndentationError) as e:
+            raise ParseError(e.msg, self.loc(e.lineno or 1, (e.offset or 1) - 1)) from None
+        for t in toks:
+            if t.type == tokenize.ERRORTOKEN and not t.string.isspace():
+                raise self.error(t, f"unexpected character {t.string!r}")
+        return toks
+
+    @staticmethod
+    def split_when(
+        toks: list[tokenize.TokenInfo],
+    ) -> tuple[list[tokenize.TokenInfo], list[tokenize.TokenInfo] | None]:
+        depth = 0
+        for i, t in enumerate(toks):
+            if t.type == tokenize.OP and t.string in _OPEN:
+                depth += 1
+            elif t.type == tokenize.OP and t.string in _CLOSE:
+                depth -= 1
+            elif depth == 0 and t.type == tokenize.NAME and t.string == "when":
+                return toks[:i], toks[i + 1 :]
+        return toks, None
+
+    # -- pieces ----------------------------------------------------------------------------
+    def expression(
+        self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo
+    ) -> tuple[Compiled, Fragment]:
+        """The expression's closure and its source for the rule file's program (policyd.rules.program)."""
+        if not toks:
+            raise ParseError(f"expected {what} after '{after.string}'", self.loc(after.end[0], after.end[1]))
+        start, end = toks[0].start, toks[-1].end
+        src = self.line.text[self.offset(*start) : self.offset(*end)]
+        if any(t.type == tokenize.NAME and t.string == "when" for t in toks):
+            bad = next(t for t in toks if t.string == "when")
+            raise self.error(bad, "'when' may appear only once per rule, outside brackets")
+
+        def locate(lineno: int, col: int) -> Location:
+            row = start[0] + lineno - 1
+            return self.loc(row, start[1] + col if lineno == 1 else col)
+
+        try:
+            tree = ast.parse(src, mode="eval")
+        except SyntaxError as e:
+            lineno, col = e.lineno or 1, max((e.offset or 1) - 1, 0)
+            if e.msg == "invalid syntax" and _at_end(src, lineno, col):
+                msg = f"the expression ends too early, after '{toks[-1].string}'"
+                lineno, col = toks[-1].end[0] - start[0] + 1, toks[-1].end[1]
+                if lineno == 1:
+                    col -= start[1]
+            else:
+                msg = _syntax_message(e.msg, src, lineno, col)
+            raise ParseError(msg, locate(lineno, col)) from None
+        compiler = ExpressionCompiler(self.scope, _byte_columns(src, locate), record=True)
+        compiled = compiler.compile(tree.body)
+        return compiled, emit(tree.body, compiler)
+
+    def template(self, tok: tokenize.TokenInfo) -> Template:
+        raw = tok.string
+        quote = raw[-1]
+        prefix = raw[: raw.index(quote)]
+        if prefix or raw.startswith(quote * 3):
+            raise self.error(tok, 'expected a plain "quoted" string (no prefixes, no triple quotes)')
+        body = raw[1:-1]
+        parts: list[str | Compiled] = []
+        literal: list[str] = []
+        i = 0
+        row, col0 = tok.start[0], tok.start[1] + 1
+        while i < len(body):
+            ch = body[i]
+            if ch in "{}" and body[i : i + 2] == ch * 2:
+                literal.append(ch)
+                i += 2
+                continue
+            if ch == "}":
+                raise ParseError(
+                    "single '}' in a message; write '}}' for a literal brace",
+                    self.loc(row, col0 + i),
+                )
+            if ch != "{":
+                j = i
+                while j < len(body) and body[j] not in "{}":
+                    j += 1
+                literal.append(str(_string_literal(quote + body[i:j] + quote, self.loc(row, col0 + i))))
+                i = j
+                continue
+            end = _matching_brace(body, i)
+            if end < 0:
+                raise ParseError(
+                    "'{' in a message is never closed; write '{{' for a literal brace",
+                    self.loc(row, col0 + i),
+                )
+            src = body[i + 1 : end]
+            if not src.strip():
+                raise ParseError("empty {} in a message", self.loc(row, col0 + i))
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(self._template_expr(src, row, col0 + i + 1))
+            i = end + 1
+        if literal:
+            parts.append("".join(literal))
+        return Template(tuple(parts))
+
+    def _template_expr(self, src: str, row: int, col: int) -> Compiled:
+        lead = len(src) - len(src.lstrip())
+
+        def locate(lineno: int, c: int) -> Location:
+            return self.loc(row, col + lead + c)
+
+        try:
+            tree = ast.parse(src.strip(), mode="eval")
+        except SyntaxError as e:
+            lineno, c = e.lineno or 1, max((e.offset or 1) - 1, 0)
+            msg = _syntax_message(e.msg, src.strip(), lineno, c)
+            raise ParseError(f"in {{...}}: {msg}", locate(lineno, c)) from None
+        return ExpressionCompiler(self.scope, _byte_columns(src.strip(), locate)).compile(tree.body)
+
+    def set_path(
+        self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo
+    ) -> tuple[tuple[str, ...], Field]:
+        if not toks or toks[0].string != "content":
+            raise self.error(toks[0] if toks else keyword, "expected 'content.FIELD' after 'set'")
+        path: list[str] = []
+        f = self.scope.op_schema
+        i = 1
+        while i < len(toks):
+            t = toks[i]
+            if t.string == "." and i + 1 < len(toks) and toks[i + 1].type == tokenize.NAME:
+                key_tok, key, i = toks[i + 1], toks[i + 1].string, i + 2
+            elif (
+                t.string == "["
+                and i + 2 < len(toks)
+                and toks[i + 1].type == tokenize.STRING
+                and toks[i + 2].string == "]"
+            ):
+                key_tok, i = toks[i + 1], i + 3
+                literal = _string_literal(key_tok.string, self.loc(*key_tok.start))
+                if not isinstance(literal, str):
+                    raise self.error(key_tok, "expected a string key in set path")
+                key = literal
+            else:
+                raise self.error(t, "expected '.field' or '[\"key\"]' in the set path")
+            if f.kind is Kind.RECORD:
+                if key not in f.fields:
+                    where = "content." + ".".join(path) if path else "content"
+                    hint = did_you_mean(key, f.fields) or ("" if path else field_of_other_ops(key))
+                    raise self.error(key_tok, f"'{where}' has no field '{key}' in {self.scope.op}", hint)
+                f = f.fields[key]
+            elif f.kind is Kind.STR_MAP:
+                f = Field(Kind.STR)
+            else:
+                raise self.error(key_tok, f"'content.{'.'.join(path)}' is a {f.kind.value}; set it whole")
+            if key.startswith("_"):
+                raise self.error(key_tok, f"'{key}' is private")
+            path.append(key)
+        if not path:
+            raise self.error(keyword, "set needs a field: 'set content.FIELD = value'")
+        return tuple(path), f
+
+    # -- statement -------------------------------------------------------------------------
+    def parse(self) -> Statement:
+        if len(self.line.text) > MAX_RULE_CHARS:  # before tokenizing: 1 MB took seconds
+            raise ParseError(f"rule is longer than {MAX_RULE_CHARS} characters", self.loc(1, 0))
+        toks = self.tokens()
+        head = toks[0]
+        names = [a.value for a in Action]
+        if head.type != tokenize.NAME or head.string not in names:
+            hint = did_you_mean(head.string, names)
+            raise self.error(head, f"expected one of {', '.join(names)}; got {head.string!r}", hint)
+        action = Action(head.string)
+        location = self.loc(*head.start)
+        source = " ".join(self.line.text.replace("\\\n", " ").split())
+        body, cond_toks = self.split_when(toks[1:])
+        when_tok = toks[len(body) + 1] if cond_toks is not None else None
+        if action is Action.LET:
+            if cond_toks is not None:
+                raise self.error(when_tok, "'let' takes no 'when'; use 'x if cond else y'")
+            return self._let(body, head, location, source)
+
+        def condition() -> tuple[Compiled | None, Fragment | None]:
+            if cond_toks is None or when_tok is None:
+                return None, None
+            return self.expression(cond_toks, "a condition", when_tok)
+
+        if action in (Action.REJECT, Action.WARN):
+            what = "reason" if action is Action.REJECT else "message"
+            if not body or body[0].type != tokenize.STRING:
+                raise self.error(
+                    body[0] if body else head,
+                    f"expected a \"quoted\" {what} after '{action.value}'",
+                )
+            if len(body) > 1:
+                raise self.error(body[1], "expected 'when' or the end of the rule after the message")
+            message = self.template(body[0])
+            cond, cond_code = condition()
+            return Statement(action, location, source, cond, message=message, condition_code=cond_code)
+        if action is Action.ALLOW:
+            if body:
+                raise self.error(body[0], "expected 'when' or the end of the rule after 'allow'")
+            cond, cond_code = condition()
+            return Statement(action, location, source, cond, condition_code=cond_code)
+        eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
+        if eq is None:
+            eqeq = next((t for t in body if t.type == tokenize.OP and t.string == "=="), None)
+            if eqeq is not None:
+                raise self.error(eqeq, "'==' compares; 'set' assigns with '=': set content.FIELD = value")
+            raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
+        path, f = self.set_path(body[:eq], head)
+        value, code = self.expression(body[eq + 1 :], "a value", body[eq])
+        cond, cond_code = condition()
+        return Statement(
+            action,
+            location,
+            source,
+            cond,
+            value=value,
+            path=path,
+            field=f,
+            condition_code=cond_code,
+            value_code=code,
+        )
+
+    def _let(
+        self,
+        body: list[tokenize.TokenInfo],
+        head: tokenize.TokenInfo,
+        location: Location,
+        source: str,
+    ) -> Statement:
+        if len(body) < 2 or body[0].type != tokenize.NAME or body[1].string != "=":
+            raise self.error(body[0] if body else head, "expected 'let NAME = value'")
+        name = body[0].string
+        if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name == "when":
+            raise self.error(body[0], f"'{name}' is a built-in name and cannot be redefined")
+        if name.startswith("_"):
+            raise self.error(body[0], "names starting with '_' are not available in rules")
+        value, code = self.expression(body[2:], "a value", body[1])
+        return Statement(Action.LET, location, source, value=value, value_code=code, path=(name,))
+
+
+def _unclosed_bracket(toks: list[tokenize.TokenInfo]) -> tokenize.TokenInfo | None:
+    stack: list[tokenize.TokenInfo] = []
+    for t in toks:
+        if t.type == tokenize.OP and t.string in _OPEN:
+            stack.append(t)
+        elif t.type == tokenize.OP and t.string in _CLOSE and stack:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _syntax_message(msg: str, src: str, lineno: int, col: int) -> str:
+    """CPython's message, made specific where it is vague about what went wrong."""
+    if _is_lone_equals(src, lineno, col) or "Maybe you meant '==' or ':='" in msg:
+        return "'=' assigns; to compare, write '=='"
+    if msg == "invalid syntax":
+        rows = src.splitlines() or [""]
+        found = re.match(r"\w+|\S", rows[min(lineno, len(rows)) - 1][col:])
+        if found:
+            return f"invalid syntax: unexpected {found.group()!r}"
+    return msg
+
+
+def _is_lone_equals(src: str, lineno: int, col: int) -> bool:
+    """Whether a syntax error points at a single '=' (not '==', '<=', '!=', ...)."""
+    rows = src.splitlines() or [""]
+    text = rows[min(lineno, len(rows)) - 1]
+    if col >= len(text) or text[col] != "=":
+        return False
+    return text[col - 1 : col] not in ("=", "<", ">", "!", ":") and text[col + 1 : col + 2] != "="
+
+
+def _at_end(src: str, lineno: int, col: int) -> bool:
+    """Whether a syntax error is reported at (or past) the end of the expression."""
+    rows = src.splitlines() or [""]
+    if col == 0 and lineno == 1 and src.strip():
+        return True  # CPython reports "unexpected end" at offset 0
+    return lineno >= len(rows) and col >= len(rows[-1].rstrip())
+
+
+def _byte_columns(src: str, locate: Callable[[int, int], Location]) -> Callable[[int, int], Location]:
+    """The AST's columns count UTF-8 bytes; locations count characters."""
+    rows = src.splitlines() or [""]
+
+    def by_char(lineno: int, col: int) -> Location:
+        text = rows[min(max(lineno, 1), len(rows)) - 1]
+        return locate(lineno, len(text.encode()[:col].decode("utf-8", "ignore")))
+
+    return by_char
+
+
+def _string_literal(text: str, at: Location) -> object:
+    """Decode one string literal; a bad escape or a NUL byte is a parse error, not a crash.
+
+    ast.parse rather than ast.literal_eval, which leaves reference cycles behind on every call:
+    garbage that would outlive the load (store.py freezes what a load leaves). Anything but a
+    plain literal (an f-string) reads as None.
+    """
+    try:
+        node = ast.parse(text, mode="eval").body
+    except (SyntaxError, ValueError) as e:
+        raise ParseError(f"invalid string: {e.msg if isinstance(e, SyntaxError) else e}", at) from None
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def _matching_brace(body: str, start: int) -> int:
+    depth = 0
+    quote = ""
+    for j in range(start, len(body)):
+        ch = body[j]
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+            if depth == 0:
+                return j if ch == "}" else -1
+    return -1
+
+
+def compile_rules(
+    path: str,
+    source: str,
+    scope: Scope,
+    errors: list[PolicyError],
+    max_errors: int = 100,
+    pause: Callable[[], None] | None = None,
+    reuse: Mapping[CacheKey, Statement] | None = None,
+    keep: dict[CacheKey, Statement] | None = None,
+) -> list[Statement]:
+    """Compile a rule file; every error found goes to `errors` (the file is bad if any).
+
+    `pause` is called between rules: a reload in a background thread uses it to let the
+    serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
+    previous load's `keep`) under the same text, op, lets above it and data files is not
+    compiled again, only moved to its new line: an edit recompiles the lines it changed.
+    """
+    statements: list[Statement] = []
+    lets: set[str] = set()
+    for count, line in enumerate(logical_lines(source), 1):
+        if len(errors) >= max_errors:
+            break
+        if count > MAX_FILE_RULES:
+            errors.append(
+                ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
+            )
+            break
+        key = (scope.op, frozenset(lets), scope.data_names, line.text)
+        cached = reuse.get(key) if reuse is not None else None
+        if cached is not None:
+            statement = dataclasses.replace(
+                cached, location=Location(path, line.line, cached.location.column)
+            )
+            if keep is not None:
+                keep[key] = statement
+            if statement.action is Action.LET:
+                lets.add(statement.path[0])
+            statements.append(statement)
+            continue
+        if pause is not None:
+            pause()
+        parser = _RuleParser(path, line, _with_lets(scope, lets))
+        try:
+            try:
+                statement = parser.parse()
+            except RecursionError:
+                # Python's parser gives up on deep nesting (`1+1+...` 3,000 times) this way.
+                raise ParseError("expression nests too deeply", Location(path, line.line)) from None
+        except PolicyError as e:
+            errors.append(e)
+            # Keep later lines from cascading into "unknown name" for a broken `let`.
+            head = line.text.split(None, 2)
+            if len(head) >= 2 and head[0] == "let":
+                lets.add(head[1].rstrip("="))
+            continue
+        if keep is not None:
+            keep[key] = statement
+        if statement.action is Action.LET:
+            lets.add(statement.path[0])
+        statements.append(statement)
+    return statements
+
+
+def _with_lets(scope: Scope, lets: set[str]) -> Scope:
+    return dataclasses.replace(scope, lets=frozenset(lets))

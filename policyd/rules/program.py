@@ -1,0 +1,160 @@
+"""A rule file as a program: its statements joined into Python functions for the request path.
+
+decide() runs a rule file's chunks in order, each a function of up to CHUNK_STATEMENTS rules
+written from the statements' fragments (policyd.rules.codegen): a rule that does not fire costs its
+condition's inline code, with no per-rule loop or closure calls. A chunk returns the index of the
+reject/allow rule that decided, or -1 to go on; warn and set rules call decide()'s hooks, so
+their effects are made by the same code as in decide()'s interpreted loop.
+
+The source is compiled with no builtins and only references as globals: it can reach nothing
+the closures could not. Chunks keep a reload of 10,000 rules from holding the GIL in one long
+compile() (see PolicyStore and the 50 ms swap target in benchmarks/).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from types import CodeType
+from typing import Any
+
+from policyd.rules.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, Fragment
+from policyd.rules.compiler import Ctx, RequestNames
+from policyd.rules.language import Action, Statement
+
+COMPILED_CHUNKS = 1024  # chunk code kept for reuse by later loads: all of a 10,000-rule policy
+CHUNK_STATEMENTS = 16  # rules per generated function: one compile() holds the GIL (~1-3 ms)
+
+# warn(decision, ctx, statement) and set(decision, names, statement, value): decide()'s hooks.
+WarnHook = Callable[[Any, Ctx, Statement], None]
+SetHook = Callable[[Any, RequestNames, Statement, Any], None]
+Chunk = Callable[[Ctx, RequestNames, Any, WarnHook, SetHook], int]
+
+
+class RuleFailed(Exception):
+    """A rule raised `error` while its chunk ran; `index` is the statement's place in the file."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def build_program(
+    statements: Sequence[Statement], pause: Callable[[], None] | None = None
+) -> tuple[Chunk, ...] | None:
+    """The chunks of a rule file, or None if a statement has no fragment (built by hand)."""
+    chunks: list[Chunk] = []
+    for start in range(0, len(statements), CHUNK_STATEMENTS):
+        if pause is not None and start:
+            pause()
+        chunk = _build_chunk(statements, start, min(start + CHUNK_STATEMENTS, len(statements)))
+        if chunk is None:
+            return None
+        chunks.append(chunk)
+    return tuple(chunks)
+
+
+def _environment() -> dict[str, Any]:
+    """Generated code's globals: no builtins but those codegen names, then only references."""
+    return {"__builtins__": {}, **BUILTINS, "_Exception": Exception, "_RuleFailed": RuleFailed}
+
+
+def _bind(env: dict[str, Any], prefix: str, fragment: Fragment) -> str:
+    """The fragment's source with its refs bound in `env` as `{prefix}N`."""
+    for n, value in enumerate(fragment.refs):
+        env[f"{prefix}{n}"] = value
+    return fragment.source.replace("@", prefix)  # "@" marks refs only: the source has no text
+
+
+_PROLOGUE = (
+    f"    {BUDGET} = {CTX}.budget",
+    f"    {CONTENT} = {NAMES}.content_raw",
+    f"    {USER} = {NAMES}.user_raw",
+)
+
+
+def compile_fragment(fragment: Fragment) -> Callable[[Ctx], Any]:
+    """One expression as a function of a request's context, as a chunk would run it (for tests
+    and tools; decide() runs whole chunks)."""
+    env = _environment()
+    source = "\n".join(
+        [
+            f"def expression({CTX}):",
+            f"    {NAMES} = {CTX}.names",
+            *_PROLOGUE,
+            f"    return {_bind(env, 'e', fragment)}",
+        ]
+    )
+    exec(compile(source, "<expression>", "exec"), env)
+    function: Callable[[Ctx], Any] = env.pop("expression")
+    return function
+
+
+def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dict[str, Any]) -> str | None:
+    """The source of the chunk of statements[start:end], its references bound in `env`."""
+    body: list[str] = []
+
+    def code(prefix: str, fragment: Fragment | None) -> str | None:
+        return None if fragment is None else _bind(env, prefix, fragment)
+
+    for index in range(start, end):
+        statement = statements[index]
+        env[f"s{index}"] = statement
+        body.append(f"at = {index}")
+        condition = code(f"w{index}_", statement.condition_code)
+        if statement.condition is not None and condition is None:
+            return None
+        indent = "    " if condition is not None else ""
+        if condition is not None:
+            body.append(f"if {condition}:")
+        action = statement.action
+        if action in (Action.REJECT, Action.ALLOW):
+            body.append(f"{indent}return {index}")
+        elif action is Action.WARN:
+            body.append(f"{indent}warn(decision, {CTX}, s{index})")
+        else:
+            value = code(f"v{index}_", statement.value_code)
+            if value is None:
+                return None
+            if action is Action.LET:
+                env[f"k{index}"] = statement.path[0]
+                body.append(f"{NAMES}[k{index}] = {value}")
+            else:
+                body.append(f"{indent}set_(decision, {NAMES}, s{index}, {value})")
+                body.append(f"{indent}{CONTENT} = {NAMES}.content_raw")
+                body.append(f"{indent}{USER} = {NAMES}.user_raw")
+    return "\n".join(
+        [
+            f"def chunk({CTX}, {NAMES}, decision, warn, set_):",
+            *_PROLOGUE,
+            f"    at = {start}",
+            "    try:",
+            *(f"        {line}" for line in body),
+            "    except _Exception as e:",
+            "        raise _RuleFailed(at, e) from None",
+            "    return -1",
+        ]
+    )
+
+
+@functools.lru_cache(maxsize=COMPILED_CHUNKS)
+def _compiled(source: str) -> CodeType:
+    """compile() once per distinct chunk source.
+
+    The source holds no constants of the rules, only their shape: after an edit, every chunk
+    whose rules kept their shape (a new port in a list, a new message) and place reuses its
+    code, and only the environment is built anew. A reload then holds the GIL for microseconds
+    instead of a compile() per chunk (~1.5 ms each).
+    """
+    return compile(source, "<rules>", "exec")
+
+
+def _build_chunk(statements: Sequence[Statement], start: int, end: int) -> Chunk | None:
+    env = _environment()
+    source = chunk_source(statements, start, end, env)
+    if source is None:
+        return None
+    exec(_compiled(source), env)
+    chunk: Chunk = env.pop("chunk")
+    return chunk

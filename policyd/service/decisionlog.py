@@ -1,0 +1,306 @@
+"""The decision log: one JSON line per decision, for operators asking "why was this refused?".
+
+A line names who asked (user, run id, proxy, addresses, frps's reqid), what policyd decided, the
+rule `file:line` that decided, the warn messages, every changed field (before → after), the policy
+version and the evaluation time. Credentials are masked: fields frps marks secret, map keys named
+like credentials, and their values wherever a reason or message repeats them.
+
+Lines are written in batches, as nginx's `access_log buffer= flush=` does: one `write(2)` of whole
+lines once the batch would pass PIPE_BUF bytes, FLUSH_AFTER_S after its first line at the latest,
+and when the log closes (graceful shutdown), instead of one system call per decision. A write of
+at most PIPE_BUF bytes to a pipe is atomic, so lines from several workers sharing stdout (a pipe)
+or an O_APPEND file never interleave; a line longer than that is written alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import select
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from policyd.rules.decision import Change, Decision, Op, Outcome
+from policyd.rules.schema import is_secret_key
+
+log = logging.getLogger("policyd.decisions")
+
+MASK = "***"
+# Shorter secret values are not searched for in reasons and messages: masking every "a" or "1"
+# would garble the line and hide next to nothing.
+MIN_MASKED_VALUE_CHARS = 4
+# How deep masking walks into nested values (content nests at most three levels).
+MAX_MASK_DEPTH = 8
+
+# The most a batch holds: a write(2) of up to PIPE_BUF bytes to a pipe is atomic (POSIX: >= 512).
+BATCH_BYTES: int = getattr(select, "PIPE_BUF", 512)
+# The longest a line waits for others before it is written.
+FLUSH_AFTER_S = 0.1
+
+Sink = Callable[[bytes], None]
+
+
+def mask(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with the values of credential-named keys replaced by "***"."""
+    if depth > MAX_MASK_DEPTH:
+        return MASK
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_key(str(k)) else mask(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask(v, depth + 1) for v in value]
+    return value
+
+
+def _secret_values(value: Any, out: set[str], depth: int = 0) -> None:
+    if depth > MAX_MASK_DEPTH:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and is_secret_key(str(k)):
+                if len(v) >= MIN_MASKED_VALUE_CHARS:
+                    out.add(v)
+            else:
+                _secret_values(v, out, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _secret_values(v, out, depth + 1)
+
+
+# Control characters from client values would let a warn message forge extra log lines.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """Mask secret values and escape control characters: the result is one safe log line."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text.translate(_CONTROL)
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def secrets_in(decision: Decision, content: Mapping[str, Any]) -> list[str]:
+    """Credential values a reason or message of this decision could repeat, longest first.
+
+    Only text a rule rendered can repeat one, so this is empty (and free) when there is none.
+    """
+    if not (decision.reason or decision.warnings or decision.error):
+        return []
+    found: set[str] = set()
+    _secret_values(content, found)
+    for change in decision.changes:
+        _secret_values({change.path.rsplit(".", 1)[-1]: change.after}, found)
+    return sorted(found, key=len, reverse=True)  # longest first: a secret may contain another
+
+
+# Content fields a line names when the op has them: the proxy and the peers' addresses.
+_CONTEXT_FIELDS = ("proxy_name", "proxy_type", "client_address", "remote_addr")
+_NESTED = (dict, list, tuple)
+
+
+@lru_cache(maxsize=1024)  # a policy sets the same few paths, request after request
+def _secret_path(path: str) -> bool:
+    return is_secret_key(path.rsplit(".", 1)[-1])
+
+
+def _change(change: Change) -> dict[str, Any]:
+    if _secret_path(change.path):
+        return {"field": change.path, "before": MASK, "after": MASK}
+    before, after = change.before, change.after
+    if isinstance(before, _NESTED):
+        before = mask(before)
+    if isinstance(after, _NESTED):
+        after = mask(after)
+    return {"field": change.path, "before": before, "after": after}
+
+
+def decision_record(
+    decision: Decision,
+    content: Mapping[str, Any],
+    reqid: str,
+    at: datetime,
+    secrets: list[str] | None = None,
+) -> dict[str, Any]:
+    """The decision-log entry for one decision (a dict; `DecisionLog` serialises it)."""
+    if secrets is None:
+        secrets = secrets_in(decision, content)
+    op = decision.op
+    user_obj = content.get("user")
+    if op is Op.LOGIN:
+        user, run_id = _str(user_obj), _str(content.get("run_id"))
+    else:
+        user_obj = user_obj if isinstance(user_obj, dict) else {}
+        user = _str(user_obj.get("user"))
+        run_id = _str(content.get("run_id")) or _str(user_obj.get("run_id"))
+    # `_value_` is the plain attribute behind an enum's `.value`, a Python-level descriptor.
+    record: dict[str, Any] = {
+        "time": at,
+        "reqid": reqid,
+        "op": op._value_,
+        "user": user,
+        "run_id": run_id,
+    }
+    for key in _CONTEXT_FIELDS:
+        value = content.get(key)
+        if value:
+            record[key] = value
+    error = decision.error
+    record["outcome"] = "error" if error is not None else decision.outcome._value_
+    record["rule"] = decision.rule.rule if decision.rule is not None else ""
+    record["reason"] = _scrub(decision.reason, secrets) if decision.reason else ""
+    if decision.warnings:
+        record["warnings"] = [
+            {"message": _scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
+        ]
+    if decision.changes:
+        record["changes"] = [_change(c) for c in decision.changes]
+    if error is not None:
+        record["error"] = {"code": error.code, "message": _scrub(error.message, secrets)}
+        record["failed_open"] = decision.failed_open
+    record["policy_version"] = decision.policy_version
+    record["eval_us"] = round(decision.eval_us * 10) / 10  # 0.1 us; round(x, 1) takes 4x as long
+    return record
+
+
+def fd_sink(fd: int) -> Sink:
+    """Write each batch with as few `write(2)` calls as the kernel allows (one, up to PIPE_BUF)."""
+
+    def write(line: bytes) -> None:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
+
+
+class DecisionLog:
+    """Serialises decisions to a sink in batches, skipping a sampled share of plain allows per op.
+
+    A batch is flushed by a timer on the running event loop (the server's one loop: a loop that
+    ends with a timer pending takes the timer with it, so `close()` at shutdown writes the rest);
+    with no loop running, each line is written at once. Everything runs on the event-loop
+    thread: no lock.
+    """
+
+    def __init__(
+        self,
+        sink: Sink | None,
+        sample: Mapping[Op, float] = MappingProxyType({}),
+        *,
+        close: Callable[[], None] | None = None,
+        batch_bytes: int = BATCH_BYTES,
+        flush_after_s: float = FLUSH_AFTER_S,
+    ) -> None:
+        self.sink = sink
+        self.sample = {op: sample.get(op, 1.0) for op in Op}
+        self.batch_bytes = batch_bytes
+        self.flush_after_s = flush_after_s
+        self._close = close
+        self._batch: list[bytes] = []
+        self._batched = 0  # bytes in _batch
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def open(cls, target: str, sample: Mapping[Op, float] = MappingProxyType({})) -> DecisionLog:
+        """`target` is stdout, stderr, off, or a file path (appended to, created if missing)."""
+        if target == "off":
+            return cls(None)
+        if target in ("stdout", "-"):
+            return cls(fd_sink(1), sample)
+        if target == "stderr":
+            return cls(fd_sink(2), sample)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return cls(fd_sink(fd), sample, close=lambda: os.close(fd))
+
+    def write(self, decision: Decision, content: Mapping[str, Any], reqid: str) -> None:
+        """Report one decision; never raises into the request.
+
+        Rule errors and warns also go to the diagnostic log (masked too), whatever the sink and
+        sampling; the JSON line goes to the sink unless it is off or the decision sampled out.
+        """
+        op = decision.op
+        if self.sink is None and decision.error is None and not decision.warnings:
+            return
+        secrets = secrets_in(decision, content)
+        if decision.error is not None:
+            log.error(
+                "%s %s: rule error (%s): %s",
+                op.value,
+                "failed OPEN" if decision.failed_open else "rejected",
+                decision.error.code,
+                _scrub(str(decision.error), secrets),
+            )
+        for warning in decision.warnings:
+            log.warning("%s warn (%s): %s", op.value, warning.rule, _scrub(warning.message, secrets))
+        if self.sink is None:
+            return
+        rate = self.sample[op]
+        if (
+            rate < 1.0
+            and decision.outcome is Outcome.ALLOW
+            and not decision.warnings
+            and decision.error is None
+            and random.random() >= rate
+        ):
+            return
+        try:
+            record = decision_record(decision, content, reqid, datetime.now(UTC), secrets)
+            line = orjson.dumps(record, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE, default=str)
+        except Exception:  # a value orjson cannot carry must not fail frps's request
+            log.exception("could not build the decision log line for %s %s", op.value, reqid)
+            return
+        self._add(line)
+
+    def _add(self, line: bytes) -> None:
+        if self._batched + len(line) > self.batch_bytes:
+            self.flush()  # what is batched already: no write grows past batch_bytes
+        self._batch.append(line)
+        self._batched += len(line)
+        if self._batched >= self.batch_bytes:
+            self.flush()  # full, or one line too long to share a write
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # nothing would flush it later
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_after_s, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the batched lines now, with one write; never raises (lines that fail are lost)."""
+        if not self._batch:
+            return
+        batch, lines = b"".join(self._batch), len(self._batch)
+        self._batch.clear()
+        self._batched = 0
+        if self.sink is None:
+            return
+        try:
+            self.sink(batch)
+        except Exception:  # a full disk or a closed pipe must not fail frps's request
+            log.exception("could not write %d decision log line(s)", lines)
+
+    def close(self) -> None:
+        """Write what is batched and release the target (at shutdown, after the last request)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+        if self._close is not None:
+            self._close()
+            self._close = None
+        self.sink = None

@@ -1,0 +1,304 @@
+"""Prometheus metrics: what policyd decided, how fast, and the state of the policy it serves.
+
+The plugin route is a hot path (Ping, NewWorkConn and NewUserConn scale with traffic), so one
+process records requests and decisions as plain Python numbers, turned into metric families only
+when scraped: prometheus-client's own metrics take a lock per value, about eight per request.
+Recording happens on the event-loop thread only (every route is async), so the numbers need no
+lock. The policy's state (version, reloads) is read from the store when scraped, costing requests
+nothing.
+
+With several workers, prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
+`policyd serve --workers N` before the workers start) sums counters and histograms over all of
+them, so there every request goes through prometheus-client's metrics, which keep their values in
+the shared files; the policy's state is that of the worker that answers the scrape.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from policyd.errors import Location
+from policyd.rules.decision import Decision, Op, Outcome
+
+if TYPE_CHECKING:
+    from policyd.service.store import PolicyStore
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# A decision takes microseconds; the top buckets catch rules near the evaluation budget (100 ms).
+EVAL_BUCKETS_US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000)
+HTTP_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+OUTCOMES = (*(o.value for o in Outcome), "error")
+OTHER_PATH = "other"  # every path policyd does not serve shares one label: no cardinality from scans
+
+# Every metric: (name, help). One table, so both ways of recording export the same names.
+DECISIONS = ("policyd_decisions", "Decisions, by op and outcome.")
+EVAL_DURATION = ("policyd_eval_duration_microseconds", "Time to decide one request, in microseconds.")
+FAIL_OPEN = ("policyd_fail_open", "Rule errors answered allow (fail-open ops).")
+RULE_HITS = ("policyd_rule_hits", "Decisions made by each rule (file:line).")
+WARN_HITS = ("policyd_warn_hits", "warn rules that fired (file:line).")
+HTTP_REQUESTS = ("policyd_http_requests", "HTTP requests, by path and status.")
+HTTP_DURATION = ("policyd_http_request_duration_seconds", "Time to answer an HTTP request, by path.")
+IN_FLIGHT = (
+    "policyd_http_requests_in_flight",
+    "HTTP requests being answered (a graceful shutdown waits for these).",
+)
+
+# `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def outcome_label(decision: Decision) -> str:
+    """The `outcome` label: the decision's outcome, or "error" when a rule failed."""
+    # `_value_` is the plain attribute behind `.value`, which is a Python-level descriptor.
+    return "error" if decision.error is not None else decision.outcome._value_
+
+
+class _StoreCollector(Collector):
+    """The serving policy and the reload history, read from the store at scrape time."""
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        policy, stats = self.store.policy, self.store.stats
+        info = InfoMetricFamily("policyd_policy", "The policy version serving.")
+        info.add_metric([], {"version": policy.version})
+        yield info
+        yield GaugeMetricFamily(
+            "policyd_policy_rules", "Rules in the serving policy.", value=policy.rule_count
+        )
+        yield GaugeMetricFamily(
+            "policyd_policy_loaded_timestamp_seconds",
+            "When the serving policy was loaded.",
+            value=policy.loaded_at,
+        )
+        reloads = CounterMetricFamily("policyd_reloads", "Policy reloads, by result.", labels=["result"])
+        reloads.add_metric(["success"], stats.successes)
+        reloads.add_metric(["failure"], stats.failures)
+        yield reloads
+        yield GaugeMetricFamily(
+            "policyd_last_reload_success_timestamp_seconds",
+            "When a policy was last loaded successfully (start-up included).",
+            value=stats.last_success_at,
+        )
+        yield GaugeMetricFamily(
+            "policyd_last_reload_ok",
+            "1 if the last reload attempt loaded (or nothing was reloaded yet), 0 if it failed.",
+            value=0 if stats.last is not None and not stats.last.ok else 1,
+        )
+
+
+class _Histogram:
+    """Bucket counts (each bucket alone, as prometheus-client keeps them) and the sum."""
+
+    __slots__ = ("bounds", "counts", "les", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.les = [floatToGoString(b) for b in (*bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf's
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # `le` buckets: the first bound >= value, as prometheus-client's Histogram.observe finds it.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative `(le, count)` pairs, +Inf last, as HistogramMetricFamily takes them."""
+        out: list[tuple[str, float]] = []
+        total = 0
+        for le, count in zip(self.les, self.counts, strict=True):
+            total += count
+            out.append((le, total))
+        return out
+
+
+class _Recorder(Protocol):
+    """Where the route's numbers go: plain numbers (one process) or prometheus-client's files."""
+
+    def observe(self, decision: Decision) -> None: ...
+    def request_started(self) -> None: ...
+    def request_done(self, path: str, code: int, seconds: float) -> None: ...
+
+
+class _Tally(Collector):
+    """One process's requests and decisions as plain numbers, exported when scraped."""
+
+    def __init__(self) -> None:
+        self.decisions = {(op, outcome): 0 for op in Op for outcome in OUTCOMES}
+        self.evals = {op: _Histogram(EVAL_BUCKETS_US) for op in Op}
+        self.fail_open = dict.fromkeys(Op, 0)
+        self.rule_hits: dict[Location, int] = {}
+        self.warn_hits: dict[Location, int] = {}
+        self.http_requests: dict[tuple[str, int], int] = {}
+        self.http_durations: dict[str, _Histogram] = {}
+        self.in_flight = 0
+
+    def observe(self, decision: Decision) -> None:
+        op = decision.op
+        self.decisions[op, outcome_label(decision)] += 1
+        self.evals[op].observe(decision.eval_us)
+        rule = decision.rule
+        if rule is not None:
+            self.rule_hits[rule] = self.rule_hits.get(rule, 0) + 1
+        for warning in decision.warnings:
+            self.warn_hits[warning.rule] = self.warn_hits.get(warning.rule, 0) + 1
+        if decision.failed_open:
+            self.fail_open[op] += 1
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_done(self, path: str, code: int, seconds: float) -> None:
+        self.in_flight -= 1
+        key = (path, code)
+        self.http_requests[key] = self.http_requests.get(key, 0) + 1
+        durations = self.http_durations.get(path)
+        if durations is None:
+            durations = self.http_durations[path] = _Histogram(HTTP_BUCKETS_S)
+        durations.observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        # Snapshots (list(...)) so a scrape from another thread cannot see a dict change size.
+        decisions = CounterMetricFamily(*DECISIONS, labels=["op", "outcome"])
+        for (op, outcome), count in list(self.decisions.items()):
+            decisions.add_metric([op.value, outcome], count)
+        yield decisions
+        evals = HistogramMetricFamily(*EVAL_DURATION, labels=["op"])
+        for op, histogram in list(self.evals.items()):
+            evals.add_metric([op.value], histogram.buckets(), histogram.sum)
+        yield evals
+        fail_open = CounterMetricFamily(*FAIL_OPEN, labels=["op"])
+        for op, count in list(self.fail_open.items()):
+            fail_open.add_metric([op.value], count)
+        yield fail_open
+        for (name, documentation), hits in ((RULE_HITS, self.rule_hits), (WARN_HITS, self.warn_hits)):
+            by_rule: dict[str, int] = {}  # locations of one rule (file:line) share its label
+            for location, count in list(hits.items()):
+                by_rule[location.rule] = by_rule.get(location.rule, 0) + count
+            family = CounterMetricFamily(name, documentation, labels=["rule"])
+            for rule, count in by_rule.items():
+                family.add_metric([rule], count)
+            yield family
+        requests = CounterMetricFamily(*HTTP_REQUESTS, labels=["path", "code"])
+        for (path, code), count in list(self.http_requests.items()):
+            requests.add_metric([path, str(code)], count)
+        yield requests
+        durations = HistogramMetricFamily(*HTTP_DURATION, labels=["path"])
+        for path, histogram in list(self.http_durations.items()):
+            durations.add_metric([path], histogram.buckets(), histogram.sum)
+        yield durations
+        yield GaugeMetricFamily(*IN_FLIGHT, value=self.in_flight)
+
+
+class _ClientMetrics:
+    """prometheus-client's own metrics; in multiprocess mode their values live in the files.
+
+    Every label child the route touches is bound once: per (op, outcome) and per op at start, per
+    rule and per (path, code) on first use. `registry` is None in multiprocess mode, where
+    MultiProcessCollector reads the values from the files instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        decisions = Counter(*DECISIONS, ["op", "outcome"], registry=registry)
+        self._decisions = {(op, o): decisions.labels(op.value, o) for op in Op for o in OUTCOMES}
+        evals = Histogram(*EVAL_DURATION, ["op"], buckets=EVAL_BUCKETS_US, registry=registry)
+        self._evals = {op: evals.labels(op.value) for op in Op}
+        fail_open = Counter(*FAIL_OPEN, ["op"], registry=registry)
+        self._fail_open = {op: fail_open.labels(op.value) for op in Op}
+        self._rule_hits = Counter(*RULE_HITS, ["rule"], registry=registry)
+        self._warn_hits = Counter(*WARN_HITS, ["rule"], registry=registry)
+        self._rule_children: dict[Location, Counter] = {}
+        self._warn_children: dict[Location, Counter] = {}
+        self._http_requests = Counter(*HTTP_REQUESTS, ["path", "code"], registry=registry)
+        self._http_durations = Histogram(*HTTP_DURATION, ["path"], buckets=HTTP_BUCKETS_S, registry=registry)
+        self._http_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._in_flight = Gauge(*IN_FLIGHT, multiprocess_mode="livesum", registry=registry)
+
+    def observe(self, decision: Decision) -> None:
+        op = decision.op
+        self._decisions[op, outcome_label(decision)].inc()
+        self._evals[op].observe(decision.eval_us)
+        if decision.rule is not None:
+            child = self._rule_children.get(decision.rule)
+            if child is None:
+                child = self._rule_children[decision.rule] = self._rule_hits.labels(decision.rule.rule)
+            child.inc()
+        for warning in decision.warnings:
+            child = self._warn_children.get(warning.rule)
+            if child is None:
+                child = self._warn_children[warning.rule] = self._warn_hits.labels(warning.rule.rule)
+            child.inc()
+        if decision.failed_open:
+            self._fail_open[op].inc()
+
+    def request_started(self) -> None:
+        self._in_flight.inc()
+
+    def request_done(self, path: str, code: int, seconds: float) -> None:
+        self._in_flight.dec()
+        children = self._http_children.get((path, code))
+        if children is None:
+            children = self._http_children[path, code] = (
+                self._http_requests.labels(path, str(code)),
+                self._http_durations.labels(path),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class Metrics:
+    """Every metric policyd exports.
+
+    The route calls `request_started()` and `request_done()` around every HTTP request and
+    `observe()` once per decision; `render()` is the /metrics body.
+    """
+
+    def __init__(self, store: PolicyStore, *, handler_path: str, multiprocess_dir: str | None = None) -> None:
+        self.registry = CollectorRegistry()
+        recorder: _Recorder
+        if multiprocess_dir:
+            # The live values are in files that MultiProcessCollector reads.
+            MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            self.registry.register(_StoreCollector(store))
+            recorder = _ClientMetrics()
+        else:
+            ProcessCollector(registry=self.registry)
+            self.registry.register(_StoreCollector(store))
+            recorder = tally = _Tally()
+            self.registry.register(tally)
+        # The recorder's own bound methods: the route's calls go straight to them.
+        self.observe = recorder.observe
+        self.request_started = recorder.request_started
+        self.request_done = recorder.request_done
+        self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics"})
+
+    def path_label(self, path: str) -> str:
+        return path if path in self._paths else OTHER_PATH
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

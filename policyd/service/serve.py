@@ -1,0 +1,108 @@
+"""Running the service: one process, or N uvicorn workers that each load and watch the policy.
+
+`run(settings)` is what `policyd serve` calls once the settings are resolved. It loads the policy
+first, so a broken policy is a start-up error (PolicyLoadError) before any port is bound.
+
+Workers are separate processes started by uvicorn: each gets the settings through one
+environment variable, loads the policy itself and hot-reloads on its own. They watch the same
+directory and a version is a content hash, so after an edit every worker serves the same version.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp
+
+from policyd import __version__
+from policyd.service.logs import logging_config
+from policyd.service.settings import Layer, Settings, build_settings
+from policyd.service.store import PolicyStore
+
+log = logging.getLogger("policyd")
+
+WORKER_SETTINGS_ENV = "_POLICYD_WORKER_SETTINGS"  # internal: parent → workers, not a setting
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def _warn_if_exposed(settings: Settings) -> None:
+    if settings.host.startswith(LOOPBACK):
+        return
+    if not settings.handler_allow:
+        log.warning(
+            "listening on %s with no handler_allow: anyone who reaches the port can call the handler",
+            settings.host,
+        )
+    if not settings.tls:
+        log.warning("listening on %s without TLS: plugin requests carry tokens in clear text", settings.host)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.run()'s options for these settings (benchmarks/ serves its baselines with them too).
+
+    uvicorn picks uvloop and httptools (dependencies) over asyncio and h11 by itself.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+    }
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (shutdown_timeout_s)."""
+    import uvicorn
+
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
+    store = PolicyStore(settings.policies)  # raises PolicyLoadError: nothing is bound yet
+    scheme = "https" if settings.tls else "http"
+    log.info(
+        "policyd %s serving policy %s on %s://%s:%d%s with %d worker(s)",
+        __version__,
+        store.policy.version,
+        scheme,
+        settings.host,
+        settings.port,
+        settings.handler_path,
+        settings.workers,
+    )
+    _warn_if_exposed(settings)
+    common = server_options(settings)
+    if settings.workers == 1:
+        from policyd.service.app import create_app
+
+        uvicorn.run(create_app(settings, store), **common)
+        return
+    metrics_dir = tempfile.mkdtemp(prefix="policyd-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir
+    os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(settings.to_dict()).decode()
+    try:
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=settings.workers,
+            **common,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_app() -> ASGIApp:
+    """The app of one worker process (uvicorn calls this factory in each worker)."""
+    from policyd.service.app import create_app
+
+    settings = build_settings([Layer("worker", orjson.loads(os.environ[WORKER_SETTINGS_ENV]))])
+    store = PolicyStore(settings.policies)
+    return create_app(settings, store, metrics_dir=os.environ[METRICS_DIR_ENV])

@@ -1,0 +1,110 @@
+"""Helpers the test modules share: small policies decided in-process, metrics read from a
+scrape, waiting for a condition, and what the shipped policy answers to each request fixture."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from policyd.engine import EvalOptions, decide
+from policyd.errors import PolicyError, PolicyLoadError
+from policyd.policy import Policy, load_policy
+from policyd.rules.decision import Decision, Op
+from tests.support import write_policy
+
+
+def policy_of(files: Mapping[str, str]) -> Policy:
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_policy(write_policy(Path(tmp), files))
+
+
+def load_errors(files: Mapping[str, str]) -> list[PolicyError]:
+    with pytest.raises(PolicyLoadError) as info:
+        policy_of(files)
+    return info.value.errors
+
+
+def run(
+    rules: str,
+    content: dict[str, Any],
+    op: Op = Op.NEW_PROXY,
+    data: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Decision:
+    files = {f"{op.value}.rules": rules, **{f"data/{k}": v for k, v in (data or {}).items()}}
+    options = kwargs.pop("options", EvalOptions())
+    return decide(policy_of(files), op, content, options=options, **kwargs)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise KeyError(f"{name}{labels} not in metrics")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout}s")
+        time.sleep(0.05)
+
+
+REJECT, ALLOW = "reject", "allow"
+
+# What the shipped policy answers to each request fixture:
+# fixture → (outcome, reason or {field: new value} for rewrites)
+SHIPPED_ANSWERS: dict[str, tuple[str, Any]] = {
+    "CloseProxy-basic": (ALLOW, ""),
+    "CloseProxy-frps070-captured": (ALLOW, ""),
+    "Login-anonymous": (REJECT, "login needs metadatas.team (one of: blue, red)"),
+    "Login-basic": (ALLOW, ""),
+    "Login-frps033-captured": (REJECT, "team red needs metadatas.token"),
+    "Login-frps070-captured": (REJECT, "team red needs metadatas.token"),
+    "Login-reconnect": (ALLOW, ""),
+    "NewProxy-frps033-captured": (
+        REJECT,
+        "tcp/udp ports for team red are 6000-6999 (asked for 16022)",
+    ),
+    "NewProxy-frps070-captured": (
+        REJECT,
+        "tcp/udp ports for team red are 6000-6999 (asked for 27022)",
+    ),
+    "NewProxy-future-field": ("rewrite", {"metas": {"team": "red"}}),
+    "NewProxy-http-group": ("rewrite", {"subdomain": "blue-api", "metas": {"team": "blue"}}),
+    "NewProxy-http": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com (asked for web.example.com)",
+    ),
+    "NewProxy-https": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com "
+        "(asked for secure.example.com, www.secure.example.com)",
+    ),
+    "NewProxy-no-user": (REJECT, "unknown team"),
+    "NewProxy-stcp": (REJECT, 'allow_users = "*" is not allowed'),
+    "NewProxy-tcp-any-port": (REJECT, "tcp/udp ports for team red are 6000-6999 (asked for 0)"),
+    "NewProxy-tcp": ("rewrite", {"metas": {"owner": "alice", "team": "red"}}),
+    "NewProxy-tcpmux": (
+        REJECT,
+        "custom domains must be red.example.com or end in .red.example.com (asked for mux.example.com)",
+    ),
+    "NewProxy-udp-bandwidth": ("rewrite", {"metas": {"team": "red"}}),
+    "NewUserConn-frps033-captured": (ALLOW, ""),
+    "NewUserConn-frps070-captured": (ALLOW, ""),
+    "NewUserConn-https": (ALLOW, ""),
+    "NewUserConn-tcp": (REJECT, "visitors from 198.51.100.23 are blocked"),
+    "NewWorkConn-basic": (ALLOW, ""),
+    "NewWorkConn-frps070-captured": (ALLOW, ""),
+    "Ping-basic": (ALLOW, ""),
+    "Ping-frps033-captured": (ALLOW, ""),
+    "Ping-frps070-captured": (ALLOW, ""),
+}
