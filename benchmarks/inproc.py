@@ -25,13 +25,14 @@ from simpleeval import EvalWithCompoundTypes
 
 from policyd.engine import decide
 from policyd.policy import Policy, load_policy
-from policyd.rules import reference, sandbox
+from policyd.rules import functions, reference
 from policyd.rules.decision import Op
-from policyd.rules.language import Action, Statement
+from policyd.rules.language import Action
 from policyd.rules.sandbox import Budget
+from policyd.rules.statements import Statement
 
 HERE = Path(__file__).resolve().parent
-FUNCTIONS = {name: fn for name, (fn, _) in sandbox.FUNCTIONS.items()}
+FUNCTIONS = {name: fn for name, (fn, _) in functions.FUNCTIONS.items()}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from policyd.errors import EvaluationError, PolicyError
 from policyd.policy import Policy
-from policyd.rules.compiler import Ctx, RequestNames
+from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.decision import (
     GENERIC_ERROR_REASON,
     Change,
@@ -25,10 +25,11 @@ from policyd.rules.decision import (
     RuleWarning,
     TraceStep,
 )
-from policyd.rules.language import Action, Statement
+from policyd.rules.language import Action
 from policyd.rules.program import RuleFailed
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
 from policyd.rules.schema import SCHEMAS, USER, Field, Kind, Record, ZeroMap, type_matches, view
+from policyd.rules.statements import Statement
 
 
 @dataclass(frozen=True, slots=True)

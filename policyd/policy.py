@@ -19,11 +19,12 @@ from typing import Any
 import orjson
 
 from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError, did_you_mean
-from policyd.rules.compiler import Scope
+from policyd.rules.context import Scope
 from policyd.rules.decision import Op
-from policyd.rules.language import Action, CacheKey, Statement, compile_rules
+from policyd.rules.language import Action
 from policyd.rules.program import Chunk, build_program
 from policyd.rules.schema import SCHEMAS, USER
+from policyd.rules.statements import CacheKey, Statement, compile_rules
 
 RULES_SUFFIX = ".rules"
 DATA_DIR = "data"

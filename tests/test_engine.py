@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from policyd.engine import _view_at, decide, new_context
 from policyd.policy import load_policy
-from policyd.rules.compiler import RequestNames
+from policyd.rules.context import RequestNames
 from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, view

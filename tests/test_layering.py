@@ -163,3 +163,18 @@ def test_type_checking_imports_do_not_count() -> None:
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from policyd.service.store import S\n"
     assert violations(source, "policyd.service.metrics") == []
     assert violations(source, "policyd.rules.decision") == []
+
+
+# Inside rules/: the parser stops at tokens and the AST (simpleeval's split of parsing and
+# evaluation), and the leaf that describes decisions imports nothing of the language.
+LEAVES = {
+    "policyd.rules.language": {"policyd.errors", "policyd.rules.sandbox"},
+    "policyd.rules.decision": {"policyd.errors"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(LEAVES))
+def test_leaf_modules_import_only_what_they_may(module: str) -> None:
+    path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    found = {target for _, target in imports(path.read_text(), module, False) if target.startswith("policyd")}
+    assert found <= LEAVES[module], f"{module} imports {sorted(found - LEAVES[module])}"

@@ -1,16 +1,17 @@
 """Turn a validated, compiled rule expression into Python source for the request path.
 
-The closures of policyd.rules.compiler stay the definition of what a rule does; this module writes the
-common shapes (field reads, comparisons with constants, and/or/not, calls) as one Python
-expression instead of a tree of closure calls, and calls a node's own closure for everything else
-(comprehensions, templates, unusual values). policyd.rules.program joins the expressions of a rule file
-into a few functions, so a request runs one function per chunk of rules, not one closure per node.
+The closures of policyd.rules.compiler stay the definition of what a rule does; this module
+writes the common shapes (field reads, comparisons with constants, and/or/not, calls) as one
+Python expression instead of a tree of closure calls, and calls a node's own closure for
+everything else (comprehensions, templates, unusual values). policyd.rules.program joins the
+expressions of a rule file into a few functions, so a request runs one function per chunk of
+rules, not one closure per node.
 
 No rule text ever becomes source: every constant, key, closure and helper is a reference (`@N`,
 an entry of `Fragment.refs`), and the source holds only names this module writes, Python
 operators and keywords. It is emitted only after the compiler accepted the expression, from the
-same decisions (constant_operand, invoker): tests/rules/test_differential.py holds both back ends
-to the reference evaluator.
+same decisions (policyd.rules.shapes: constant_operand, invoker, ...):
+tests/rules/test_differential.py holds both back ends to the reference evaluator.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.rules import sandbox
-from policyd.rules.compiler import (
-    BUILTIN_NAMES,
-    CONSTANTS,
-    ExpressionCompiler,
-    Scope,
+from policyd.rules import functions, sandbox
+from policyd.rules.compiler import ExpressionCompiler
+from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Scope
+from policyd.rules.schema import SCALAR_ZERO, Kind, Record, ZeroMap, view, zero_value
+from policyd.rules.shapes import (
     constant_key_path,
     constant_operand,
     field_path,
@@ -33,14 +33,12 @@ from policyd.rules.compiler import (
     is_dynamic_range,
     range_member,
 )
-from policyd.rules.schema import Kind, Record, ZeroMap, view, zero_value
 
 # The generated function's locals an expression may use (see policyd.rules.program).
 CTX, NAMES, CONTENT, USER, BUDGET = "ctx", "names", "c", "u", "b"
 # The only builtins generated code uses; policyd.rules.program binds them under these names.
 BUILTINS: dict[str, Any] = {"_type": type, "_dict": dict, "_int": int}
 
-_SCALAR_ZERO: dict[Kind, Any] = {Kind.STR: "", Kind.INT: 0, Kind.BOOL: False}
 _COMPARE_SYMBOLS: dict[type[ast.cmpop], str] = {
     ast.Eq: "==",
     ast.NotEq: "!=",
@@ -135,7 +133,7 @@ class _Emitter:
         return f"{self.ref(sandbox.lookup)}({self.expr(node.value)}, {self.expr(node.slice)}, False)"
 
     def _field(self, node: ast.Attribute | ast.Subscript, of_user: bool, keys: tuple[str, ...]) -> str | None:
-        """`content.field`, `content.metas.key`, `user.metas["key"]`: compiler._field_reader's
+        """`content.field`, `content.metas.key`, `user.metas["key"]`: shapes.field_reader's
         reads at most one record field deep, written inline."""
         where = field_path(self.scope.user_schema if of_user else self.scope.op_schema, keys)
         if where is None or len(where.path) > 1:
@@ -156,8 +154,8 @@ class _Emitter:
                 f"({default} if {read} is None else {t}.get({key}, {default})"
                 f" if _type({t}) is _dict else {self.closure(node)})"
             )
-        if final.kind in _SCALAR_ZERO:
-            return f"({self.constant(_SCALAR_ZERO[final.kind])} if {read} is None else {t})"
+        if final.kind in SCALAR_ZERO:
+            return f"({self.constant(SCALAR_ZERO[final.kind])} if {read} is None else {t})"
         if final.kind is Kind.STR_LIST:
             return f"([] if {read} is None else {t})"
         zero = (
@@ -171,8 +169,9 @@ class _Emitter:
         )
 
     def _read(self, node: ast.Attribute | ast.Subscript) -> str | None:
-        """Reads compiler._key_path makes one closure of, inline where the shape is common:
-        fields of the request (see _field) and `name.key` of a let or `data` (walk1).
+        """Reads the compiler makes one closure of, inline where the shape is common: fields of
+        the request (see _field; shapes.field_reader) and `name.key` of a let or `data`
+        (shapes.key_walk).
 
         Anything unusual at run time (not a dict, a missing key) calls the node's closure.
         """
@@ -250,7 +249,7 @@ class _Emitter:
             values = "(" + "".join(f"{a}, " for a in args) + ")"
             method = self.ref(sandbox.call_method)
             return f"{method}({receiver}, {self.ref(func.attr)}, {values}, {BUDGET})"
-        if not isinstance(func, ast.Name) or func.id not in sandbox.FUNCTIONS:
+        if not isinstance(func, ast.Name) or func.id not in functions.FUNCTIONS:
             return None
         finish = self.any_all.get(id(node))
         if finish is not None:
@@ -265,7 +264,7 @@ class _Emitter:
                 f"({empty} if _type({t} := {first}) in {self.ref(_ITERABLES)} and not {t}"
                 f" else {self.ref(finish)}({CTX}, {t}))"
             )
-        fn, iterable_first = sandbox.FUNCTIONS[func.id]
+        fn, iterable_first = functions.FUNCTIONS[func.id]
         args = [self.expr(a) for a in node.args]
         invoke = self.ref(invoker(func.id, fn, iterable_first))
         return f"{invoke}({BUDGET}" + "".join(f", {a}" for a in args) + ")"

@@ -1,4 +1,4 @@
-"""The rule language: one statement per (logical) line, parsed and compiled once at load time.
+"""The rule language's syntax: one statement per (logical) line, parsed into a tree per expression.
 
     reject "REASON {expr}" [when EXPR]
     allow [when EXPR]
@@ -6,26 +6,28 @@
     warn "MESSAGE {expr}" [when EXPR]
     let NAME = EXPR
 
-A trailing backslash continues a rule on the next line; `#` starts a comment. Every error carries
-`file:line:col` and what was expected.
+A trailing backslash continues a rule on the next line; `#` starts a comment. This module stops at
+tokens and the AST, as simpleeval separates parsing from evaluation: `parse_rule` turns one line
+into a ParsedRule (expressions as `ast` trees, every part with its location), and
+policyd.rules.statements validates and compiles it. Every error carries `file:line:col` and what
+was expected.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import enum
 import io
 import re
 import tokenize
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from policyd.errors import Location, ParseError, PolicyError, did_you_mean
-from policyd.rules.codegen import Fragment, emit
-from policyd.rules.compiler import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, ExpressionCompiler, Scope
-from policyd.rules.sandbox import FUNCTIONS, MAX_FILE_RULES, MAX_RULE_CHARS, join_texts, to_text
-from policyd.rules.schema import Field, Kind, field_of_other_ops
+from policyd.errors import Location, ParseError, did_you_mean
+from policyd.rules.sandbox import MAX_RULE_CHARS
+
+# Maps an expression's AST position (line, column) to where it is in the rule file.
+Locator = Callable[[int, int], Location]
 
 
 class Action(enum.Enum):
@@ -48,43 +50,45 @@ _OPEN, _CLOSE = "([{", ")]}"
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
-    """A reason/message string whose `{expr}` parts are evaluated like an f-string's."""
+class Expression:
+    """One expression of a rule, parsed: its tree and where its nodes are in the file."""
 
-    parts: tuple[str | Compiled, ...]
-
-    def render(self, ctx: Ctx) -> str:
-        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
-
-
-# What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
-CacheKey = tuple[str, frozenset[str], frozenset[str], str]
+    tree: ast.expr
+    locate: Locator  # the AST's (line, col) → file location, columns in characters
 
 
 @dataclass(frozen=True, slots=True)
-class Statement:
-    """One compiled rule. `path` is the set target below `content` or the let name."""
+class Key:
+    """A name of a rule with its place: a step of a `set` path, or the name a `let` defines."""
+
+    name: str
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRule:
+    """One rule as written, checked for syntax only: what policyd.rules.statements compiles.
+
+    `target` is the `set` path below `content` (at least one key) or the `let` name; `message`
+    is the reject/warn template as literal text and `{expr}` parts.
+    """
 
     action: Action
     location: Location
     source: str
-    condition: Compiled | None = None
-    message: Template | None = None
-    value: Compiled | None = None
-    path: tuple[str, ...] = ()
-    field: Field | None = None
-    # The condition and value as source for the rule file's program (policyd.rules.program).
-    condition_code: Fragment | None = None
-    value_code: Fragment | None = None
+    condition: Expression | None = None
+    message: tuple[str | Expression, ...] | None = None
+    value: Expression | None = None
+    target: tuple[Key, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class _Line:
+class Line:
     text: str
     line: int  # 1-based line number of the first physical line
 
 
-def source_blocks(source: str) -> Iterator[tuple[_Line, bool]]:
+def source_blocks(source: str) -> Iterator[tuple[Line, bool]]:
     """Every line of a rule file, grouped as the parser groups them, and whether it is a rule.
 
     Backslash-continued lines form one block; blank and comment-only lines come one by one.
@@ -103,24 +107,23 @@ def source_blocks(source: str) -> Iterator[tuple[_Line, bool]]:
         i += 1
         text = "".join(parts)
         stripped = text.strip()
-        yield _Line(text, start + 1), bool(stripped) and not stripped.startswith("#")
+        yield Line(text, start + 1), bool(stripped) and not stripped.startswith("#")
 
 
-def logical_lines(source: str) -> Iterator[_Line]:
+def logical_lines(source: str) -> Iterator[Line]:
     """Join backslash-continued lines; skip blank and comment-only lines."""
     for block, is_rule in source_blocks(source):
         if is_rule:
             text = block.text
-            yield _Line(text if text.endswith("\n") else text + "\n", block.line)
+            yield Line(text if text.endswith("\n") else text + "\n", block.line)
 
 
 class _RuleParser:
-    """Parses one logical line into a Statement, given what the file defined above it."""
+    """Parses one logical line into a ParsedRule."""
 
-    def __init__(self, path: str, line: _Line, scope: Scope) -> None:
+    def __init__(self, path: str, line: Line) -> None:
         self.path = path
         self.line = line
-        self.scope = scope
         self.rows = line.text.splitlines(keepends=True)
 
     # -- positions -------------------------------------------------------------------------
@@ -174,10 +177,7 @@ class _RuleParser:
         return toks, None
 
     # -- pieces ----------------------------------------------------------------------------
-    def expression(
-        self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo
-    ) -> tuple[Compiled, Fragment]:
-        """The expression's closure and its source for the rule file's program (policyd.rules.program)."""
+    def expression(self, toks: list[tokenize.TokenInfo], what: str, after: tokenize.TokenInfo) -> Expression:
         if not toks:
             raise ParseError(f"expected {what} after '{after.string}'", self.loc(after.end[0], after.end[1]))
         start, end = toks[0].start, toks[-1].end
@@ -202,18 +202,16 @@ class _RuleParser:
             else:
                 msg = _syntax_message(e.msg, src, lineno, col)
             raise ParseError(msg, locate(lineno, col)) from None
-        compiler = ExpressionCompiler(self.scope, _byte_columns(src, locate), record=True)
-        compiled = compiler.compile(tree.body)
-        return compiled, emit(tree.body, compiler)
+        return Expression(tree.body, _byte_columns(src, locate))
 
-    def template(self, tok: tokenize.TokenInfo) -> Template:
+    def template(self, tok: tokenize.TokenInfo) -> tuple[str | Expression, ...]:
         raw = tok.string
         quote = raw[-1]
         prefix = raw[: raw.index(quote)]
         if prefix or raw.startswith(quote * 3):
             raise self.error(tok, 'expected a plain "quoted" string (no prefixes, no triple quotes)')
         body = raw[1:-1]
-        parts: list[str | Compiled] = []
+        parts: list[str | Expression] = []
         literal: list[str] = []
         i = 0
         row, col0 = tok.start[0], tok.start[1] + 1
@@ -251,9 +249,9 @@ class _RuleParser:
             i = end + 1
         if literal:
             parts.append("".join(literal))
-        return Template(tuple(parts))
+        return tuple(parts)
 
-    def _template_expr(self, src: str, row: int, col: int) -> Compiled:
+    def _template_expr(self, src: str, row: int, col: int) -> Expression:
         lead = len(src) - len(src.lstrip())
 
         def locate(lineno: int, c: int) -> Location:
@@ -265,15 +263,12 @@ class _RuleParser:
             lineno, c = e.lineno or 1, max((e.offset or 1) - 1, 0)
             msg = _syntax_message(e.msg, src.strip(), lineno, c)
             raise ParseError(f"in {{...}}: {msg}", locate(lineno, c)) from None
-        return ExpressionCompiler(self.scope, _byte_columns(src.strip(), locate)).compile(tree.body)
+        return Expression(tree.body, _byte_columns(src.strip(), locate))
 
-    def set_path(
-        self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo
-    ) -> tuple[tuple[str, ...], Field]:
+    def set_path(self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo) -> tuple[Key, ...]:
         if not toks or toks[0].string != "content":
             raise self.error(toks[0] if toks else keyword, "expected 'content.FIELD' after 'set'")
-        path: list[str] = []
-        f = self.scope.op_schema
+        path: list[Key] = []
         i = 1
         while i < len(toks):
             t = toks[i]
@@ -292,25 +287,13 @@ class _RuleParser:
                 key = literal
             else:
                 raise self.error(t, "expected '.field' or '[\"key\"]' in the set path")
-            if f.kind is Kind.RECORD:
-                if key not in f.fields:
-                    where = "content." + ".".join(path) if path else "content"
-                    hint = did_you_mean(key, f.fields) or ("" if path else field_of_other_ops(key))
-                    raise self.error(key_tok, f"'{where}' has no field '{key}' in {self.scope.op}", hint)
-                f = f.fields[key]
-            elif f.kind is Kind.STR_MAP:
-                f = Field(Kind.STR)
-            else:
-                raise self.error(key_tok, f"'content.{'.'.join(path)}' is a {f.kind.value}; set it whole")
-            if key.startswith("_"):
-                raise self.error(key_tok, f"'{key}' is private")
-            path.append(key)
+            path.append(Key(key, self.loc(*key_tok.start)))
         if not path:
             raise self.error(keyword, "set needs a field: 'set content.FIELD = value'")
-        return tuple(path), f
+        return tuple(path)
 
     # -- statement -------------------------------------------------------------------------
-    def parse(self) -> Statement:
+    def parse(self) -> ParsedRule:
         if len(self.line.text) > MAX_RULE_CHARS:  # before tokenizing: 1 MB took seconds
             raise ParseError(f"rule is longer than {MAX_RULE_CHARS} characters", self.loc(1, 0))
         toks = self.tokens()
@@ -327,11 +310,15 @@ class _RuleParser:
         if action is Action.LET:
             if cond_toks is not None:
                 raise self.error(when_tok, "'let' takes no 'when'; use 'x if cond else y'")
-            return self._let(body, head, location, source)
+            if len(body) < 2 or body[0].type != tokenize.NAME or body[1].string != "=":
+                raise self.error(body[0] if body else head, "expected 'let NAME = value'")
+            name = Key(body[0].string, self.loc(*body[0].start))
+            value = self.expression(body[2:], "a value", body[1])
+            return ParsedRule(action, location, source, value=value, target=(name,))
 
-        def condition() -> tuple[Compiled | None, Fragment | None]:
+        def condition() -> Expression | None:
             if cond_toks is None or when_tok is None:
-                return None, None
+                return None
             return self.expression(cond_toks, "a condition", when_tok)
 
         if action in (Action.REJECT, Action.WARN):
@@ -344,50 +331,32 @@ class _RuleParser:
             if len(body) > 1:
                 raise self.error(body[1], "expected 'when' or the end of the rule after the message")
             message = self.template(body[0])
-            cond, cond_code = condition()
-            return Statement(action, location, source, cond, message=message, condition_code=cond_code)
+            return ParsedRule(action, location, source, condition(), message=message)
         if action is Action.ALLOW:
             if body:
                 raise self.error(body[0], "expected 'when' or the end of the rule after 'allow'")
-            cond, cond_code = condition()
-            return Statement(action, location, source, cond, condition_code=cond_code)
+            return ParsedRule(action, location, source, condition())
         eq = next((i for i, t in enumerate(body) if t.type == tokenize.OP and t.string == "="), None)
         if eq is None:
             eqeq = next((t for t in body if t.type == tokenize.OP and t.string == "=="), None)
             if eqeq is not None:
                 raise self.error(eqeq, "'==' compares; 'set' assigns with '=': set content.FIELD = value")
             raise self.error(body[-1] if body else head, "expected '=' in 'set content.FIELD = value'")
-        path, f = self.set_path(body[:eq], head)
-        value, code = self.expression(body[eq + 1 :], "a value", body[eq])
-        cond, cond_code = condition()
-        return Statement(
-            action,
-            location,
-            source,
-            cond,
-            value=value,
-            path=path,
-            field=f,
-            condition_code=cond_code,
-            value_code=code,
-        )
+        path = self.set_path(body[:eq], head)
+        value = self.expression(body[eq + 1 :], "a value", body[eq])
+        return ParsedRule(action, location, source, condition(), value=value, target=path)
 
-    def _let(
-        self,
-        body: list[tokenize.TokenInfo],
-        head: tokenize.TokenInfo,
-        location: Location,
-        source: str,
-    ) -> Statement:
-        if len(body) < 2 or body[0].type != tokenize.NAME or body[1].string != "=":
-            raise self.error(body[0] if body else head, "expected 'let NAME = value'")
-        name = body[0].string
-        if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name == "when":
-            raise self.error(body[0], f"'{name}' is a built-in name and cannot be redefined")
-        if name.startswith("_"):
-            raise self.error(body[0], "names starting with '_' are not available in rules")
-        value, code = self.expression(body[2:], "a value", body[1])
-        return Statement(Action.LET, location, source, value=value, value_code=code, path=(name,))
+
+def parse_rule(path: str, line: Line) -> ParsedRule:
+    """Parse one logical line of the rule file `path`; raise ParseError saying what was expected.
+
+    Python's own parser gives up on deep nesting (`1+1+...` 3,000 times) with RecursionError,
+    which is reported as an error of the rule too.
+    """
+    try:
+        return _RuleParser(path, line).parse()
+    except RecursionError:
+        raise ParseError("expression nests too deeply", Location(path, line.line)) from None
 
 
 def _unclosed_bracket(toks: list[tokenize.TokenInfo]) -> tokenize.TokenInfo | None:
@@ -471,70 +440,3 @@ def _matching_brace(body: str, start: int) -> int:
             if depth == 0:
                 return j if ch == "}" else -1
     return -1
-
-
-def compile_rules(
-    path: str,
-    source: str,
-    scope: Scope,
-    errors: list[PolicyError],
-    max_errors: int = 100,
-    pause: Callable[[], None] | None = None,
-    reuse: Mapping[CacheKey, Statement] | None = None,
-    keep: dict[CacheKey, Statement] | None = None,
-) -> list[Statement]:
-    """Compile a rule file; every error found goes to `errors` (the file is bad if any).
-
-    `pause` is called between rules: a reload in a background thread uses it to let the
-    serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
-    previous load's `keep`) under the same text, op, lets above it and data files is not
-    compiled again, only moved to its new line: an edit recompiles the lines it changed.
-    """
-    statements: list[Statement] = []
-    lets: set[str] = set()
-    for count, line in enumerate(logical_lines(source), 1):
-        if len(errors) >= max_errors:
-            break
-        if count > MAX_FILE_RULES:
-            errors.append(
-                ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
-            )
-            break
-        key = (scope.op, frozenset(lets), scope.data_names, line.text)
-        cached = reuse.get(key) if reuse is not None else None
-        if cached is not None:
-            statement = dataclasses.replace(
-                cached, location=Location(path, line.line, cached.location.column)
-            )
-            if keep is not None:
-                keep[key] = statement
-            if statement.action is Action.LET:
-                lets.add(statement.path[0])
-            statements.append(statement)
-            continue
-        if pause is not None:
-            pause()
-        parser = _RuleParser(path, line, _with_lets(scope, lets))
-        try:
-            try:
-                statement = parser.parse()
-            except RecursionError:
-                # Python's parser gives up on deep nesting (`1+1+...` 3,000 times) this way.
-                raise ParseError("expression nests too deeply", Location(path, line.line)) from None
-        except PolicyError as e:
-            errors.append(e)
-            # Keep later lines from cascading into "unknown name" for a broken `let`.
-            head = line.text.split(None, 2)
-            if len(head) >= 2 and head[0] == "let":
-                lets.add(head[1].rstrip("="))
-            continue
-        if keep is not None:
-            keep[key] = statement
-        if statement.action is Action.LET:
-            lets.add(statement.path[0])
-        statements.append(statement)
-    return statements
-
-
-def _with_lets(scope: Scope, lets: set[str]) -> Scope:
-    return dataclasses.replace(scope, lets=frozenset(lets))

@@ -19,8 +19,9 @@ from types import CodeType
 from typing import Any
 
 from policyd.rules.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, Fragment
-from policyd.rules.compiler import Ctx, RequestNames
-from policyd.rules.language import Action, Statement
+from policyd.rules.context import Ctx, RequestNames
+from policyd.rules.language import Action
+from policyd.rules.statements import Statement
 
 COMPILED_CHUNKS = 1024  # chunk code kept for reuse by later loads: all of a 10,000-rule policy
 CHUNK_STATEMENTS = 16  # rules per generated function: one compile() holds the GIL (~1-3 ms)

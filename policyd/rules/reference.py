@@ -1,7 +1,7 @@
 """The reference evaluator: the definition of what a rule expression means when it runs.
 
 A simpleeval `EvalWithCompoundTypes` configured from the sandbox's tables: the functions in
-`sandbox.FUNCTIONS`, methods from `sandbox.METHODS` by the receiver's exact type, the safe
+`functions.FUNCTIONS`, methods from `sandbox.METHODS` by the receiver's exact type, the safe
 operators, key lookup instead of getattr, and the same limits and per-request `Budget`. It walks
 the expression's AST node by node on every call, which makes it slow and easy to read; the
 compiler's closures are the fast path, and `tests/rules/test_differential.py` holds the two to the same
@@ -30,12 +30,11 @@ from typing import Any
 from simpleeval import EvalWithCompoundTypes, FeatureNotAvailable, NameNotDefined
 
 from policyd.errors import EvaluationError, LimitError
-from policyd.rules import sandbox
+from policyd.rules import functions, sandbox
+from policyd.rules.context import CONSTANTS
 from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, USER, view
-
-CONSTANTS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
 
 class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
@@ -46,8 +45,8 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         for table in (sandbox.BINARY_OPERATORS, sandbox.UNARY_OPERATORS, sandbox.COMPARISONS):
             operators.update(table.items())
         super().__init__(operators=operators, names=dict(names))
-        # EvalWithCompoundTypes adds tuple() and dict(); the language has exactly sandbox.FUNCTIONS.
-        self.functions = {name: fn for name, (fn, _) in sandbox.FUNCTIONS.items()}
+        # EvalWithCompoundTypes adds tuple() and dict(); the language has exactly functions.FUNCTIONS.
+        self.functions = {name: fn for name, (fn, _) in functions.FUNCTIONS.items()}
         self.budget = budget
         self.bound: dict[str, Any] = {}  # comprehension variables in scope
         self.nodes = {
@@ -147,17 +146,17 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
     def _eval_call(self, node: ast.Call) -> Any:
         if isinstance(node.func, ast.Attribute):
             return self._call_method(node, node.func)
-        if not isinstance(node.func, ast.Name) or node.func.id not in sandbox.FUNCTIONS:
+        if not isinstance(node.func, ast.Name) or node.func.id not in functions.FUNCTIONS:
             raise FeatureNotAvailable("only the policy language's functions can be called")
         name = node.func.id
-        fn, iterable_first = sandbox.FUNCTIONS[name]
+        fn, iterable_first = functions.FUNCTIONS[name]
         values = [self._eval(a) for a in node.args]
         if iterable_first and len(values) == 1:
             sandbox.sized_iterable(values[0], self.budget)
         kwargs = {k.arg: self._eval(k.value) for k in node.keywords if k.arg is not None}
         key = kwargs.get("key")
         if key is not None:
-            if key not in sandbox.KEY_FUNCTIONS:
+            if key not in functions.KEY_FUNCTIONS:
                 raise EvaluationError("key= takes one of the policy language's functions")
             kwargs["key"] = self._key(key)
         try:
@@ -168,7 +167,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
 
     def _key(self, fn: Any) -> Any:
         """A key= function, called once per item by sorted()/min()/max(), runs as a call does."""
-        iterable_first = next(takes for f, takes in sandbox.FUNCTIONS.values() if f is fn)
+        iterable_first = next(takes for f, takes in functions.FUNCTIONS.values() if f is fn)
 
         def key(value: Any) -> Any:
             self.budget.charge()

@@ -134,6 +134,10 @@ class ZeroMap(dict[str, Any]):
         return ""
 
 
+# The zero values of the scalar kinds (a fresh object each call for the others: zero_value()).
+SCALAR_ZERO: Mapping[Kind, Any] = MappingProxyType({Kind.STR: "", Kind.INT: 0, Kind.BOOL: False})
+
+
 def zero_value(f: Field) -> Any:
     """The value an absent or null field reads as; a fresh object each call."""
     match f.kind:

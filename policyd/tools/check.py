@@ -26,7 +26,8 @@ from policyd.rules.diagnostics import (
     sort_key,
     to_json,
 )
-from policyd.rules.language import Action, Statement
+from policyd.rules.language import Action
+from policyd.rules.statements import Statement
 
 
 class LintWarning(PolicyError):

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from policyd.rules import sandbox
+from policyd.rules import functions, sandbox
 from policyd.rules.decision import Op
 from policyd.rules.schema import SCHEMAS, USER, Field, Kind
 
@@ -28,7 +28,7 @@ NOW = 1_700_000_000
 OPS = (Op.NEW_PROXY, Op.LOGIN, Op.NEW_USER_CONN, Op.PING)
 LETS = ("team", "ports", "xs", "n", "t")
 VARS = ("v", "w")  # comprehension variables
-FUNCTIONS = sorted(sandbox.FUNCTIONS)
+FUNCTIONS = sorted(functions.FUNCTIONS)
 METHODS = sorted(sandbox.ALL_METHOD_NAMES)
 BINOPS = ("+", "-", "*", "/", "//", "%", "**", "<<", ">>", "&", "|", "^")
 CMPOPS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")

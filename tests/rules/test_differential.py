@@ -22,7 +22,8 @@ from policyd.engine import new_context
 from policyd.errors import Location, ValidationError
 from policyd.rules import reference, sandbox
 from policyd.rules.codegen import emit
-from policyd.rules.compiler import ExpressionCompiler, Scope
+from policyd.rules.compiler import ExpressionCompiler
+from policyd.rules.context import Scope
 from policyd.rules.decision import Op
 from policyd.rules.program import compile_fragment
 from policyd.rules.sandbox import Budget

@@ -1,4 +1,4 @@
-"""The language's functions (policyd.rules.sandbox.FUNCTIONS) against what they stand for."""
+"""The language's functions (policyd.rules.functions) against what they stand for."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd.rules.sandbox import regex
+from policyd.rules.functions import regex
 
 PATTERNS = ["^[a-z0-9._-]+$", "b", "", "^$", "(a)|(b)", "é+", "[0-9]+(MB|KB)$", "\\.", "^x.*y$"]
 

@@ -16,7 +16,8 @@ from policyd.engine import decide
 from policyd.errors import PolicyLoadError
 from policyd.policy import MAX_POLICY_FILE_BYTES, load_policy
 from policyd.rules.decision import Op
-from policyd.rules.sandbox import REGEX_CACHE_SIZE, _re2, regex
+from policyd.rules.functions import _re2, regex
+from policyd.rules.sandbox import REGEX_CACHE_SIZE
 from policyd.service.store import PolicyStore
 from tests.security.harness import HANG_SECONDS
 from tests.support import SHIPPED_POLICIES, PolicydProcess, fixture, write_policy

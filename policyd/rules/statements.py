@@ -1,0 +1,197 @@
+"""The compile stage: parsed rules (policyd.rules.language) validated and compiled into Statements.
+
+A Statement carries what both back ends run: each expression as closures (policyd.rules.compiler)
+and as source for the rule file's program (policyd.rules.codegen, policyd.rules.program).
+`compile_rules` does a whole file: names resolved against the op's schema, the lets above each
+rule and the data files, with every error collected; a rule unchanged since the previous load is
+reused instead of compiled again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from policyd.errors import Location, ParseError, PolicyError, did_you_mean
+from policyd.rules.codegen import Fragment, emit
+from policyd.rules.compiler import ExpressionCompiler
+from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, Scope
+from policyd.rules.functions import FUNCTIONS
+from policyd.rules.language import Action, Expression, Key, ParsedRule, logical_lines, parse_rule
+from policyd.rules.sandbox import MAX_FILE_RULES, join_texts, to_text
+from policyd.rules.schema import Field, Kind, field_of_other_ops
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A reason/message string whose `{expr}` parts are evaluated like an f-string's."""
+
+    parts: tuple[str | Compiled, ...]
+
+    def render(self, ctx: Ctx) -> str:
+        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+
+
+# What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
+CacheKey = tuple[str, frozenset[str], frozenset[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One compiled rule. `path` is the set target below `content` or the let name."""
+
+    action: Action
+    location: Location
+    source: str
+    condition: Compiled | None = None
+    message: Template | None = None
+    value: Compiled | None = None
+    path: tuple[str, ...] = ()
+    field: Field | None = None
+    # The condition and value as source for the rule file's program (policyd.rules.program).
+    condition_code: Fragment | None = None
+    value_code: Fragment | None = None
+
+
+def _expression(expression: Expression, scope: Scope) -> tuple[Compiled, Fragment]:
+    """The expression's closure and its source for the rule file's program."""
+    compiler = ExpressionCompiler(scope, expression.locate, record=True)
+    compiled = compiler.compile(expression.tree)
+    return compiled, emit(expression.tree, compiler)
+
+
+def _condition(rule: ParsedRule, scope: Scope) -> tuple[Compiled | None, Fragment | None]:
+    return (None, None) if rule.condition is None else _expression(rule.condition, scope)
+
+
+def _template(parts: tuple[str | Expression, ...], scope: Scope) -> Template:
+    return Template(
+        tuple(p if isinstance(p, str) else ExpressionCompiler(scope, p.locate).compile(p.tree) for p in parts)
+    )
+
+
+def _set_target(keys: tuple[Key, ...], scope: Scope) -> tuple[tuple[str, ...], Field]:
+    """The `set` path checked against the op's schema, and the field it ends at."""
+    path: list[str] = []
+    f = scope.op_schema
+    for key in keys:
+        name = key.name
+        if f.kind is Kind.RECORD:
+            if name not in f.fields:
+                where = "content." + ".".join(path) if path else "content"
+                hint = did_you_mean(name, f.fields) or ("" if path else field_of_other_ops(name))
+                raise ParseError(f"'{where}' has no field '{name}' in {scope.op}", key.location, hint=hint)
+            f = f.fields[name]
+        elif f.kind is Kind.STR_MAP:
+            f = Field(Kind.STR)
+        else:
+            raise ParseError(f"'content.{'.'.join(path)}' is a {f.kind.value}; set it whole", key.location)
+        if name.startswith("_"):
+            raise ParseError(f"'{name}' is private", key.location)
+        path.append(name)
+    return tuple(path), f
+
+
+def _let_name(key: Key) -> str:
+    name = key.name
+    if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name == "when":
+        raise ParseError(f"'{name}' is a built-in name and cannot be redefined", key.location)
+    if name.startswith("_"):
+        raise ParseError("names starting with '_' are not available in rules", key.location)
+    return name
+
+
+def compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
+    """Validate one parsed rule against `scope` and compile it; raise the first PolicyError."""
+    action, location, source = rule.action, rule.location, rule.source
+    if action is Action.LET:
+        name = _let_name(rule.target[0])
+        assert rule.value is not None
+        value, code = _expression(rule.value, scope)
+        return Statement(action, location, source, value=value, value_code=code, path=(name,))
+    if action is Action.REJECT or action is Action.WARN:
+        assert rule.message is not None
+        message = _template(rule.message, scope)
+        cond, cond_code = _condition(rule, scope)
+        return Statement(action, location, source, cond, message=message, condition_code=cond_code)
+    if action is Action.ALLOW:
+        cond, cond_code = _condition(rule, scope)
+        return Statement(action, location, source, cond, condition_code=cond_code)
+    path, f = _set_target(rule.target, scope)
+    assert rule.value is not None
+    value, code = _expression(rule.value, scope)
+    cond, cond_code = _condition(rule, scope)
+    return Statement(
+        action,
+        location,
+        source,
+        cond,
+        value=value,
+        path=path,
+        field=f,
+        condition_code=cond_code,
+        value_code=code,
+    )
+
+
+def compile_rules(
+    path: str,
+    source: str,
+    scope: Scope,
+    errors: list[PolicyError],
+    max_errors: int = 100,
+    pause: Callable[[], None] | None = None,
+    reuse: Mapping[CacheKey, Statement] | None = None,
+    keep: dict[CacheKey, Statement] | None = None,
+) -> list[Statement]:
+    """Compile a rule file; every error found goes to `errors` (the file is bad if any).
+
+    `pause` is called between rules: a reload in a background thread uses it to let the
+    serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
+    previous load's `keep`) under the same text, op, lets above it and data files is not
+    compiled again, only moved to its new line: an edit recompiles the lines it changed.
+    """
+    statements: list[Statement] = []
+    lets: set[str] = set()
+    for count, line in enumerate(logical_lines(source), 1):
+        if len(errors) >= max_errors:
+            break
+        if count > MAX_FILE_RULES:
+            errors.append(
+                ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
+            )
+            break
+        key = (scope.op, frozenset(lets), scope.data_names, line.text)
+        cached = reuse.get(key) if reuse is not None else None
+        if cached is not None:
+            statement = dataclasses.replace(
+                cached, location=Location(path, line.line, cached.location.column)
+            )
+            if keep is not None:
+                keep[key] = statement
+            if statement.action is Action.LET:
+                lets.add(statement.path[0])
+            statements.append(statement)
+            continue
+        if pause is not None:
+            pause()
+        try:
+            statement = compile_rule(parse_rule(path, line), _with_lets(scope, lets))
+        except PolicyError as e:
+            errors.append(e)
+            # Keep later lines from cascading into "unknown name" for a broken `let`.
+            head = line.text.split(None, 2)
+            if len(head) >= 2 and head[0] == "let":
+                lets.add(head[1].rstrip("="))
+            continue
+        if keep is not None:
+            keep[key] = statement
+        if statement.action is Action.LET:
+            lets.add(statement.path[0])
+        statements.append(statement)
+    return statements
+
+
+def _with_lets(scope: Scope, lets: set[str]) -> Scope:
+    return dataclasses.replace(scope, lets=frozenset(lets))
