@@ -6,13 +6,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 
 import click
 
 from policyd import __version__
-from policyd.errors import PolicyError, PolicyLoadError
-from policyd.rules.decision import Op
+from policyd.errors import PolicyLoadError
+from policyd.rules.decision import OPS, Op
 from policyd.rules.diagnostics import Diagnostic, OutputFormat, Severity, SourceFiles, render
 from policyd.service.settings import (
     CONFIG_ENV,
@@ -103,17 +103,19 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
     try:
         run(settings)
     except PolicyLoadError as e:
-        click.echo(f"policyd: the policy in {settings.policies} does not load; not starting:", err=True)
-        sources = SourceFiles(Path(settings.policies))
-        for error in e.errors:
-            click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
-        sys.exit(2)
+        _exit_not_loaded(settings.policies, e, "; not starting")
+
+
+def _exit_not_loaded(directory: Path, failure: PolicyLoadError, consequence: str = "") -> NoReturn:
+    """Every error of a policy that does not load, on stderr with the source lines; exit 2."""
+    click.echo(f"policyd: the policy in {directory} does not load{consequence}:", err=True)
+    sources = SourceFiles(Path(directory))
+    for error in failure.errors:
+        click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
+    sys.exit(2)
 
 
 # -- operator tools: thin wrappers; each verb's logic is a plain function in its module ------------
-
-
-OP_NAMES = [op.value for op in Op]
 
 
 def _ops(ctx: click.Context, param: click.Parameter, value: str) -> frozenset[Op]:
@@ -190,19 +192,12 @@ def check(directory: Path, output: str) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-def _print_load_errors(directory: Path, errors: list[PolicyError]) -> None:
-    from policyd.rules.diagnostics import Diagnostic, Severity, SourceFiles, render
-
-    click.echo(f"policyd: the policy in {directory} does not load:", err=True)
-    sources = SourceFiles(directory)
-    for error in errors:
-        click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
-
-
 @main.command("eval")
 @_CONFIG
 @_policies_option("Policy directory.")
-@click.option("--op", "op_name", type=click.Choice(OP_NAMES), help="The op (taken from the body if omitted).")
+@click.option(
+    "--op", "op_name", type=click.Choice(list(OPS)), help="The op (taken from the body if omitted)."
+)
 @click.option("--content", "content_json", metavar="JSON", help="The request content as a JSON object.")
 @click.option(
     "--request",
@@ -258,8 +253,7 @@ def eval_(
             options=settings.eval_options,
         )
     except PolicyLoadError as e:
-        _print_load_errors(directory, e.errors)
-        sys.exit(2)
+        _exit_not_loaded(directory, e)
 
 
 @main.command("test")
@@ -283,8 +277,7 @@ def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None
     except re.error as e:
         raise click.BadParameter(f"invalid regex: {e}", param_hint="--run") from None
     except PolicyLoadError as e:
-        _print_load_errors(directory, e.errors)
-        sys.exit(2)
+        _exit_not_loaded(directory, e)
     sys.exit(0 if report.ok else 1)
 
 

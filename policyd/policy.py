@@ -20,7 +20,7 @@ import orjson
 
 from policyd.errors import Location, ParseError, PolicyError, PolicyLoadError, did_you_mean
 from policyd.rules.context import Scope
-from policyd.rules.decision import Op
+from policyd.rules.decision import OPS, Op
 from policyd.rules.language import Action
 from policyd.rules.program import Chunk, build_program
 from policyd.rules.schema import SCHEMAS, USER
@@ -218,15 +218,14 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
 
     compiled: dict[CacheKey, Statement] = {}
     rules: dict[Op, RuleFile] = {}
-    ops = {op.value: op for op in Op}
     for p in rule_paths:
         shown = p.name
-        op = ops.get(p.stem)
+        op = OPS.get(p.stem)
         if op is None:
-            hint = did_you_mean(p.stem, ops)
+            hint = did_you_mean(p.stem, OPS)
             errors.append(
                 PolicyError(
-                    f"'{p.name}' is not named after an op ({', '.join(ops)})",
+                    f"'{p.name}' is not named after an op ({', '.join(OPS)})",
                     Location(shown),
                     hint=hint,
                 )

@@ -8,7 +8,6 @@ frp's `pkg/msg/msg.go` and `pkg/plugin/server/types.go` (see shared/frp-plugin-p
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -93,19 +92,6 @@ SCHEMAS: Mapping[Op, Field] = MappingProxyType(
         Op.NEW_USER_CONN: _record(user=USER, proxy_name=S, proxy_type=S, remote_addr=S),
     }
 )
-
-# Fields whose value is a credential: masked wherever policyd shows content to people.
-SECRET_FIELDS = frozenset({"privilege_key", "sk", "http_pwd", "group_key"})
-# Map keys (metas, headers, ...) whose name says they hold a credential: `metadatas.token = "..."`.
-SECRET_KEY_WORDS = ("token", "secret", "passw", "pwd", "key", "credential", "authorization", "cookie")
-
-
-@functools.lru_cache(maxsize=4096)  # the same few field and metas names come in every request
-def is_secret_key(name: str) -> bool:
-    """Whether a field or map key holds a credential, judged by its name; errs towards masking."""
-    lowered = name.lower()
-    return lowered in SECRET_FIELDS or any(word in lowered for word in SECRET_KEY_WORDS)
-
 
 # Ops whose rewritten content frps ignores (NewUserConn) or whose whole answer it ignores
 # (CloseProxy): a `set` there cannot change anything.

@@ -2,8 +2,9 @@
 
 A line names who asked (user, run id, proxy, addresses, frps's reqid), what policyd decided, the
 rule `file:line` that decided, the warn messages, every changed field (before → after), the policy
-version and the evaluation time. Credentials are masked: fields frps marks secret, map keys named
-like credentials, and their values wherever a reason or message repeats them.
+version and the evaluation time. Credentials are masked as everywhere policyd shows content
+(policyd.rules.secrets): fields frps marks secret, map keys named like credentials, and their
+values wherever a reason or message repeats them.
 
 Lines are written in batches, as nginx's `access_log buffer= flush=` does: one `write(2)` of whole
 lines once the batch would pass PIPE_BUF bytes, FLUSH_AFTER_S after its first line at the latest,
@@ -21,23 +22,15 @@ import random
 import select
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from policyd.rules.decision import Change, Decision, Op, Outcome
-from policyd.rules.schema import is_secret_key
+from policyd.rules.decision import Change, Decision, Op, Outcome, outcome_label
+from policyd.rules.secrets import mask_change, scrub, secrets_in
 
 log = logging.getLogger("policyd.decisions")
-
-MASK = "***"
-# Shorter secret values are not searched for in reasons and messages: masking every "a" or "1"
-# would garble the line and hide next to nothing.
-MIN_MASKED_VALUE_CHARS = 4
-# How deep masking walks into nested values (content nests at most three levels).
-MAX_MASK_DEPTH = 8
 
 # The most a batch holds: a write(2) of up to PIPE_BUF bytes to a pipe is atomic (POSIX: >= 512).
 BATCH_BYTES: int = getattr(select, "PIPE_BUF", 512)
@@ -47,80 +40,16 @@ FLUSH_AFTER_S = 0.1
 Sink = Callable[[bytes], None]
 
 
-def mask(value: Any, depth: int = 0) -> Any:
-    """A copy of `value` with the values of credential-named keys replaced by "***"."""
-    if depth > MAX_MASK_DEPTH:
-        return MASK
-    if isinstance(value, dict):
-        return {k: MASK if is_secret_key(str(k)) else mask(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask(v, depth + 1) for v in value]
-    return value
-
-
-def _secret_values(value: Any, out: set[str], depth: int = 0) -> None:
-    if depth > MAX_MASK_DEPTH:
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(v, str) and is_secret_key(str(k)):
-                if len(v) >= MIN_MASKED_VALUE_CHARS:
-                    out.add(v)
-            else:
-                _secret_values(v, out, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            _secret_values(v, out, depth + 1)
-
-
-# Control characters from client values would let a warn message forge extra log lines.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
-
-
-def _scrub(text: str, secrets: list[str]) -> str:
-    """Mask secret values and escape control characters: the result is one safe log line."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text.translate(_CONTROL)
-
-
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def secrets_in(decision: Decision, content: Mapping[str, Any]) -> list[str]:
-    """Credential values a reason or message of this decision could repeat, longest first.
-
-    Only text a rule rendered can repeat one, so this is empty (and free) when there is none.
-    """
-    if not (decision.reason or decision.warnings or decision.error):
-        return []
-    found: set[str] = set()
-    _secret_values(content, found)
-    for change in decision.changes:
-        _secret_values({change.path.rsplit(".", 1)[-1]: change.after}, found)
-    return sorted(found, key=len, reverse=True)  # longest first: a secret may contain another
-
-
 # Content fields a line names when the op has them: the proxy and the peers' addresses.
 _CONTEXT_FIELDS = ("proxy_name", "proxy_type", "client_address", "remote_addr")
-_NESTED = (dict, list, tuple)
-
-
-@lru_cache(maxsize=1024)  # a policy sets the same few paths, request after request
-def _secret_path(path: str) -> bool:
-    return is_secret_key(path.rsplit(".", 1)[-1])
 
 
 def _change(change: Change) -> dict[str, Any]:
-    if _secret_path(change.path):
-        return {"field": change.path, "before": MASK, "after": MASK}
-    before, after = change.before, change.after
-    if isinstance(before, _NESTED):
-        before = mask(before)
-    if isinstance(after, _NESTED):
-        after = mask(after)
+    before, after = mask_change(change.path, change.before, change.after)
     return {"field": change.path, "before": before, "after": after}
 
 
@@ -155,17 +84,17 @@ def decision_record(
         if value:
             record[key] = value
     error = decision.error
-    record["outcome"] = "error" if error is not None else decision.outcome._value_
+    record["outcome"] = outcome_label(decision)
     record["rule"] = decision.rule.rule if decision.rule is not None else ""
-    record["reason"] = _scrub(decision.reason, secrets) if decision.reason else ""
+    record["reason"] = scrub(decision.reason, secrets) if decision.reason else ""
     if decision.warnings:
         record["warnings"] = [
-            {"message": _scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
+            {"message": scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
         ]
     if decision.changes:
         record["changes"] = [_change(c) for c in decision.changes]
     if error is not None:
-        record["error"] = {"code": error.code, "message": _scrub(error.message, secrets)}
+        record["error"] = {"code": error.code, "message": scrub(error.message, secrets)}
         record["failed_open"] = decision.failed_open
     record["policy_version"] = decision.policy_version
     record["eval_us"] = round(decision.eval_us * 10) / 10  # 0.1 us; round(x, 1) takes 4x as long
@@ -238,10 +167,10 @@ class DecisionLog:
                 op.value,
                 "failed OPEN" if decision.failed_open else "rejected",
                 decision.error.code,
-                _scrub(str(decision.error), secrets),
+                scrub(str(decision.error), secrets),
             )
         for warning in decision.warnings:
-            log.warning("%s warn (%s): %s", op.value, warning.rule, _scrub(warning.message, secrets))
+            log.warning("%s warn (%s): %s", op.value, warning.rule, scrub(warning.message, secrets))
         if self.sink is None:
             return
         rate = self.sample[op]

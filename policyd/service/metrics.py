@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from policyd.errors import Location
-from policyd.rules.decision import Decision, Op, Outcome
+from policyd.rules.decision import OUTCOME_LABELS, Decision, Op, outcome_label
 
 if TYPE_CHECKING:
     from policyd.service.store import PolicyStore
@@ -50,7 +50,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A decision takes microseconds; the top buckets catch rules near the evaluation budget (100 ms).
 EVAL_BUCKETS_US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000)
 HTTP_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-OUTCOMES = (*(o.value for o in Outcome), "error")
 OTHER_PATH = "other"  # every path policyd does not serve shares one label: no cardinality from scans
 
 # Every metric: (name, help). One table, so both ways of recording export the same names.
@@ -70,14 +69,8 @@ IN_FLIGHT = (
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-def outcome_label(decision: Decision) -> str:
-    """The `outcome` label: the decision's outcome, or "error" when a rule failed."""
-    # `_value_` is the plain attribute behind `.value`, which is a Python-level descriptor.
-    return "error" if decision.error is not None else decision.outcome._value_
-
-
 class _StoreCollector(Collector):
-    """The serving policy and the reload history, read from the store at scrape time."""
+    """The serving policy and the reload counts, read from the store at scrape time."""
 
     def __init__(self, store: PolicyStore) -> None:
         self.store = store
@@ -149,7 +142,7 @@ class _Tally(Collector):
     """One process's requests and decisions as plain numbers, exported when scraped."""
 
     def __init__(self) -> None:
-        self.decisions = {(op, outcome): 0 for op in Op for outcome in OUTCOMES}
+        self.decisions = {(op, outcome): 0 for op in Op for outcome in OUTCOME_LABELS}
         self.evals = {op: _Histogram(EVAL_BUCKETS_US) for op in Op}
         self.fail_open = dict.fromkeys(Op, 0)
         self.rule_hits: dict[Location, int] = {}
@@ -225,7 +218,7 @@ class _ClientMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         decisions = Counter(*DECISIONS, ["op", "outcome"], registry=registry)
-        self._decisions = {(op, o): decisions.labels(op.value, o) for op in Op for o in OUTCOMES}
+        self._decisions = {(op, o): decisions.labels(op.value, o) for op in Op for o in OUTCOME_LABELS}
         evals = Histogram(*EVAL_DURATION, ["op"], buckets=EVAL_BUCKETS_US, registry=registry)
         self._evals = {op: evals.labels(op.value) for op in Op}
         fail_open = Counter(*FAIL_OPEN, ["op"], registry=registry)

@@ -22,7 +22,7 @@ from typing import Any
 
 from policyd.engine import EvalOptions
 from policyd.errors import did_you_mean
-from policyd.rules.decision import Op
+from policyd.rules.decision import OPS, Op
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS
 from policyd.service.access import Network
 
@@ -204,13 +204,13 @@ def _optional_path(value: Any) -> Path | None:
 
 
 def _op(name: str) -> Op:
-    try:
-        return Op(name)
-    except ValueError:
-        hint = did_you_mean(name, [o.value for o in Op])
+    op = OPS.get(name)
+    if op is None:
+        hint = did_you_mean(name, OPS)
         raise ValueError(
-            f"unknown op {name!r}{' (' + hint + ')' if hint else ''}; choose from {', '.join(Op)}"
-        ) from None
+            f"unknown op {name!r}{' (' + hint + ')' if hint else ''}; choose from {', '.join(OPS)}"
+        )
+    return op
 
 
 def _ops(value: Any) -> frozenset[Op]:

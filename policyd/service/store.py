@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from policyd.errors import PolicyError, PolicyLoadError
@@ -39,7 +39,6 @@ class ReloadStats:
     failures: int = 0
     last_success_at: float = 0.0
     last: ReloadAttempt | None = None
-    history: list[ReloadAttempt] = field(default_factory=list)
 
 
 class PolicyStore:

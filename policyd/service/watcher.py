@@ -16,10 +16,9 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-log = logging.getLogger("policyd.watch")
+from policyd.service.settings import DEFAULTS
 
-DEFAULT_DEBOUNCE_SECONDS = 0.2
-DEFAULT_POLL_SECONDS = 5.0
+log = logging.getLogger("policyd.watch")
 
 
 def fingerprint(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -49,15 +48,18 @@ class _Handler(FileSystemEventHandler):
 
 
 class PolicyWatcher:
-    """Calls `on_change(paths)` after `debounce` seconds without new events."""
+    """Calls `on_change(paths)` after `debounce` seconds without new events.
+
+    `debounce` and `poll` default to the settings' `reload_debounce_s` and `reload_poll_s`.
+    """
 
     def __init__(
         self,
         directory: str | Path,
         on_change: Callable[[tuple[str, ...]], object],
         *,
-        debounce: float = DEFAULT_DEBOUNCE_SECONDS,
-        poll: float = DEFAULT_POLL_SECONDS,
+        debounce: float = DEFAULTS.reload_debounce_s,
+        poll: float = DEFAULTS.reload_poll_s,
     ) -> None:
         self.directory = Path(directory)
         self.on_change = on_change

@@ -7,6 +7,7 @@ explanation shows. Nothing here evaluates a rule on its own.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,24 +17,43 @@ import orjson
 from policyd.engine import DEFAULT_OPTIONS, EvalOptions, decide
 from policyd.policy import Policy, load_policy
 from policyd.protocol import PluginRequest, encode_answer
-from policyd.rules.decision import Change, Decision, Op, Outcome, TraceStep
+from policyd.rules.decision import Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, counted, jsonable, to_json
-from policyd.rules.schema import SECRET_FIELDS
+from policyd.rules.language import Action
+from policyd.rules.secrets import MASK, is_secret_path, mask, mask_change, scrub, secrets_in
+from policyd.rules.statements import Statement
 
-MASK = "********"
 MAX_SHOWN_CHARS = 200  # a value in the pretty explanation; JSON output is never shortened
 
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """One decided request: the exact answer frps gets and how the rules reached it."""
+    """One decided request: the exact answer frps gets and how the rules reached it.
+
+    The answer is exactly frps's; everything else shows content as the decision log does
+    (policyd.rules.secrets): secret fields and credential-named keys as "***", and their values
+    masked in warn messages and errors.
+    """
 
     decision: Decision
     answer: bytes
-    trace: tuple[TraceStep, ...]
+    trace: tuple[TraceStep, ...]  # values masked
     rule_file: str | None  # the op's rule file, None when the op has none
     rules_not_reached: int
     deciding_source: str = ""  # the rule that decided (reject, allow, or the one that failed)
+    secrets: tuple[str, ...] = ()  # credential values the warn messages and errors may repeat
+
+    def changes(self) -> list[tuple[str, Any, Any]]:
+        """(path, before, after) of every change, masked."""
+        return [(c.path, *mask_change(c.path, c.before, c.after)) for c in self.decision.changes]
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(rule, message) of every warn that fired, masked."""
+        return [(str(w.rule), scrub(w.message, self.secrets)) for w in self.decision.warnings]
+
+    def error_message(self) -> str:
+        error = self.decision.error
+        return "" if error is None else scrub(error.message, self.secrets)
 
     def to_dict(self) -> dict[str, Any]:
         d = self.decision
@@ -44,13 +64,12 @@ class Explanation:
             "outcome": d.outcome.value,
             "reason": d.reason,
             "rule": str(d.rule) if d.rule else None,
-            "error": d.error.to_dict() if d.error else None,
+            "error": {**d.error.to_dict(), "message": self.error_message()} if d.error else None,
             "failed_open": d.failed_open,
             "changes": [
-                {"path": c.path, "before": _masked(c.path, c.before), "after": _masked(c.path, c.after)}
-                for c in d.changes
+                {"path": path, "before": before, "after": after} for path, before, after in self.changes()
             ],
-            "warnings": [{"message": w.message, "rule": str(w.rule)} for w in d.warnings],
+            "warnings": [{"message": message, "rule": rule} for rule, message in self.warnings()],
             "trace": [
                 {
                     "rule": str(s.rule),
@@ -84,18 +103,26 @@ def explain(
         locations = [s.location for s in rule_file.statements]
         index = locations.index(decision.rule)
         not_reached, source = len(locations) - index - 1, rule_file.statements[index].source
+    statements = {s.location: s for s in rule_file.statements} if rule_file is not None else {}
     return Explanation(
         decision=decision,
         answer=encode_answer(decision),
-        trace=tuple(trace),
+        trace=tuple(_masked_step(step, statements.get(step.rule)) for step in trace),
         rule_file=rule_file.path if rule_file else None,
         rules_not_reached=not_reached,
         deciding_source=source,
+        secrets=tuple(secrets_in(decision, content)),
     )
 
 
-def _masked(path: str, value: Any) -> Any:
-    return MASK if path.rsplit(".", 1)[-1] in SECRET_FIELDS and value else value
+def _masked_step(step: TraceStep, statement: Statement | None) -> TraceStep:
+    """A trace step as people may see it: what a set or let of a secret computed is MASK."""
+    secret = statement is not None and (
+        (statement.action is Action.SET and is_secret_path(".".join(statement.path)))
+        or (statement.action is Action.LET and is_secret_path(statement.path[0]))
+    )
+    value = MASK if secret and step.fired else mask(step.value)
+    return dataclasses.replace(step, condition=mask(step.condition), value=value)
 
 
 def _shown(value: Any) -> str:
@@ -114,9 +141,8 @@ def _step_result(step: TraceStep) -> str:
     return f"{when}fired"
 
 
-def _change_line(change: Change) -> str:
-    before, after = _masked(change.path, change.before), _masked(change.path, change.after)
-    return f"  content.{change.path}: {_shown(before)} -> {_shown(after)}"
+def _change_line(path: str, before: Any, after: Any) -> str:
+    return f"  content.{path}: {_shown(before)} -> {_shown(after)}"
 
 
 def render_text(explanation: Explanation) -> str:
@@ -135,7 +161,7 @@ def render_text(explanation: Explanation) -> str:
             lines.append(f"      {_step_result(step)}")
         if d.error is not None:
             lines.append(f"  {d.rule}  {explanation.deciding_source}")
-            lines.append(f"      error: {d.error.message}")
+            lines.append(f"      error: {explanation.error_message()}")
         if explanation.rules_not_reached:
             lines.append(f"  ({counted(explanation.rules_not_reached, 'rule')} below not reached)")
     lines.append("")
@@ -143,9 +169,9 @@ def render_text(explanation: Explanation) -> str:
     if d.op is Op.CLOSE_PROXY and d.outcome is not Outcome.ALLOW:
         lines.append("note: frps ignores CloseProxy answers; policyd always answers allow")
     lines.append("content diff:" if d.changes else "content diff: none")
-    lines.extend(_change_line(c) for c in d.changes)
+    lines.extend(_change_line(*change) for change in explanation.changes())
     lines.append("warnings:" if d.warnings else "warnings: none")
-    lines.extend(f"  {w.rule}: {w.message}" for w in d.warnings)
+    lines.extend(f"  {rule}: {message}" for rule, message in explanation.warnings())
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ from policyd.engine import decide
 from policyd.errors import Location, did_you_mean
 from policyd.policy import Policy, load_policy
 from policyd.protocol import BadRequest, split_request
-from policyd.rules.decision import Decision, Op, Outcome, TraceStep
+from policyd.rules.decision import OPS, Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, to_json
 from policyd.rules.language import Action
 
@@ -221,11 +221,11 @@ def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any] | None:
 
 
 def _op(name: Any, where: str) -> Op:
-    ops = {op.value: op for op in Op}
-    if not isinstance(name, str) or name not in ops:
-        hint = did_you_mean(str(name), ops)
+    op = OPS.get(name) if isinstance(name, str) else None
+    if op is None:
+        hint = did_you_mean(str(name), OPS)
         raise CaseError(f"{where}: unknown op {name!r}" + (f" ({hint})" if hint else ""))
-    return ops[name]
+    return op
 
 
 def _request(raw: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], Op | None]:

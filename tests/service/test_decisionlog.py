@@ -22,8 +22,9 @@ import pytest
 from policyd.engine import decide
 from policyd.policy import load_policy
 from policyd.rules.decision import Decision, Op
+from policyd.rules.secrets import mask
 from policyd.service.app import create_app
-from policyd.service.decisionlog import DecisionLog, decision_record, mask
+from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
 from tests.helpers import wait_until

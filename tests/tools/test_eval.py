@@ -14,7 +14,8 @@ from policyd.engine import decide
 from policyd.policy import load_policy
 from policyd.protocol import encode_answer
 from policyd.rules.decision import Op
-from policyd.tools.eval import MASK, explain
+from policyd.rules.secrets import MASK
+from policyd.tools.eval import explain
 from tests.support import FIXTURES, SHIPPED_POLICIES, fixture, write_policy
 
 
@@ -142,6 +143,27 @@ def test_secrets_are_masked_in_the_diff_but_not_in_the_answer(tmp_path: Path) ->
     assert json.loads(out.splitlines()[0])["content"]["privilege_key"] == "new-key"
     assert f"content.privilege_key: {json.dumps(MASK)} -> {json.dumps(MASK)}" in out
     assert "old-key" not in out
+
+
+def test_eval_masks_secrets_as_the_decision_log_does(tmp_path: Path) -> None:
+    rules = (
+        "let token = user.metas.token\n"
+        'set content.metas.token = user.metas.token + "-rotated"\n'
+        'warn "token {user.metas.token} of {user.user}"\n'
+    )
+    write_policy(tmp_path, {"NewProxy.rules": rules})
+    content = '{"user": {"user": "bob", "metas": {"token": "oldtoken99"}}, "metas": {"token": "oldtoken99"}}'
+    pretty = eval_with(tmp_path, "--op", "NewProxy", "--content", content).stdout
+    document = json.loads(
+        eval_with(tmp_path, "--op", "NewProxy", "--content", content, "--format", "json").stdout
+    )
+    answer = document.pop("answer")
+    for explanation in (pretty.split("\n", 1)[1], json.dumps(document)):
+        assert "oldtoken99" not in explanation, explanation
+        assert MASK == "***" and json.dumps(MASK) in explanation
+    assert answer["content"]["metas"]["token"] == "oldtoken99-rotated", "the answer is exactly frps's"
+    assert 'content.metas.token: "***" -> "***"' in pretty
+    assert "NewProxy.rules:3:1: token *** of bob" in pretty
 
 
 def test_reqid_and_now_reach_the_rules(tmp_path: Path) -> None:
