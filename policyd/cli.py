@@ -13,7 +13,7 @@ import click
 from policyd import __version__
 from policyd.errors import PolicyLoadError
 from policyd.rules.decision import OPS, Op
-from policyd.rules.diagnostics import Diagnostic, OutputFormat, Severity, SourceFiles, render
+from policyd.rules.diagnostics import Diagnostic, OutputFormat, SourceFiles, render
 from policyd.service.settings import (
     CONFIG_ENV,
     DEFAULTS,
@@ -111,7 +111,9 @@ def _exit_not_loaded(directory: Path, failure: PolicyLoadError, consequence: str
     click.echo(f"policyd: the policy in {directory} does not load{consequence}:", err=True)
     sources = SourceFiles(Path(directory))
     for error in failure.errors:
-        click.echo(render(Diagnostic(Severity.ERROR, error), sources), err=True)
+        click.echo(render(Diagnostic.of(error), sources), err=True)
+    if failure.limit_note:
+        click.echo(failure.limit_note, err=True)
     sys.exit(2)
 
 
@@ -330,7 +332,7 @@ def frps_config_(
     Address, path and policy directory default to what `serve` would use with the same
     --config and POLICYD_* variables.
     """
-    from policyd.tools.frpsconfig import ConfigFormat, frps_config, reachable_addr
+    from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, frps_config, reachable_addr
 
     settings = _serve_settings(config)
     try:
@@ -343,6 +345,6 @@ def frps_config_(
             ops=ops,
             name=name,
         )
-    except ValueError as e:
+    except FrpsConfigError as e:
         click.echo(f"policyd: {e}", err=True)
         sys.exit(2)

@@ -1,15 +1,21 @@
-"""Errors as data: one hierarchy, each with a stable code, a message and a location.
+"""Errors as data: one base class, each error with a stable code, a message and a location.
 
-The same fields render as text for people (`file:line:col: error: message`) and as JSON for
-`/status` and `policyd check --format json`.
+Every error policyd shows people is a PolicydError: the policy's own errors (PolicyError: parse,
+validation, evaluation, limits), a policy that does not load, a bad setting, a request frps
+would never send, a malformed test case. The same fields render as text for people
+(`file:line:col: error: message (hint)`) and as JSON for `/status`, the decision log and
+`--format json`. docs/errors.md has one entry per code.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# Errors one policy load reports; the rest are counted ("error limit reached, N more").
+MAX_LOAD_ERRORS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +39,10 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-class PolicyError(Exception):
-    """Base of every error policyd reports about a policy; `code` is stable per phase."""
+class PolicydError(Exception):
+    """Base of every error policyd reports; `code` is stable and names the kind of error."""
 
-    code = "policy_error"
+    code = "policyd_error"
 
     def __init__(self, message: str, location: Location | None = None, *, hint: str = "") -> None:
         super().__init__(message)
@@ -53,7 +59,7 @@ class PolicyError(Exception):
             f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, location={self.location!s})"
         )
 
-    def at(self, location: Location) -> PolicyError:
+    def at(self, location: Location) -> PolicydError:
         """Attach a location when the error was raised where none was known."""
         if self.location is None:
             self.location = location
@@ -69,6 +75,12 @@ class PolicyError(Exception):
             "line": loc.line if loc else 0,
             "column": loc.column if loc else 0,
         }
+
+
+class PolicyError(PolicydError):
+    """An error about a policy: a file that cannot be read or is misnamed, or one of the below."""
+
+    code = "policy_error"
 
 
 class ParseError(PolicyError):
@@ -95,12 +107,35 @@ class LimitError(EvaluationError):
     code = "limit_error"
 
 
-class PolicyLoadError(Exception):
-    """Raised when a policy directory does not load; carries every error found, not just one."""
+class PolicyLoadError(PolicydError):
+    """Raised when a policy directory does not load; carries every error found, not just one.
 
-    def __init__(self, errors: list[PolicyError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+    At most `limit` errors are kept; `omitted` counts the others.
+    """
+
+    code = "load_failed"
+
+    def __init__(self, errors: Sequence[PolicyError], limit: int = MAX_LOAD_ERRORS) -> None:
+        self.errors = list(errors[:limit])
+        self.omitted = max(len(errors) - limit, 0)
+        super().__init__("\n".join([*(str(e) for e in self.errors), *filter(None, [self.limit_note])]))
+
+    @property
+    def count(self) -> int:
+        """How many errors the load found, kept and omitted."""
+        return len(self.errors) + self.omitted
+
+    @property
+    def limit_note(self) -> str:
+        return limit_note(self.omitted)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def limit_note(omitted: int) -> str:
+    """`error limit reached, N more` when a load omitted errors (MAX_LOAD_ERRORS), else ""."""
+    return f"error limit reached, {omitted} more" if omitted else ""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

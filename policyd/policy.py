@@ -1,7 +1,8 @@
 """A policy: every rule file and data file of a directory, compiled together, with one version.
 
 `load_policy` reads the whole directory, validates everything, and returns a Policy or raises
-PolicyLoadError with every error it found. A Policy is immutable and shared by concurrent requests.
+PolicyLoadError with every error it found (the first errors.MAX_LOAD_ERRORS, and how many
+more). A Policy is immutable and shared by concurrent requests.
 """
 
 from __future__ import annotations

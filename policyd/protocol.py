@@ -13,15 +13,17 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from policyd.errors import PolicydError
 from policyd.rules.decision import GENERIC_ERROR_REASON, OPS, Decision, Op, Outcome
 
 
-class BadRequest(Exception):
-    """Raised for a request frps would never send; answered 4xx with a JSON error."""
+class BadRequest(PolicydError):
+    """Raised for a request frps would never send; answered 4xx (`status`) with a JSON error."""
+
+    code = "bad_request"
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
-        self.message = message
         self.status = status
 
 

@@ -6,7 +6,9 @@ Text takes the shape compilers use, so editors and CI annotate it without config
         reject "x" when content.remote_prot > 0
                                 ^
 
-JSON is `PolicyError.to_dict()` plus `severity`, the same fields `/status` shows.
+A Diagnostic is data: a load error (any PolicydError, through `Diagnostic.of`) or a lint
+finding, with a severity. JSON is its code, message, hint, file, line, column and severity: the
+fields `/status` shows for an error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from policyd.errors import Location, PolicyError
+from policyd.errors import Location, PolicydError
 
 SOURCE_INDENT = "    "
 
@@ -37,11 +39,29 @@ class OutputFormat(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
+    """One finding about a policy: what is wrong (a stable code and a message), where, and how bad."""
+
     severity: Severity
-    error: PolicyError
+    code: str
+    message: str
+    location: Location | None = None
+    hint: str = ""
+
+    @classmethod
+    def of(cls, error: PolicydError, severity: Severity = Severity.ERROR) -> Diagnostic:
+        return cls(severity, error.code, error.message, error.location, error.hint)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.error.to_dict(), "severity": self.severity.value}
+        loc = self.location
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "file": loc.file if loc else "",
+            "line": loc.line if loc else 0,
+            "column": loc.column if loc else 0,
+            "severity": self.severity.value,
+        }
 
 
 @dataclass
@@ -72,9 +92,8 @@ def caret_line(source_line: str, column: int) -> str:
 
 def render(diagnostic: Diagnostic, sources: SourceFiles | None = None) -> str:
     """`file:line:col: severity: message (hint)`, then the source line and a caret under the column."""
-    error = diagnostic.error
-    text = error.message if not error.hint else f"{error.message} ({error.hint})"
-    loc = error.location
+    text = diagnostic.message if not diagnostic.hint else f"{diagnostic.message} ({diagnostic.hint})"
+    loc = diagnostic.location
     head = f"{loc}: {diagnostic.severity}: {text}" if loc else f"{diagnostic.severity}: {text}"
     if loc is None or sources is None or not loc.line:
         return head
@@ -88,7 +107,7 @@ def render(diagnostic: Diagnostic, sources: SourceFiles | None = None) -> str:
 
 
 def sort_key(diagnostic: Diagnostic) -> tuple[str, int, int]:
-    loc = diagnostic.error.location
+    loc = diagnostic.location
     return (loc.file, loc.line, loc.column) if loc else ("", 0, 0)
 
 

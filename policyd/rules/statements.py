@@ -140,12 +140,14 @@ def compile_rules(
     source: str,
     scope: Scope,
     errors: list[PolicyError],
-    max_errors: int = 100,
     pause: Callable[[], None] | None = None,
     reuse: Mapping[CacheKey, Statement] | None = None,
     keep: dict[CacheKey, Statement] | None = None,
 ) -> list[Statement]:
     """Compile a rule file; every error found goes to `errors` (the file is bad if any).
+
+    Every rule is checked, so that a load can say how many errors it found beyond those it
+    reports (errors.MAX_LOAD_ERRORS).
 
     `pause` is called between rules: a reload in a background thread uses it to let the
     serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
@@ -155,8 +157,6 @@ def compile_rules(
     statements: list[Statement] = []
     lets: set[str] = set()
     for count, line in enumerate(logical_lines(source), 1):
-        if len(errors) >= max_errors:
-            break
         if count > MAX_FILE_RULES:
             errors.append(
                 ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))

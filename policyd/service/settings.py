@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from policyd.engine import EvalOptions
-from policyd.errors import did_you_mean
+from policyd.errors import PolicydError, did_you_mean
 from policyd.rules.decision import OPS, Op
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS
 from policyd.service.access import Network
@@ -33,8 +33,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
 
-class SettingsError(Exception):
+class SettingsError(PolicydError):
     """Raised for a setting that does not parse or validate; the message names where it came from."""
+
+    code = "settings_error"
 
 
 def _doc(help: str, *, choices: tuple[str, ...] = (), metavar: str = "") -> Any:

@@ -33,6 +33,7 @@ def _attempt(attempt: ReloadAttempt | None) -> dict[str, Any] | None:
         "changed": attempt.changed,
         "version": attempt.version,
         "errors": [_error(e) for e in attempt.errors],
+        "errors_omitted": attempt.errors_omitted,
     }
 
 

@@ -30,6 +30,7 @@ class ReloadAttempt:
     ok: bool
     version: str = ""  # the version now serving after this attempt
     errors: tuple[PolicyError, ...] = ()
+    errors_omitted: int = 0  # found beyond the load's limit (errors.MAX_LOAD_ERRORS)
     changed: bool = False
 
 
@@ -69,14 +70,14 @@ class PolicyStore:
             try:
                 candidate = _load_out_of_gc(self.directory, pause=_Pacer(), previous=self.policy)
             except PolicyLoadError as e:
-                attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors))
+                attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors), e.omitted)
                 self.stats.failures += 1
                 log.error(
                     "policy reload FAILED after change of %s; still serving %s. %d error(s):\n%s",
                     what,
                     self.policy.version,
-                    len(e.errors),
-                    "\n".join(f"  {err}" for err in e.errors),
+                    e.count,
+                    "\n".join(f"  {line}" for line in str(e).splitlines()),
                 )
             else:
                 changed = candidate.version != self.policy.version

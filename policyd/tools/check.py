@@ -7,13 +7,14 @@ serving; they are for the operator reading `policyd check`.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TextIO
 
-from policyd.errors import PolicyError, PolicyLoadError
+from policyd.errors import Location, PolicyLoadError, limit_note
 from policyd.policy import Policy, RuleFile, load_policy
 from policyd.rules.decision import Op
 from policyd.rules.diagnostics import (
@@ -30,22 +31,16 @@ from policyd.rules.language import Action
 from policyd.rules.statements import Statement
 
 
-class LintWarning(PolicyError):
-    """Not raised: a finding about a policy that loads, where a rule is likely not what was meant."""
+class Lint(enum.StrEnum):
+    """The codes of lint findings: warnings about a policy that loads."""
 
-    code = "lint_warning"
-
-
-class UnreachableRule(LintWarning):
-    """A rule below an unconditional reject/allow: evaluation always ends before it."""
-
-    code = "unreachable_rule"
+    NO_RULES = "lint_warning"  # no rule files at all: every op is allowed unchanged
+    UNREACHABLE_RULE = "unreachable_rule"  # below an unconditional reject/allow: never runs
+    IGNORED_CHANGE = "ignored_change"  # an effect frps throws away (content or answer it ignores)
 
 
-class IgnoredChange(LintWarning):
-    """A rule whose effect frps throws away (content it ignores, an answer it ignores)."""
-
-    code = "ignored_change"
+def _warning(code: Lint, message: str, location: Location | None = None, hint: str = "") -> Diagnostic:
+    return Diagnostic(Severity.WARNING, code.value, message, location, hint)
 
 
 # Fields frps reads from the request but not from the answer: setting them changes nothing.
@@ -53,11 +48,12 @@ class IgnoredChange(LintWarning):
 IGNORED_FIELDS: Mapping[Op, frozenset[str]] = MappingProxyType({Op.LOGIN: frozenset({"client_address"})})
 
 
-def _unreachable(rule_file: RuleFile) -> Iterator[LintWarning]:
+def _unreachable(rule_file: RuleFile) -> Iterator[Diagnostic]:
     ender: Statement | None = None
     for statement in rule_file.statements:
         if ender is not None:
-            yield UnreachableRule(
+            yield _warning(
+                Lint.UNREACHABLE_RULE,
                 f"this rule never runs: the '{ender.action.value}' without 'when' "
                 f"on line {ender.location.line} always ends evaluation before it",
                 statement.location,
@@ -66,35 +62,40 @@ def _unreachable(rule_file: RuleFile) -> Iterator[LintWarning]:
             ender = statement
 
 
-def _ignored(rule_file: RuleFile) -> Iterator[LintWarning]:
+def _ignored(rule_file: RuleFile) -> Iterator[Diagnostic]:
     op = rule_file.op
     for statement in rule_file.statements:
         action = statement.action
         if op is Op.CLOSE_PROXY and action in (Action.REJECT, Action.SET):
-            yield IgnoredChange(
+            yield _warning(
+                Lint.IGNORED_CHANGE,
                 f"frps ignores the answer to CloseProxy: this '{action.value}' changes nothing",
                 statement.location,
                 hint="use 'warn' for an audit line",
             )
         elif op is Op.NEW_USER_CONN and action is Action.SET:
-            yield IgnoredChange(
+            yield _warning(
+                Lint.IGNORED_CHANGE,
                 "frps ignores changed content for NewUserConn (only reject/allow counts): "
                 "this 'set' reaches only the rules below it",
                 statement.location,
             )
         elif action is Action.SET and statement.path[0] in IGNORED_FIELDS.get(op, ()):
-            yield IgnoredChange(
+            yield _warning(
+                Lint.IGNORED_CHANGE,
                 f"frps does not read content.{statement.path[0]} back from the {op} answer: "
                 "this 'set' changes nothing for frps",
                 statement.location,
             )
 
 
-def lint(policy: Policy) -> list[LintWarning]:
+def lint(policy: Policy) -> list[Diagnostic]:
     """Every warning for a loaded policy, in file order."""
-    warnings: list[LintWarning] = []
+    warnings: list[Diagnostic] = []
     if not policy.rules:
-        warnings.append(LintWarning("no rule files here: frps gets 'allow unchanged' for every op"))
+        warnings.append(
+            _warning(Lint.NO_RULES, "no rule files here: frps gets 'allow unchanged' for every op")
+        )
     for rule_file in policy.rules.values():
         warnings.extend(_unreachable(rule_file))
         warnings.extend(_ignored(rule_file))
@@ -108,6 +109,7 @@ class CheckReport:
     directory: Path
     policy: Policy | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    errors_omitted: int = 0  # errors found beyond the load's limit (errors.MAX_LOAD_ERRORS)
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,7 @@ class CheckReport:
             "version": self.policy.version if self.policy else None,
             "errors": [d.to_dict() for d in self.errors],
             "warnings": [d.to_dict() for d in self.warnings],
+            "errors_omitted": self.errors_omitted,
         }
 
 
@@ -135,14 +138,14 @@ def check_policy(directory: Path) -> CheckReport:
     try:
         policy = load_policy(directory)
     except PolicyLoadError as e:
-        return CheckReport(directory, None, [Diagnostic(Severity.ERROR, err) for err in e.errors])
-    found = [Diagnostic(Severity.WARNING, w) for w in lint(policy)]
-    return CheckReport(directory, policy, sorted(found, key=sort_key))
+        return CheckReport(directory, None, [Diagnostic.of(err) for err in e.errors], e.omitted)
+    return CheckReport(directory, policy, sorted(lint(policy), key=sort_key))
 
 
 def summary(report: CheckReport) -> str:
     if report.policy is None:
-        return f"{report.directory}: {counted(len(report.errors), 'error')}; the policy does not load"
+        found = len(report.errors) + report.errors_omitted
+        return f"{report.directory}: {counted(found, 'error')}; the policy does not load"
     warnings = counted(len(report.warnings), "warning")
     p = report.policy
     return (
@@ -160,5 +163,7 @@ def check(directory: Path, out: TextIO, *, output: OutputFormat = OutputFormat.P
     sources = SourceFiles(directory)
     for diagnostic in report.diagnostics:
         out.write(render(diagnostic, sources) + "\n")
+    if report.errors_omitted:
+        out.write(limit_note(report.errors_omitted) + "\n")
     out.write(summary(report) + "\n")
     return report

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from policyd.errors import Location, PolicyError
 from policyd.policy import RULES_SUFFIX
 from policyd.rules.diagnostics import counted
 from policyd.rules.language import logical_lines, source_blocks
@@ -230,24 +231,24 @@ class FmtReport:
 
     files: list[Path] = field(default_factory=list)
     changed: list[Path] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[PolicyError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.changed and not self.errors
 
 
-def rule_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
+def rule_files(paths: list[Path]) -> tuple[list[Path], list[PolicyError]]:
     """The rule files named by `paths`: files as given, directories' top-level `*.rules`."""
     files: list[Path] = []
-    errors: list[str] = []
+    errors: list[PolicyError] = []
     for path in paths:
         if path.is_dir():
             files.extend(sorted(p for p in path.glob(f"*{RULES_SUFFIX}") if p.is_file()))
         elif path.is_file():
             files.append(path)
         else:
-            errors.append(f"{path}: no such file or directory")
+            errors.append(PolicyError("no such file or directory", Location(str(path))))
     return files, errors
 
 
@@ -273,7 +274,7 @@ def fmt(paths: list[Path], out: TextIO, *, check: bool = False, diff: bool = Fal
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            report.errors.append(f"{path}: cannot read: {e}")
+            report.errors.append(PolicyError(f"cannot read: {e}", Location(str(path))))
             continue
         formatted = format_source(source)
         if formatted == source:

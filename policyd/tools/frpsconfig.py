@@ -15,12 +15,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from policyd.errors import PolicydError
 from policyd.policy import RULES_SUFFIX
 from policyd.rules.decision import Op
 
 DEFAULT_NAME = "policyd"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _PLAIN = re.compile(r"[^\s#;\"'=\[\]]+")  # survives both formats without quoting surprises
+
+
+class FrpsConfigError(PolicydError):
+    """Raised when there is nothing to print, or a value frps could not read back."""
+
+    code = "frps_config_error"
 
 
 class ConfigFormat(enum.StrEnum):
@@ -48,16 +55,18 @@ def ops_with_rules(directory: Path) -> list[Op]:
 
 
 def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME, fmt: ConfigFormat) -> str:
-    """The snippet, in README's shape; raises ValueError for a value frps could not read back."""
+    """The snippet, in README's shape; raises FrpsConfigError for a value frps could not read back."""
     wanted = set(ops)
     chosen = [op for op in Op if op in wanted]  # frps's order, no duplicates
     if not chosen:
-        raise ValueError("no ops to send to policyd")
+        raise FrpsConfigError("no ops to send to policyd")
     if not _NAME.fullmatch(name):
-        raise ValueError(f"plugin name {name!r} may use letters, digits, '_', '.', '-' only")
+        raise FrpsConfigError(f"plugin name {name!r} may use letters, digits, '_', '.', '-' only")
     for what, value in (("addr", addr), ("path", path)):
         if not _PLAIN.fullmatch(value):
-            raise ValueError(f"{what} {value!r} must be one word without quotes, '#', ';', '=' or brackets")
+            raise FrpsConfigError(
+                f"{what} {value!r} must be one word without quotes, '#', ';', '=' or brackets"
+            )
     if not path.startswith("/"):
         path = "/" + path
     if fmt is ConfigFormat.TOML:
@@ -92,11 +101,11 @@ def frps_config(
 ) -> str:
     """`policyd frps-config`: write the snippet for `ops` (default: those with a rule file).
 
-    Raises ValueError when there is nothing to send or a value cannot be written.
+    Raises FrpsConfigError when there is nothing to send or a value cannot be written.
     """
     chosen = list(ops) if ops else ops_with_rules(policies)
     if not chosen:
-        raise ValueError(
+        raise FrpsConfigError(
             f"no rule files in {policies}: frps has nothing to ask policyd; name them with --ops"
         )
     snippet = render(chosen, addr=addr, path=path, name=name, fmt=fmt)

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 import orjson
 
 from policyd.engine import decide
-from policyd.errors import Location, did_you_mean
+from policyd.errors import Location, PolicydError, did_you_mean
 from policyd.policy import Policy, load_policy
 from policyd.protocol import BadRequest, split_request
 from policyd.rules.decision import OPS, Decision, Op, Outcome, TraceStep
@@ -72,8 +72,10 @@ _CASE_HEADER = re.compile(r"^\s*\[\[\s*case\s*\]\]")
 _EXPECT = {"allow": Outcome.ALLOW, "reject": Outcome.REJECT, "rewrite": Outcome.REWRITE}
 
 
-class CaseError(Exception):
+class CaseError(PolicydError):
     """Raised while reading a test case that is malformed; the case then fails with this message."""
+
+    code = "case_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ def test_broken_reload_shows_in_status_keeps_serving_and_counts(
     assert attempt["ok"] is False
     assert attempt["version"] == good
     [error] = attempt["errors"]
+    assert attempt["errors_omitted"] == 0
     assert error["location"] == "NewProxy.rules:1:25"
     assert (error["file"], error["line"], error["column"]) == ("NewProxy.rules", 1, 25)
     assert error["code"] == "validation_error"

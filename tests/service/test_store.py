@@ -6,6 +6,7 @@ import gc
 import weakref
 from pathlib import Path
 
+from policyd.errors import MAX_LOAD_ERRORS
 from policyd.rules.decision import Op
 from policyd.service.store import PolicyStore
 
@@ -23,3 +24,13 @@ def test_reload_loads_out_of_the_collector_and_frees_the_replaced_policy(tmp_pat
     rules.write_text('reject "c" when content.remote_port == 3\n')
     store.reload(("NewProxy.rules",))
     assert first() is None
+
+
+def test_a_failed_reload_past_the_error_limit_counts_the_rest(tmp_path: Path) -> None:
+    rules = tmp_path / "Ping.rules"
+    rules.write_text("allow\n")
+    store = PolicyStore(tmp_path)
+    rules.write_text("".join(f"reject 'x' when content.bad{i}\n" for i in range(MAX_LOAD_ERRORS + 7)))
+    attempt = store.reload(("Ping.rules",))
+    assert not attempt.ok
+    assert (len(attempt.errors), attempt.errors_omitted) == (MAX_LOAD_ERRORS, 7)

@@ -12,8 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from policyd.cli import main
+from policyd.errors import MAX_LOAD_ERRORS, PolicyLoadError
 from policyd.policy import load_policy
-from policyd.tools.check import IgnoredChange, UnreachableRule, lint
+from policyd.rules.diagnostics import Severity
+from policyd.tools.check import Lint, lint
 from tests.support import ROOT, SHIPPED_POLICIES, write_policy
 
 
@@ -171,12 +173,12 @@ def test_check_through_python_dash_m(tmp_path: Path) -> None:
 
 # -- the lint pass, as a library ------------------------------------------------------------
 def lint_of(tmp_path: Path, files: dict[str, str]) -> list[tuple[str, str]]:
-    return [(type(w).__name__, str(w.location)) for w in lint(load_policy(write_policy(tmp_path, files)))]
+    return [(w.code, str(w.location)) for w in lint(load_policy(write_policy(tmp_path, files)))]
 
 
 def test_rules_after_an_unconditional_allow_are_unreachable(tmp_path: Path) -> None:
     found = lint_of(tmp_path, {"Ping.rules": 'allow\nreject "a"\nwarn "b" when True\n'})
-    assert found == [("UnreachableRule", "Ping.rules:2:1"), ("UnreachableRule", "Ping.rules:3:1")]
+    assert found == [("unreachable_rule", "Ping.rules:2:1"), ("unreachable_rule", "Ping.rules:3:1")]
 
 
 def test_conditional_reject_does_not_make_later_rules_unreachable(tmp_path: Path) -> None:
@@ -185,8 +187,8 @@ def test_conditional_reject_does_not_make_later_rules_unreachable(tmp_path: Path
 
 def test_set_in_new_user_conn_is_flagged(tmp_path: Path) -> None:
     found = lint(load_policy(write_policy(tmp_path, {"NewUserConn.rules": 'set content.proxy_name = "x"'})))
-    assert len(found) == 1 and isinstance(found[0], IgnoredChange)
-    assert found[0].code == "ignored_change"
+    assert len(found) == 1 and found[0].severity is Severity.WARNING
+    assert found[0].code == Lint.IGNORED_CHANGE == "ignored_change"
     assert "frps ignores changed content for NewUserConn" in found[0].message
 
 
@@ -195,14 +197,14 @@ def test_reject_and_set_in_close_proxy_are_flagged_warn_is_not(tmp_path: Path) -
         tmp_path,
         {"CloseProxy.rules": 'warn "a"\nreject "b" when user.user == "x"\nset content.proxy_name = "c"\n'},
     )
-    assert found == [("IgnoredChange", "CloseProxy.rules:2:1"), ("IgnoredChange", "CloseProxy.rules:3:1")]
+    assert found == [("ignored_change", "CloseProxy.rules:2:1"), ("ignored_change", "CloseProxy.rules:3:1")]
 
 
 def test_set_of_a_login_field_frps_drops_is_flagged(tmp_path: Path) -> None:
     found = lint_of(
         tmp_path, {"Login.rules": 'set content.client_address = "x"\nset content.metas.team = "red"\n'}
     )
-    assert found == [("IgnoredChange", "Login.rules:1:1")]
+    assert found == [("ignored_change", "Login.rules:1:1")]
 
 
 def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
@@ -213,7 +215,7 @@ def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
 
 def test_unreachable_rule_code_is_stable(tmp_path: Path) -> None:
     warnings = lint(load_policy(write_policy(tmp_path, {"Ping.rules": 'reject "a"\nallow\n'})))
-    assert [w.code for w in warnings] == [UnreachableRule.code] == ["unreachable_rule"]
+    assert [w.code for w in warnings] == [Lint.UNREACHABLE_RULE] == ["unreachable_rule"]
 
 
 def test_readmes_check_session_is_what_check_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,3 +234,31 @@ def test_readmes_check_session_is_what_check_prints(tmp_path: Path, monkeypatch:
     )
     monkeypatch.chdir(tmp_path)
     assert run_check(Path("policies")).stdout.splitlines() == session
+
+
+# -- the error limit -------------------------------------------------------------------------
+def test_past_the_error_limit_the_rest_are_counted(tmp_path: Path) -> None:
+    found = MAX_LOAD_ERRORS + 50
+    write_policy(tmp_path, {"Ping.rules": "".join(f"reject 'x' when content.bad{i}\n" for i in range(found))})
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(tmp_path)
+    assert (len(info.value.errors), info.value.omitted, info.value.count) == (MAX_LOAD_ERRORS, 50, found)
+    assert str(info.value).splitlines()[-1] == "error limit reached, 50 more"
+
+    result = run_check(tmp_path)
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert sum(": error: " in line for line in lines) == MAX_LOAD_ERRORS
+    assert lines[-2:] == [
+        "error limit reached, 50 more",
+        f"{tmp_path}: {found} errors; the policy does not load",
+    ]
+    document = json.loads(run_check(tmp_path, "--format", "json").stdout)
+    assert (len(document["errors"]), document["errors_omitted"]) == (MAX_LOAD_ERRORS, 50)
+
+
+def test_the_cli_notes_the_error_limit_when_a_policy_does_not_load(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"Ping.rules": "".join(f"reject 'x' when content.bad{i}\n" for i in range(101))})
+    result = CliRunner().invoke(main, ["test", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == "error limit reached, 1 more"

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from policyd.cli import main
 from policyd.rules.decision import Op
-from policyd.tools.frpsconfig import ConfigFormat, ops_with_rules, reachable_addr, render
+from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, ops_with_rules, reachable_addr, render
 from tests.support import ROOT, SHIPPED_POLICIES, PolicydProcess, free_port, write_policy
 
 ALL_OPS = ["Login", "NewProxy", "CloseProxy", "Ping", "NewWorkConn", "NewUserConn"]
@@ -114,7 +114,7 @@ def test_no_rule_files_and_no_ops_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("addr", ['127.0.0.1:9000"', "a b", "x;y", ""])
 def test_values_frps_could_not_read_back_are_refused(addr: str) -> None:
-    with pytest.raises(ValueError, match="addr"):
+    with pytest.raises(FrpsConfigError, match="addr"):
         render([Op.LOGIN], addr=addr, path="/handler", fmt=ConfigFormat.TOML)
 
 
