@@ -268,7 +268,7 @@ def test_(directory: Path, coverage: bool, run: str | None, output: str) -> None
 
     Prints a line per case, a diff for each failure and 'N passed, N failed'. Exits 1 when a
     case fails or none was found, 2 when the policy does not load. DIR defaults to
-    $POLICYD_POLICIES, else policies. The case format: README.md, "Operator tools".
+    $POLICYD_POLICIES, else policies. The case format: docs/cli.md, "policyd test".
     """
     import re
 

@@ -1,8 +1,11 @@
 """Helpers the test modules share: small policies decided in-process, metrics read from a
-scrape, waiting for a condition, and what the shipped policy answers to each request fixture."""
+scrape, waiting for a condition, what the shipped policy answers to each request fixture, and
+every error class of the package."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -12,8 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import policyd
 from policyd.engine import EvalOptions, decide
-from policyd.errors import PolicyError, PolicyLoadError
+from policyd.errors import PolicydError, PolicyError, PolicyLoadError
 from policyd.policy import Policy, load_policy
 from policyd.rules.decision import Decision, Op
 from tests.support import write_policy
@@ -108,3 +112,17 @@ SHIPPED_ANSWERS: dict[str, tuple[str, Any]] = {
     "Ping-frps033-captured": (ALLOW, ""),
     "Ping-frps070-captured": (ALLOW, ""),
 }
+
+
+def error_classes() -> list[type[PolicydError]]:
+    """Every PolicydError class of the package (all modules imported first)."""
+    for module in pkgutil.walk_packages(policyd.__path__, "policyd."):
+        if module.name != "policyd.__main__":
+            importlib.import_module(module.name)
+    found: list[type[PolicydError]] = []
+    stack: list[type[PolicydError]] = [PolicydError]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found

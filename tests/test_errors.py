@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
-import policyd
-from policyd.errors import Location, ParseError, PolicydError, PolicyLoadError
+from policyd.errors import Location, ParseError, PolicyLoadError
 from policyd.protocol import BadRequest, parse_request
 from policyd.service.settings import Layer, SettingsError, build_settings
 from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, render
 from policyd.tools.test import CaseError, read_case
-
-
-def error_classes() -> list[type[PolicydError]]:
-    """Every PolicydError class of the package (all modules imported first)."""
-    for module in pkgutil.walk_packages(policyd.__path__, "policyd."):
-        if module.name != "policyd.__main__":
-            importlib.import_module(module.name)
-    found: list[type[PolicydError]] = []
-    stack: list[type[PolicydError]] = [PolicydError]
-    while stack:
-        cls = stack.pop()
-        found.append(cls)
-        stack.extend(cls.__subclasses__())
-    return found
+from tests.helpers import error_classes
 
 
 def test_every_error_class_has_its_own_stable_code() -> None:

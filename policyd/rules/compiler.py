@@ -40,7 +40,7 @@ class ExpressionCompiler:
     """Compiles one expression; `locate` maps the AST's (line, col) to the rule file."""
 
     # AST node type → the method compiling it; names, not bound methods, so that a compiler keeps
-    # no reference cycle (compiled policies are frozen out of the garbage collector, see store.py).
+    # no reference cycle (compiled policies are frozen out of the garbage collector, see service/store.py).
     _NODES: ClassVar[dict[type[ast.AST], str]] = {
         ast.Constant: "_compile_constant",
         ast.Name: "_compile_name",

@@ -413,7 +413,7 @@ def _string_literal(text: str, at: Location) -> object:
     """Decode one string literal; a bad escape or a NUL byte is a parse error, not a crash.
 
     ast.parse rather than ast.literal_eval, which leaves reference cycles behind on every call:
-    garbage that would outlive the load (store.py freezes what a load leaves). Anything but a
+    garbage that would outlive the load (service/store.py freezes what a load leaves). Anything but a
     plain literal (an f-string) reads as None.
     """
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
@@ -52,17 +53,104 @@ EVAL_BUCKETS_US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_00
 HTTP_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 OTHER_PATH = "other"  # every path policyd does not serve shares one label: no cardinality from scans
 
-# Every metric: (name, help). One table, so both ways of recording export the same names.
-DECISIONS = ("policyd_decisions", "Decisions, by op and outcome.")
-EVAL_DURATION = ("policyd_eval_duration_microseconds", "Time to decide one request, in microseconds.")
-FAIL_OPEN = ("policyd_fail_open", "Rule errors answered allow (fail-open ops).")
-RULE_HITS = ("policyd_rule_hits", "Decisions made by each rule (file:line).")
-WARN_HITS = ("policyd_warn_hits", "warn rules that fired (file:line).")
-HTTP_REQUESTS = ("policyd_http_requests", "HTTP requests, by path and status.")
-HTTP_DURATION = ("policyd_http_request_duration_seconds", "Time to answer an HTTP request, by path.")
-IN_FLIGHT = (
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric policyd exports: both ways of recording and docs/operations.md read this."""
+
+    name: str  # the family's name; a counter is exported with `_total`, an info with `_info`
+    kind: str  # counter | gauge | histogram | info
+    help: str
+    labels: tuple[str, ...] = ()
+    notes: str = ""  # more for the docs' table
+
+    @property
+    def exported(self) -> str:
+        return self.name + {"counter": "_total", "info": "_info"}.get(self.kind, "")
+
+
+# Every metric, in one table, so both ways of recording export the same names.
+DECISIONS = MetricSpec(
+    "policyd_decisions",
+    "counter",
+    "Decisions, by op and outcome.",
+    ("op", "outcome"),
+    "`outcome`: `allow`, `reject`, `rewrite`, or `error` (a rule failed); "
+    "every pair exported from start, at 0",
+)
+RULE_HITS = MetricSpec(
+    "policyd_rule_hits",
+    "counter",
+    "Decisions made by each rule (file:line).",
+    ("rule",),
+    "`rule`: `file:line` of the deciding rule",
+)
+WARN_HITS = MetricSpec("policyd_warn_hits", "counter", "warn rules that fired (file:line).", ("rule",))
+FAIL_OPEN = MetricSpec("policyd_fail_open", "counter", "Rule errors answered allow (fail-open ops).", ("op",))
+EVAL_DURATION = MetricSpec(
+    "policyd_eval_duration_microseconds",
+    "histogram",
+    "Time to decide one request, in microseconds.",
+    ("op",),
+    "buckets 5 µs … 250 ms",
+)
+HTTP_REQUESTS = MetricSpec(
+    "policyd_http_requests",
+    "counter",
+    "HTTP requests, by path and status.",
+    ("path", "code"),
+    f"`path`: policyd's own paths, every other path `{OTHER_PATH}`",
+)
+HTTP_DURATION = MetricSpec(
+    "policyd_http_request_duration_seconds",
+    "histogram",
+    "Time to answer an HTTP request, by path.",
+    ("path",),
+)
+IN_FLIGHT = MetricSpec(
     "policyd_http_requests_in_flight",
+    "gauge",
     "HTTP requests being answered (a graceful shutdown waits for these).",
+)
+POLICY_INFO = MetricSpec("policyd_policy", "info", "The policy version serving.", ("version",), "always 1")
+POLICY_RULES = MetricSpec("policyd_policy_rules", "gauge", "Rules in the serving policy.")
+POLICY_LOADED = MetricSpec(
+    "policyd_policy_loaded_timestamp_seconds", "gauge", "When the serving policy was loaded."
+)
+RELOADS = MetricSpec(
+    "policyd_reloads",
+    "counter",
+    "Policy reloads, by result.",
+    ("result",),
+    "`success`: a new version went live; `failure`: an edit was refused",
+)
+LAST_RELOAD_SUCCESS = MetricSpec(
+    "policyd_last_reload_success_timestamp_seconds",
+    "gauge",
+    "When a policy was last loaded successfully (start-up included).",
+)
+LAST_RELOAD_OK = MetricSpec(
+    "policyd_last_reload_ok",
+    "gauge",
+    "1 if the last reload attempt loaded (or nothing was reloaded yet), 0 if it failed.",
+    (),
+    "alert on 0: an edit did not load and the previous version still serves",
+)
+METRICS = (
+    DECISIONS,
+    RULE_HITS,
+    WARN_HITS,
+    FAIL_OPEN,
+    EVAL_DURATION,
+    HTTP_REQUESTS,
+    HTTP_DURATION,
+    IN_FLIGHT,
+    POLICY_INFO,
+    POLICY_RULES,
+    POLICY_LOADED,
+    RELOADS,
+    LAST_RELOAD_SUCCESS,
+    LAST_RELOAD_OK,
 )
 
 # `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
@@ -77,31 +165,20 @@ class _StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         policy, stats = self.store.policy, self.store.stats
-        info = InfoMetricFamily("policyd_policy", "The policy version serving.")
+        info = InfoMetricFamily(POLICY_INFO.name, POLICY_INFO.help)
         info.add_metric([], {"version": policy.version})
         yield info
-        yield GaugeMetricFamily(
-            "policyd_policy_rules", "Rules in the serving policy.", value=policy.rule_count
-        )
-        yield GaugeMetricFamily(
-            "policyd_policy_loaded_timestamp_seconds",
-            "When the serving policy was loaded.",
-            value=policy.loaded_at,
-        )
-        reloads = CounterMetricFamily("policyd_reloads", "Policy reloads, by result.", labels=["result"])
+        yield GaugeMetricFamily(POLICY_RULES.name, POLICY_RULES.help, value=policy.rule_count)
+        yield GaugeMetricFamily(POLICY_LOADED.name, POLICY_LOADED.help, value=policy.loaded_at)
+        reloads = CounterMetricFamily(RELOADS.name, RELOADS.help, labels=RELOADS.labels)
         reloads.add_metric(["success"], stats.successes)
         reloads.add_metric(["failure"], stats.failures)
         yield reloads
         yield GaugeMetricFamily(
-            "policyd_last_reload_success_timestamp_seconds",
-            "When a policy was last loaded successfully (start-up included).",
-            value=stats.last_success_at,
+            LAST_RELOAD_SUCCESS.name, LAST_RELOAD_SUCCESS.help, value=stats.last_success_at
         )
-        yield GaugeMetricFamily(
-            "policyd_last_reload_ok",
-            "1 if the last reload attempt loaded (or nothing was reloaded yet), 0 if it failed.",
-            value=0 if stats.last is not None and not stats.last.ok else 1,
-        )
+        failed = stats.last is not None and not stats.last.ok
+        yield GaugeMetricFamily(LAST_RELOAD_OK.name, LAST_RELOAD_OK.help, value=0 if failed else 1)
 
 
 class _Histogram:
@@ -177,35 +254,35 @@ class _Tally(Collector):
 
     def collect(self) -> Iterator[Metric]:
         # Snapshots (list(...)) so a scrape from another thread cannot see a dict change size.
-        decisions = CounterMetricFamily(*DECISIONS, labels=["op", "outcome"])
+        decisions = CounterMetricFamily(DECISIONS.name, DECISIONS.help, labels=DECISIONS.labels)
         for (op, outcome), count in list(self.decisions.items()):
             decisions.add_metric([op.value, outcome], count)
         yield decisions
-        evals = HistogramMetricFamily(*EVAL_DURATION, labels=["op"])
+        evals = HistogramMetricFamily(EVAL_DURATION.name, EVAL_DURATION.help, labels=EVAL_DURATION.labels)
         for op, histogram in list(self.evals.items()):
             evals.add_metric([op.value], histogram.buckets(), histogram.sum)
         yield evals
-        fail_open = CounterMetricFamily(*FAIL_OPEN, labels=["op"])
+        fail_open = CounterMetricFamily(FAIL_OPEN.name, FAIL_OPEN.help, labels=FAIL_OPEN.labels)
         for op, count in list(self.fail_open.items()):
             fail_open.add_metric([op.value], count)
         yield fail_open
-        for (name, documentation), hits in ((RULE_HITS, self.rule_hits), (WARN_HITS, self.warn_hits)):
+        for spec, hits in ((RULE_HITS, self.rule_hits), (WARN_HITS, self.warn_hits)):
             by_rule: dict[str, int] = {}  # locations of one rule (file:line) share its label
             for location, count in list(hits.items()):
                 by_rule[location.rule] = by_rule.get(location.rule, 0) + count
-            family = CounterMetricFamily(name, documentation, labels=["rule"])
+            family = CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
             for rule, count in by_rule.items():
                 family.add_metric([rule], count)
             yield family
-        requests = CounterMetricFamily(*HTTP_REQUESTS, labels=["path", "code"])
+        requests = CounterMetricFamily(HTTP_REQUESTS.name, HTTP_REQUESTS.help, labels=HTTP_REQUESTS.labels)
         for (path, code), count in list(self.http_requests.items()):
             requests.add_metric([path, str(code)], count)
         yield requests
-        durations = HistogramMetricFamily(*HTTP_DURATION, labels=["path"])
+        durations = HistogramMetricFamily(HTTP_DURATION.name, HTTP_DURATION.help, labels=HTTP_DURATION.labels)
         for path, histogram in list(self.http_durations.items()):
             durations.add_metric([path], histogram.buckets(), histogram.sum)
         yield durations
-        yield GaugeMetricFamily(*IN_FLIGHT, value=self.in_flight)
+        yield GaugeMetricFamily(IN_FLIGHT.name, IN_FLIGHT.help, value=self.in_flight)
 
 
 class _ClientMetrics:
@@ -217,20 +294,36 @@ class _ClientMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        decisions = Counter(*DECISIONS, ["op", "outcome"], registry=registry)
+        decisions = Counter(DECISIONS.name, DECISIONS.help, DECISIONS.labels, registry=registry)
         self._decisions = {(op, o): decisions.labels(op.value, o) for op in Op for o in OUTCOME_LABELS}
-        evals = Histogram(*EVAL_DURATION, ["op"], buckets=EVAL_BUCKETS_US, registry=registry)
+        evals = Histogram(
+            EVAL_DURATION.name,
+            EVAL_DURATION.help,
+            EVAL_DURATION.labels,
+            buckets=EVAL_BUCKETS_US,
+            registry=registry,
+        )
         self._evals = {op: evals.labels(op.value) for op in Op}
-        fail_open = Counter(*FAIL_OPEN, ["op"], registry=registry)
+        fail_open = Counter(FAIL_OPEN.name, FAIL_OPEN.help, FAIL_OPEN.labels, registry=registry)
         self._fail_open = {op: fail_open.labels(op.value) for op in Op}
-        self._rule_hits = Counter(*RULE_HITS, ["rule"], registry=registry)
-        self._warn_hits = Counter(*WARN_HITS, ["rule"], registry=registry)
+        self._rule_hits = Counter(RULE_HITS.name, RULE_HITS.help, RULE_HITS.labels, registry=registry)
+        self._warn_hits = Counter(WARN_HITS.name, WARN_HITS.help, WARN_HITS.labels, registry=registry)
         self._rule_children: dict[Location, Counter] = {}
         self._warn_children: dict[Location, Counter] = {}
-        self._http_requests = Counter(*HTTP_REQUESTS, ["path", "code"], registry=registry)
-        self._http_durations = Histogram(*HTTP_DURATION, ["path"], buckets=HTTP_BUCKETS_S, registry=registry)
+        self._http_requests = Counter(
+            HTTP_REQUESTS.name, HTTP_REQUESTS.help, HTTP_REQUESTS.labels, registry=registry
+        )
+        self._http_durations = Histogram(
+            HTTP_DURATION.name,
+            HTTP_DURATION.help,
+            HTTP_DURATION.labels,
+            buckets=HTTP_BUCKETS_S,
+            registry=registry,
+        )
         self._http_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-        self._in_flight = Gauge(*IN_FLIGHT, multiprocess_mode="livesum", registry=registry)
+        self._in_flight = Gauge(
+            IN_FLIGHT.name, IN_FLIGHT.help, multiprocess_mode="livesum", registry=registry
+        )
 
     def observe(self, decision: Decision) -> None:
         op = decision.op

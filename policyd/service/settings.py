@@ -63,7 +63,8 @@ class Settings:
     )
     max_body_bytes: int = field(default=1024 * 1024, metadata=_doc("Largest request body accepted (413)."))
     eval_budget_ms: float = field(
-        default=DEFAULT_EVAL_SECONDS * 1000, metadata=_doc("Wall-clock budget for one decision.")
+        default=DEFAULT_EVAL_SECONDS * 1000,
+        metadata=_doc("Wall-clock budget for one decision, in milliseconds."),
     )
     max_steps: int = field(default=MAX_STEPS, metadata=_doc("Evaluation steps allowed for one decision."))
     log_level: str = field(default="info", metadata=_doc("Diagnostic log level.", choices=LOG_LEVELS))
@@ -78,7 +79,7 @@ class Settings:
         default_factory=lambda: MappingProxyType({}),
         metadata=_doc(
             "Fraction of plain allows logged per op, e.g. 'Ping=0.01,NewWorkConn=0.1' "
-            "(rejects, rewrites, errors and warns are always logged).",
+            "(rejects, rewrites, errors and warns are always logged); unset: every allow is logged.",
             metavar="OP=RATE,...",
         ),
     )
@@ -100,12 +101,14 @@ class Settings:
     )
     workers: int = field(default=1, metadata=_doc("Worker processes; each hot-reloads on its own."))
     shutdown_timeout_s: float = field(
-        default=10.0, metadata=_doc("On SIGTERM, how long in-flight requests may take to finish.")
+        default=10.0, metadata=_doc("On SIGTERM, how long in-flight requests may take to finish, in seconds.")
     )
     reload_debounce_s: float = field(
-        default=0.2, metadata=_doc("Quiet time after a change before reloading.")
+        default=0.2, metadata=_doc("Quiet time after a change before reloading, in seconds.")
     )
-    reload_poll_s: float = field(default=5.0, metadata=_doc("Fingerprint poll backing up file events."))
+    reload_poll_s: float = field(
+        default=5.0, metadata=_doc("Seconds between fingerprint polls backing up file events.")
+    )
 
     def __post_init__(self) -> None:
         if not self.handler_path.startswith("/"):

@@ -55,7 +55,7 @@ def ops_with_rules(directory: Path) -> list[Op]:
 
 
 def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME, fmt: ConfigFormat) -> str:
-    """The snippet, in README's shape; raises FrpsConfigError for a value frps could not read back."""
+    """The snippet, in README.md's shape; raises FrpsConfigError for a value frps could not read back."""
     wanted = set(ops)
     chosen = [op for op in Op if op in wanted]  # frps's order, no duplicates
     if not chosen:

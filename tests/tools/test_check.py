@@ -218,10 +218,10 @@ def test_unreachable_rule_code_is_stable(tmp_path: Path) -> None:
     assert [w.code for w in warnings] == [Lint.UNREACHABLE_RULE] == ["unreachable_rule"]
 
 
-def test_readmes_check_session_is_what_check_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("$ policyd check policies\n")
-    session = readme[start : readme.index("```", start)].splitlines()[1:]
+def test_the_docs_check_session_is_what_check_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = (ROOT / "docs" / "cli.md").read_text()
+    start = page.index("$ policyd check policies\n")
+    session = page[start : page.index("```", start)].splitlines()[1:]
     policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
     for name, old, new in [
         ("NewProxy.rules", "content.remote_port not in range", "content.remote_prot not in range"),

@@ -1,0 +1,201 @@
+"""The docs say what the code does: generated tables, rule examples, sessions, codes, the code map.
+
+README.md and docs/*.md are read as they are committed. Every ```rules block must load, the
+sessions of docs/cli.md are what the verbs print, the settings and metrics tables are what
+`python -m policyd.service.docgen` generates, errors.md has one entry per error code, the code
+map names the package's tree, and every local link resolves.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from policyd.cli import main
+from policyd.engine import decide
+from policyd.errors import PolicydError
+from policyd.policy import load_policy
+from policyd.rules.decision import OPS, Op, Outcome
+from policyd.service.docgen import TABLES, regenerate
+from policyd.service.metrics import METRICS, Metrics
+from policyd.service.store import PolicyStore
+from policyd.tools.check import Lint
+from policyd.tools.test import run_policy_tests
+from tests.helpers import error_classes
+from tests.support import ROOT, SHIPPED_POLICIES, write_policy
+
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", ROOT / "SECURITY.md", *sorted(DOCS.glob("*.md"))]
+
+
+def block_after(text: str, marker: str, fence: str = "```") -> str:
+    """The fenced block that starts at (or right after) `marker`, without its fences."""
+    at = text.index(marker)
+    if not marker.startswith(fence):
+        at = text.rindex("\n" + fence, 0, at) + 1 if text[:at].rstrip().endswith(fence) else at
+    start = text.index("\n", at) + 1 if marker.startswith(fence) else at
+    return text[start : text.index(fence, start)]
+
+
+def session(page: str, command: str) -> list[str]:
+    """The lines a docs session shows after `$ <command>`, up to the next `$ ` or the fence."""
+    text = (DOCS / page).read_text()
+    start = text.index(f"$ {command}\n") + len(command) + 3
+    lines = []
+    for line in text[start:].splitlines():
+        if line.startswith(("$ ", "```")):
+            break
+        lines.append(line)
+    return lines
+
+
+# -- generated tables ------------------------------------------------------------------------
+@pytest.mark.parametrize("page", sorted(TABLES))
+def test_generated_tables_are_what_the_code_generates(page: str) -> None:
+    text = (ROOT / page).read_text()
+    assert regenerate(text, TABLES[page]) == text, f"{page} is stale: run python -m policyd.service.docgen"
+
+
+def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> None:
+    store = PolicyStore(write_policy(tmp_path, {"Ping.rules": "allow\n"}))
+    text = Metrics(store, handler_path="/handler").render().decode()
+    exported = dict(re.findall(r"^# HELP (policyd_\S+) (.*)$", text, re.MULTILINE))
+    assert exported == {spec.exported: spec.help for spec in METRICS}
+
+
+# -- rules in the docs -----------------------------------------------------------------------
+def rule_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in re.finditer(r"^```rules\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            blocks.append((f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match[1]))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "rules"), rule_blocks(), ids=[w for w, _ in rule_blocks()])
+def test_every_rules_block_loads(where: str, rules: str, tmp_path: Path) -> None:
+    first = rules.splitlines()[0]
+    found = re.match(r"# (\w+)\.rules", first)
+    assert found and found[1] in OPS, f"{where}: a rules block starts with '# <Op>.rules', not {first!r}"
+    shutil.copytree(SHIPPED_POLICIES / "data", tmp_path / "data")
+    write_policy(tmp_path, {f"{found[1]}.rules": rules})
+    written = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(load_policy(tmp_path).rules[OPS[found[1]]].statements) == len(written)
+
+
+def test_readmes_two_rules_do_what_the_text_says(tmp_path: Path) -> None:
+    rules = block_after((ROOT / "README.md").read_text(), "```rules\n")
+    policy = load_policy(write_policy(tmp_path, {"NewProxy.rules": rules}))
+    red = {"user": "alice", "metas": {"team": "red"}}
+
+    def answer(**content: object) -> tuple[Outcome, str, object]:
+        d = decide(policy, Op.NEW_PROXY, {"user": red, **content})
+        return d.outcome, d.reason, (d.content or {}).get("subdomain")
+
+    assert answer(proxy_type="tcp", remote_port=6022) == (Outcome.ALLOW, "", None)
+    assert answer(proxy_type="udp", remote_port=7000) == (
+        Outcome.REJECT,
+        "tcp/udp ports are 6000-6999 (asked for 7000)",
+        None,
+    )
+    assert answer(proxy_type="http", subdomain="web") == (Outcome.REWRITE, "", "red-web")
+    assert answer(proxy_type="http", subdomain="red-web") == (Outcome.ALLOW, "", None)
+    assert answer(proxy_type="https", custom_domains=["a.example.com"]) == (Outcome.ALLOW, "", None)
+
+
+# -- the sessions of docs/cli.md -------------------------------------------------------------
+def test_the_eval_session_is_what_eval_prints() -> None:
+    command = (
+        "policyd eval --op NewProxy --content "
+        """'{"user": {"user": "bob", "metas": {"team": "blue"}}, "proxy_type": "tcp", "remote_port": 6022}'"""
+    )
+    content = command.split("--content ", 1)[1].strip("'")
+    args = ["eval", "--policies", str(SHIPPED_POLICIES), "--op", "NewProxy", "--content", content]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+
+    def unversioned(lines: list[str]) -> list[str]:
+        return [re.sub(r"policy [0-9a-f]{12}\)", "policy VERSION)", line) for line in lines]
+
+    assert unversioned(result.stdout.splitlines()) == unversioned(session("cli.md", command))
+
+
+def test_the_fmt_session_is_what_fmt_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    diff = session("cli.md", "policyd fmt --diff policies/Ping.rules")
+    hunk = diff[diff.index(next(line for line in diff if line.startswith("@@"))) + 1 : -1]
+    shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
+    (tmp_path / "policies" / "Ping.rules").write_text(
+        "".join(line[1:] + "\n" for line in hunk if line[0] in " -")
+    )
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["fmt", "--diff", "policies/Ping.rules"]).stdout.splitlines() == diff
+    assert CliRunner().invoke(main, ["fmt", "policies"]).stdout.splitlines() == session(
+        "cli.md", "policyd fmt policies"
+    )
+
+
+def test_the_frps_config_session_is_what_frps_config_prints() -> None:
+    command = "policyd frps-config --ops Login,NewProxy,NewUserConn --addr 10.0.0.2:9000"
+    result = CliRunner().invoke(main, [*command.split()[1:], "--policies", str(SHIPPED_POLICIES)])
+    assert result.stdout.splitlines() == session("cli.md", command)
+
+
+def test_the_test_session_shows_lines_test_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = session("cli.md", "policyd test policies --coverage")
+    policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
+    cases = policies / "tests" / "NewProxy.toml"
+    cases.write_text(cases.read_text().replace("6000-6999 (asked for 7000)", "6000-6999 (asked for 7001)"))
+    monkeypatch.chdir(tmp_path)
+    printed = iter(CliRunner().invoke(main, ["test", "policies", "--coverage"]).stdout.splitlines())
+    for line in shown:
+        if line != "...":
+            assert line in printed, f"{line!r} is not printed (in this order)"
+
+
+def test_the_test_case_example_passes_on_the_shipped_policy(tmp_path: Path) -> None:
+    example = block_after((DOCS / "cli.md").read_text(), "```toml\n# policies/tests/NewProxy.toml")
+    policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
+    for path in (policies / "tests").glob("*.toml"):
+        path.unlink()
+    (policies / "tests" / "NewProxy.toml").write_text(example)
+    report = run_policy_tests(load_policy(policies), policies)
+    assert (report.passed, report.failed) == (2, 0), [r.problems for r in report.results]
+
+
+# -- codes, the code map, links --------------------------------------------------------------
+def test_errors_md_has_one_entry_per_code() -> None:
+    documented = re.findall(r"^### (\w+)$", (DOCS / "errors.md").read_text(), re.MULTILINE)
+    codes = {cls.code for cls in error_classes() if cls is not PolicydError} | {code.value for code in Lint}
+    assert sorted(documented) == sorted(codes)
+
+
+def test_readmes_code_map_names_the_tree() -> None:
+    text = (ROOT / "README.md").read_text()
+    mapped = set(re.findall(r"^\| `(policyd/[^`]*)` \|", text, re.MULTILINE))
+    tree = {
+        f"policyd/{p.name}/" if p.is_dir() else f"policyd/{p.name}"
+        for p in (ROOT / "policyd").iterdir()
+        if p.name not in ("__init__.py", "__main__.py", "py.typed", "__pycache__")
+    }
+    assert mapped == tree
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_local_links_resolve(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+        path, anchor = target
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name} links to {path}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.MULTILINE)
+            assert anchor in {slug(h) for h in headings}, f"{page.name} links to {path}#{anchor}"
