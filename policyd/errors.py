@@ -66,15 +66,7 @@ class PolicydError(Exception):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        loc = self.location
-        return {
-            "code": self.code,
-            "message": self.message,
-            "hint": self.hint,
-            "file": loc.file if loc else "",
-            "line": loc.line if loc else 0,
-            "column": loc.column if loc else 0,
-        }
+        return error_fields(self.code, self.message, self.hint, self.location)
 
 
 class PolicyError(PolicydError):
@@ -131,6 +123,18 @@ class PolicyLoadError(PolicydError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def error_fields(code: str, message: str, hint: str, location: Location | None) -> dict[str, Any]:
+    """The JSON fields of an error or finding: code, message, hint, file, line, column."""
+    return {
+        "code": code,
+        "message": message,
+        "hint": hint,
+        "file": location.file if location else "",
+        "line": location.line if location else 0,
+        "column": location.column if location else 0,
+    }
 
 
 def limit_note(omitted: int) -> str:

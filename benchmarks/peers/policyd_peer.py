@@ -1,7 +1,8 @@
 """policyd itself, as the peers benchmark calls it: `decide()` on the loaded 50-rule policy.
 
-Only the front door is imported (policyd.policy.load_policy, policyd.engine.decide); the op is
-taken from the loaded policy, so nothing here depends on where policyd keeps its schema.
+Only the front door is imported (policyd.policy.load_policy, policyd.engine.decide, and the
+Decision it returns, from policyd.rules.decision); the op is taken from the loaded policy, so
+nothing here depends on where policyd keeps its schema.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.peers.common import POLICY_DIR, Verdict
-from policyd.engine import Decision, decide
+from policyd.engine import decide
 from policyd.policy import load_policy
+from policyd.rules.decision import Decision
 
 
 class Policyd:

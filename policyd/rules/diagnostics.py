@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from policyd.errors import Location, PolicydError
+from policyd.errors import Location, PolicydError, error_fields
 
 SOURCE_INDENT = "    "
 
@@ -52,16 +52,8 @@ class Diagnostic:
         return cls(severity, error.code, error.message, error.location, error.hint)
 
     def to_dict(self) -> dict[str, Any]:
-        loc = self.location
-        return {
-            "code": self.code,
-            "message": self.message,
-            "hint": self.hint,
-            "file": loc.file if loc else "",
-            "line": loc.line if loc else 0,
-            "column": loc.column if loc else 0,
-            "severity": self.severity.value,
-        }
+        fields = error_fields(self.code, self.message, self.hint, self.location)
+        return {**fields, "severity": self.severity.value}
 
 
 @dataclass
