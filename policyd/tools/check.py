@@ -8,10 +8,9 @@ serving; they are for the operator reading `policyd check`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import TextIO
 
 from policyd.errors import Location, PolicyLoadError, limit_note
@@ -28,6 +27,7 @@ from policyd.rules.diagnostics import (
     to_json,
 )
 from policyd.rules.language import Action
+from policyd.rules.schema import set_takes_effect
 from policyd.rules.statements import Statement
 
 
@@ -41,11 +41,6 @@ class Lint(enum.StrEnum):
 
 def _warning(code: Lint, message: str, location: Location | None = None, hint: str = "") -> Diagnostic:
     return Diagnostic(Severity.WARNING, code.value, message, location, hint)
-
-
-# Fields frps reads from the request but not from the answer: setting them changes nothing.
-# Login: frps keeps the connection's own address; `client_address` is not part of the login it uses.
-IGNORED_FIELDS: Mapping[Op, frozenset[str]] = MappingProxyType({Op.LOGIN: frozenset({"client_address"})})
 
 
 def _unreachable(rule_file: RuleFile) -> Iterator[Diagnostic]:
@@ -80,10 +75,11 @@ def _ignored(rule_file: RuleFile) -> Iterator[Diagnostic]:
                 "this 'set' reaches only the rules below it",
                 statement.location,
             )
-        elif action is Action.SET and statement.path[0] in IGNORED_FIELDS.get(op, ()):
+        elif action is Action.SET and not set_takes_effect(op, statement.path):
+            # A field frps sends but does not read back (schema.Field.read_back).
             yield _warning(
                 Lint.IGNORED_CHANGE,
-                f"frps does not read content.{statement.path[0]} back from the {op} answer: "
+                f"frps does not read content.{'.'.join(statement.path)} back from the {op} answer: "
                 "this 'set' changes nothing for frps",
                 statement.location,
             )
