@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("service", ("policyd.service",)),
     ("console", ("policyd.console",)),
     ("tools", ("policyd.tools",)),
-    ("front door", ("policyd.engine", "policyd.policy", "policyd.protocol")),
+    # frpsdecoder: the other side of the wire format, how frps reads protocol's answers.
+    ("front door", ("policyd.engine", "policyd.policy", "policyd.protocol", "policyd.frpsdecoder")),
     ("rules and state", ("policyd.rules", "policyd.state")),
     ("errors", ("policyd.errors", "policyd")),  # `policyd` itself: __version__
 )
