@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from tests.oracle import checked_client
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_POLICIES = ROOT / "policies"
 
@@ -81,7 +83,8 @@ class PolicydProcess:
         self.verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
         )
-        self.client = httpx.Client(base_url=self.url, timeout=10, verify=self.verify)
+        # Every plugin answer it gets is checked by the frps oracle (tests/oracle.py).
+        self.client = checked_client(base_url=self.url, timeout=10, verify=self.verify)
 
     def wait_ready(self, timeout: float = 15) -> PolicydProcess:
         deadline = time.monotonic() + timeout

@@ -24,6 +24,7 @@ from policyd.rules.decision import GENERIC_ERROR_REASON, Decision, Op, Outcome
 from policyd.service.app import create_app
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
+from tests.oracle import add_hook
 from tests.support import write_policy
 
 with warnings.catch_warnings():
@@ -127,7 +128,7 @@ def assert_failed_closed(decision: Decision) -> None:
 def app_client(policies: Path, **settings: Any) -> TestClient:
     """The real ASGI app on `policies`, in-process (no watcher): for volume without sockets."""
     app = create_app(Settings(policies=policies, **settings), PolicyStore(policies), watch=False)
-    return TestClient(app, raise_server_exceptions=False)
+    return add_hook(TestClient(app, raise_server_exceptions=False))
 
 
 def assert_valid_answer(status: int, body: bytes) -> None:

@@ -26,6 +26,7 @@ import pytest
 from policyd import policy as policy_module
 from policyd.engine import decide
 from policyd.rules.decision import Op
+from tests.oracle import checked_client
 from tests.security.harness import assert_valid_answer
 from tests.support import PolicydProcess
 
@@ -83,7 +84,7 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as client:
+        with checked_client(base_url=self.url, timeout=10) as client:
             while not self.stop.is_set():
                 try:
                     response = client.post("/handler", params={"op": "NewProxy"}, json=REQUEST)

@@ -16,7 +16,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import httpx
 import pytest
 
 from policyd.engine import decide
@@ -28,6 +27,7 @@ from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
 from tests.helpers import wait_until
+from tests.oracle import checked_asgi_client, checked_client
 from tests.support import (
     SHIPPED_POLICIES,
     PolicydProcess,
@@ -287,7 +287,8 @@ def test_workers_sharing_a_stdout_pipe_write_whole_lines(tmp_path: Path) -> None
         def post(_: int) -> int:
             # A fresh connection each time, so the kernel spreads them over both workers.
             url = f"http://127.0.0.1:{port}/handler"
-            return httpx.post(url, params={"op": "NewProxy"}, json=body, timeout=10).status_code
+            with checked_client(timeout=10) as client:
+                return client.post(url, params={"op": "NewProxy"}, json=body).status_code
 
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(post, range(300))) == {200}
@@ -321,8 +322,7 @@ def test_shutdown_writes_the_batched_lines(tmp_path: Path, monkeypatch: pytest.M
         serving = asyncio.create_task(app({"type": "lifespan", "state": {}}, lifespan.get, tell))
         while "lifespan.startup.complete" not in said:
             await asyncio.sleep(0)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://policyd") as client:
+        async with checked_asgi_client(app) as client:
             answer = await client.post("/handler?op=Ping", json=fixture("Ping-basic"))
         assert answer.status_code == 200
         assert target.read_text() == ""

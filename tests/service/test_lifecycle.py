@@ -9,10 +9,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from policyd.policy import load_policy
 from tests.helpers import metric, wait_until
+from tests.oracle import checked_client
 from tests.support import SHIPPED_POLICIES, PolicydProcess, fixture
 
 
@@ -81,9 +80,8 @@ def test_workers_all_serve_the_new_version_after_an_edit(
     requests = 60
     for _ in range(requests):
         # A fresh connection each time, so the kernel spreads them over both workers.
-        answer = httpx.post(
-            f"{server.url}/handler", params={"op": "Ping"}, json=fixture("Ping-basic"), timeout=10
-        )
+        with checked_client(timeout=10) as client:
+            answer = client.post(f"{server.url}/handler", params={"op": "Ping"}, json=fixture("Ping-basic"))
         assert answer.headers["x-policyd-version"] == new
         assert answer.json() == {"reject": True, "reject_reason": "maintenance"}
     metrics = server.client.get("/metrics").text

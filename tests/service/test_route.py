@@ -18,6 +18,7 @@ from policyd.service.app import _query_op, create_app
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
 from tests.helpers import metric
+from tests.oracle import checked_asgi_client
 from tests.support import SHIPPED_POLICIES, fixture, write_policy
 
 Call = tuple[str, str, dict[str, Any]]
@@ -28,8 +29,7 @@ def serve(calls: list[Call], policies: Path = SHIPPED_POLICIES, **settings: Any)
     app = create_app(Settings(decision_log="off", **settings), PolicyStore(policies), watch=False)
 
     async def run() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://policyd") as client:
+        async with checked_asgi_client(app, raise_app_exceptions=False) as client:
             return [await client.request(method, path, **options) for method, path, options in calls]
 
     return asyncio.run(run())

@@ -13,6 +13,7 @@ from policyd.service.app import create_app
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
 from tests.helpers import metric
+from tests.oracle import checked_asgi_client
 from tests.support import PolicydProcess, write_policy
 
 RULES = {
@@ -41,7 +42,7 @@ def test_readyz_is_503_with_a_reason_before_start_up_completes(tmp_path: Path) -
     app = create_app(Settings(decision_log="off"), PolicyStore(write_policy(tmp_path / "p", RULES)))
 
     async def get() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with checked_asgi_client(app) as client:
             return await client.get("/readyz")
 
     response = asyncio.run(get())
