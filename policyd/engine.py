@@ -28,7 +28,18 @@ from policyd.rules.decision import (
 from policyd.rules.language import Action
 from policyd.rules.program import RuleFailed
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
-from policyd.rules.schema import SCHEMAS, USER, Field, Kind, Record, ZeroMap, type_matches, view
+from policyd.rules.schema import (
+    GO_INT_MAX,
+    GO_INT_MIN,
+    SCHEMAS,
+    USER,
+    Field,
+    Kind,
+    Record,
+    ZeroMap,
+    type_matches,
+    view,
+)
 from policyd.rules.statements import Statement
 
 
@@ -121,10 +132,13 @@ def _check_type(statement: Statement, value: Any) -> Any:
     elif isinstance(value, _VIEWS):
         value = dict(value)
     if f is not None and not type_matches(f, value):
-        raise EvaluationError(
-            f"content.{'.'.join(statement.path)} must be a {f.kind.value}, "
-            f"not {type(value).__name__} ({value!r:.60})"
-        )
+        where = f"content.{'.'.join(statement.path)}"
+        if f.kind is Kind.INT and isinstance(value, int) and not isinstance(value, bool):
+            raise EvaluationError(
+                f"{where} must fit frps's Go {f.go_type.value} ({GO_INT_MIN} to {GO_INT_MAX}), "
+                f"not {value!r:.60}"
+            )
+        raise EvaluationError(f"{where} must be a {f.kind.value}, not {type(value).__name__} ({value!r:.60})")
     return value
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 from policyd.rules.decision import Op
 from policyd.rules.schema import (
+    GO_INT_BITS,
     NEW_WORK_CONN_OWN_OP_SINCE,
     OP_FACTS,
     SCHEMAS,
@@ -54,8 +55,6 @@ from policyd.rules.schema import (
     Kind,
     op_sent_by,
 )
-
-GO_INT_BITS = 64  # `int` on the 64-bit builds frps runs on; 32 on 386/arm builds
 
 
 class Verdict(enum.Enum):

@@ -100,6 +100,7 @@ class Field:
     until: FrpsVersion | None = None
     read_back: bool = True
     doc: str = ""
+    go_name: str = ""  # RECORD: frps's struct type, e.g. "UserInfo"
 
     def __post_init__(self) -> None:
         if self.go is None:
@@ -119,13 +120,16 @@ def _f(kind: Kind, doc: str, *, since: str = "", read_back: bool = True, go: GoT
     return Field(kind, go=go, since=_v(since) if since else PLUGINS_SINCE, read_back=read_back, doc=doc)
 
 
-def _record(doc: str = "", *, since: str = "", read_back: bool = True, **fields: Field) -> Field:
+def _record(
+    doc: str = "", *, go_name: str = "", since: str = "", read_back: bool = True, **fields: Field
+) -> Field:
     return Field(
         Kind.RECORD,
         MappingProxyType(fields),
         since=_v(since) if since else PLUGINS_SINCE,
         read_back=read_back,
         doc=doc,
+        go_name=go_name,
     )
 
 
@@ -157,6 +161,7 @@ def _user(*, read_back: bool) -> Field:
     """frps's UserInfo: the client's login as every op but Login carries it (never omitted)."""
     return _record(
         "the client's login: user, metas, run_id",
+        go_name="UserInfo",
         read_back=read_back,
         user=_str("frpc's `user` (may be empty)"),
         metas=_map("frpc's client-wide metadatas"),
@@ -185,6 +190,7 @@ SCHEMAS: Mapping[Op, Field] = MappingProxyType(
             metas=_map("frpc's client-wide metadatas"),
             client_spec=_record(
                 "virtual clients (ssh tunnel gateway); {} for frpc",
+                go_name="ClientSpec",
                 since="0.53.0",
                 type=_str("the virtual client's type (ssh-tunnel)", since="0.53.0"),
                 always_auth_pass=_bool("skip token auth for this client", since="0.53.0"),
@@ -313,7 +319,9 @@ class FrpsChange:
 
 
 FRPS_CHANGES: tuple[FrpsChange, ...] = (
-    FrpsChange(PLUGINS_SINCE, "server plugins; NewUserConn, CloseProxy and the heartbeats come later"),
+    FrpsChange(
+        PLUGINS_SINCE, "server plugins: frps asks an HTTP plugin (INI `[plugin.NAME]`) before these ops"
+    ),
     FrpsChange(
         HTTPS_PLUGIN_ADDR_SINCE,
         "`https://` plugin addresses (the certificate is verified only with tls_verify / tlsVerify = true)",
@@ -421,13 +429,21 @@ def field_of_other_ops(name: str) -> str:
     return f"'{name}' is a field of {', '.join(owners)}" if owners else ""
 
 
+# The range of frps's Go integers: `int` is 64 bits on the builds frps runs on, like int64.
+GO_INT_BITS = 64
+GO_INT_MIN, GO_INT_MAX = -(2 ** (GO_INT_BITS - 1)), 2 ** (GO_INT_BITS - 1) - 1
+
+
 def type_matches(f: Field, value: Any) -> bool:
-    """Whether `value` has the JSON shape frps's decoder expects for field `f`."""
+    """Whether `value` has the JSON shape frps's decoder expects for field `f` (and, for an
+    integer, fits its Go type: frps fails the op on an overflow)."""
     match f.kind:
         case Kind.STR:
             return isinstance(value, str)
         case Kind.INT:
-            return isinstance(value, int) and not isinstance(value, bool)
+            return (
+                isinstance(value, int) and not isinstance(value, bool) and GO_INT_MIN <= value <= GO_INT_MAX
+            )
         case Kind.BOOL:
             return isinstance(value, bool)
         case Kind.STR_LIST:

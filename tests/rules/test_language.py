@@ -102,6 +102,19 @@ def test_set_with_wrong_type_fails_closed() -> None:
     assert str(d.error.location) == "NewProxy.rules:1:1"
 
 
+@pytest.mark.parametrize(("rule", "value"), [("2 ** 63", 2**63), ("-(2 ** 63) - 1", -(2**63) - 1)])
+def test_set_of_an_integer_over_frps_go_width_fails_closed(rule: str, value: int) -> None:
+    # orjson would encode it, and frps would fail the op decoding it into a Go int.
+    d = run(f"set content.remote_port = {rule}", TCP)
+    assert d.outcome is Outcome.REJECT and d.reason == GENERIC_ERROR_REASON
+    assert isinstance(d.error, EvaluationError)
+    assert d.error.message == (
+        "content.remote_port must fit frps's Go int (-9223372036854775808 to 9223372036854775807), "
+        f"not {value}"
+    )
+    assert run("set content.remote_port = 2 ** 63 - 1", TCP).content == {**TCP, "remote_port": 2**63 - 1}
+
+
 def test_set_list_field_accepts_a_tuple_as_list() -> None:
     d = run('set content.custom_domains = ("a.example.com",)', TCP)
     assert d.content is not None and d.content["custom_domains"] == ["a.example.com"]
