@@ -14,6 +14,7 @@ from policyd import __version__
 from policyd.errors import PolicyLoadError
 from policyd.rules.decision import OPS, Op
 from policyd.rules.diagnostics import Diagnostic, OutputFormat, SourceFiles, render
+from policyd.rules.schema import FrpsVersion
 from policyd.service.settings import (
     CONFIG_ENV,
     DEFAULTS,
@@ -304,11 +305,25 @@ def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
+def _frps_version(ctx: click.Context, param: click.Parameter, value: str | None) -> FrpsVersion | None:
+    if value is None:
+        return None
+    try:
+        return FrpsVersion.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command("frps-config")
 @_CONFIG
 @_policies_option("Policy directory: by default, the ops with a rule file here are listed.")
-@click.option("--toml", "config_format", flag_value="toml", default=True, help="frps >= 0.52 (default).")
-@click.option("--ini", "config_format", flag_value="ini", help="Legacy INI, for older frps.")
+@click.option(
+    "--frps-version",
+    callback=_frps_version,
+    help="Write for this frps (e.g. 0.33.0): its ops, its format, warnings for its traps.",
+)
+@click.option("--toml", "config_format", flag_value="toml", help="frps >= 0.52 (the default).")
+@click.option("--ini", "config_format", flag_value="ini", help="Legacy INI, for frps < 0.52.")
 @click.option(
     "--addr",
     help="Where frps reaches policyd: host:port or https://host:port [default: serve's address]",
@@ -321,7 +336,8 @@ def fmt_(paths: tuple[Path, ...], check: bool, diff: bool) -> None:
 def frps_config_(
     config: Path | None,
     policies: Path | None,
-    config_format: str,
+    frps_version: FrpsVersion | None,
+    config_format: str | None,
     addr: str | None,
     handler_path: str | None,
     ops: frozenset[Op],
@@ -330,21 +346,56 @@ def frps_config_(
     """Print the frps plugin config snippet that points frps at this policyd.
 
     Address, path and policy directory default to what `serve` would use with the same
-    --config and POLICYD_* variables.
+    --config and POLICYD_* variables. The snippet goes to stdout, warnings to stderr.
     """
     from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, frps_config, reachable_addr
 
     settings = _serve_settings(config)
     try:
-        frps_config(
+        snippet = frps_config(
             policies or settings.policies,
             _stdout(),
-            fmt=ConfigFormat(config_format),
+            fmt=ConfigFormat(config_format) if config_format else None,
             addr=addr or reachable_addr(settings.host, settings.port, tls=settings.tls),
             path=handler_path or settings.handler_path,
             ops=ops,
             name=name,
+            version=frps_version,
         )
     except FrpsConfigError as e:
         click.echo(f"policyd: {e}", err=True)
         sys.exit(2)
+    for warning in snippet.warnings:
+        click.echo(f"policyd: warning: {warning}", err=True)
+
+
+@main.command("fields")
+@click.argument("op", required=False, callback=lambda ctx, param, value: _one_op(value))
+@click.option("--frps-version", callback=_frps_version, help="Only what this frps sends (e.g. 0.33.0).")
+@click.option("--versions", is_flag=True, help="Which frps release changed what for plugins, instead.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["pretty", "json", "markdown"]),
+    default="pretty",
+    show_default=True,
+    help="pretty for people, json for scripts, markdown as in docs/.",
+)
+def fields_(op: Op | None, frps_version: FrpsVersion | None, versions: bool, output: str) -> None:
+    """What each op carries: field, type, zero value, the frps versions that send it, and
+    whether a `set` on it takes effect. OP limits it to one op (e.g. NewProxy)."""
+    from policyd.tools.fields import FieldsFormat, fields
+
+    fields(_stdout(), op=op, version=frps_version, output=FieldsFormat(output), versions=versions)
+
+
+def _one_op(value: str | None) -> Op | None:
+    if value is None:
+        return None
+    try:
+        ops = PARSERS["frozenset[Op]"](value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    if len(ops) != 1:
+        raise click.BadParameter(f"name one op, not {value!r}")
+    return Op(next(iter(ops)))

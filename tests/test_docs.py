@@ -145,6 +145,20 @@ def test_the_frps_config_session_is_what_frps_config_prints() -> None:
     assert result.stdout.splitlines() == session("cli.md", command)
 
 
+def test_the_frps_version_session_is_what_frps_config_prints_with_its_warnings() -> None:
+    command = "policyd frps-config --frps-version 0.33.0"
+    result = CliRunner().invoke(main, [*command.split()[1:], "--policies", str(SHIPPED_POLICIES)])
+    assert result.stdout.splitlines() == session("cli.md", command)
+    text = (DOCS / "cli.md").read_text()
+    shown = block_after(text, "```\npolicyd: warning: CloseProxy.rules").splitlines()
+    assert result.stderr.splitlines() == shown
+
+
+def test_the_fields_session_is_what_fields_prints() -> None:
+    command = "policyd fields CloseProxy"
+    assert CliRunner().invoke(main, command.split()[1:]).stdout.splitlines() == session("cli.md", command)
+
+
 def test_the_test_session_shows_lines_test_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = session("cli.md", "policyd test policies --coverage")
     policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")

@@ -1,10 +1,11 @@
-"""The reference tables of docs/, generated from the code: the settings and the metrics.
+"""The reference tables of docs/, generated from the code: settings, metrics, fields, frps versions.
 
     python -m policyd.service.docgen [--check] [ROOT]
 
-rewrites each table between its markers in docs/configuration.md and docs/operations.md (ROOT:
-the repository, default the current directory); `--check` changes nothing and exits 1 when a
-page differs from what the code says. tests/test_docs.py runs the check.
+rewrites each table between its markers in docs/configuration.md, docs/operations.md,
+docs/fields.md and docs/frps-versions.md (ROOT: the repository, default the current directory);
+`--check` changes nothing and exits 1 when a page differs from what the code says.
+tests/test_docs.py runs the check.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import MappingProxyType
 
 from policyd.service.metrics import METRICS
 from policyd.service.settings import DEFAULTS, FIELDS, env_name, flag_name
+from policyd.tools.fields import field_rows, render_markdown, render_versions_markdown, version_rows
 
 BEGIN = "<!-- generated: {name} (python -m policyd.service.docgen); edit the code, not this table -->"
 END = "<!-- end of generated: {name} -->"
@@ -61,11 +63,23 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
+def fields_table() -> str:
+    """Per op, every field of the schema: what `policyd fields --format markdown` prints."""
+    return render_markdown(field_rows()).rstrip("\n")
+
+
+def frps_versions_table() -> str:
+    """Which frps release changed what for plugins: `policyd fields --versions --format markdown`."""
+    return render_versions_markdown(version_rows()).rstrip("\n")
+
+
 # page → {table name: generator}
 TABLES: Mapping[str, Mapping[str, Callable[[], str]]] = MappingProxyType(
     {
         "docs/configuration.md": {"settings": settings_table},
         "docs/operations.md": {"metrics": metrics_table},
+        "docs/fields.md": {"fields": fields_table},
+        "docs/frps-versions.md": {"frps versions": frps_versions_table},
     }
 )
 

@@ -2,7 +2,12 @@
 
 By default it lists the ops that have a rule file: an op without one is allowed unchanged anyway,
 so frps need not ask, and Ping, NewWorkConn and NewUserConn are hot paths worth not sending.
-TOML is for frps >= 0.52; INI for older frps (which has no CloseProxy before 0.40).
+With `--frps-version` it writes for that frps, from the schema's version facts: only the ops it
+sends (no CloseProxy before 0.40; no NewWorkConn before 0.46.1, which sends work connections as
+op=Ping to Ping plugins, so listing it only doubles the Ping calls), in the format it reads
+(TOML from 0.52, INI before), with warnings for the traps (no heartbeats by default from 0.58;
+NewUserConn not fired for http, udp or xtcp visitors). Without it, TOML is written for the
+newest tested frps and INI for the oldest.
 """
 
 from __future__ import annotations
@@ -12,12 +17,24 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from policyd.errors import PolicydError
 from policyd.policy import RULES_SUFFIX
 from policyd.rules.decision import Op
+from policyd.rules.schema import (
+    HEARTBEATS_OFF_BY_DEFAULT_SINCE,
+    HTTPS_PLUGIN_ADDR_SINCE,
+    NEW_WORK_CONN_OWN_OP_SINCE,
+    OP_FACTS,
+    PLUGINS_SINCE,
+    TESTED_VERSIONS,
+    TOML_CONFIG_SINCE,
+    FrpsVersion,
+    op_sent_by,
+)
 
 DEFAULT_NAME = "policyd"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -25,7 +42,8 @@ _PLAIN = re.compile(r"[^\s#;\"'=\[\]]+")  # survives both formats without quotin
 
 
 class FrpsConfigError(PolicydError):
-    """Raised when there is nothing to print, or a value frps could not read back."""
+    """Raised when there is nothing to print, a value frps could not read back, or one the
+    frps version asked for cannot take."""
 
     code = "frps_config_error"
 
@@ -33,6 +51,67 @@ class FrpsConfigError(PolicydError):
 class ConfigFormat(enum.StrEnum):
     TOML = "toml"  # frps >= 0.52: [[httpPlugins]]
     INI = "ini"  # legacy frps: [plugin.NAME]
+
+
+# Without --frps-version: TOML is for the newest tested frps, INI for the oldest.
+ASSUMED_VERSION = {ConfigFormat.TOML: TESTED_VERSIONS[-1], ConfigFormat.INI: TESTED_VERSIONS[0]}
+
+
+@dataclass(frozen=True, slots=True)
+class Snippet:
+    """What `frps-config` wrote, for which frps, and what the operator must know about it."""
+
+    text: str
+    ops: tuple[Op, ...]
+    version: FrpsVersion
+    warnings: tuple[str, ...]
+
+
+def default_format(version: FrpsVersion) -> ConfigFormat:
+    return ConfigFormat.TOML if version >= TOML_CONFIG_SINCE else ConfigFormat.INI
+
+
+def ops_for_version(
+    requested: Iterable[Op], version: FrpsVersion, *, explicit: bool
+) -> tuple[list[Op], list[str]]:
+    """The ops to list for frps `version`, and the warnings that go with them.
+
+    `explicit` ops (named by --ops) that `version` does not know are an error (FrpsConfigError);
+    ops that only have a rule file are left out, with a warning.
+    """
+    if version < PLUGINS_SINCE:
+        raise FrpsConfigError(f"frps {version} has no server plugins (they came in {PLUGINS_SINCE})")
+    chosen: list[Op] = []
+    warnings: list[str] = []
+    for op in sorted(set(requested), key=list(Op).index):
+        if not op_sent_by(op, version):
+            since = OP_FACTS[op].since
+            if explicit:
+                raise FrpsConfigError(f"frps {version} does not know the op {op} (it came in {since})")
+            warnings.append(f"{op}.rules never run on frps {version}: {op} came in {since}; left out")
+            continue
+        if op is Op.NEW_WORK_CONN and version < NEW_WORK_CONN_OWN_OP_SINCE:
+            trap = (
+                f"frps {version} sends work connections as op=Ping, and only to Ping plugins "
+                f"(op=NewWorkConn from {NEW_WORK_CONN_OWN_OP_SINCE}): NewWorkConn.rules never run, "
+                "and NewWorkConn in ops only makes frps ask twice per heartbeat"
+            )
+            if not explicit:
+                warnings.append(f"{trap}; left out")
+                continue
+            warnings.append(trap)
+        chosen.append(op)
+    if Op.PING in chosen and version >= HEARTBEATS_OFF_BY_DEFAULT_SINCE:
+        warnings.append(
+            f"frpc sends no heartbeats by default from {HEARTBEATS_OFF_BY_DEFAULT_SINCE} (tcpMux is on): "
+            "Ping rules run only for clients that set transport.heartbeatInterval"
+        )
+    if Op.NEW_USER_CONN in chosen:
+        warnings.append(
+            "frps asks NewUserConn for tcp and stcp visitors, not for http, udp or xtcp ones: "
+            "NewUserConn rules (blocked networks) do not protect those proxies"
+        )
+    return chosen, warnings
 
 
 def reachable_addr(host: str, port: int, *, tls: bool = False) -> str:
@@ -89,25 +168,63 @@ def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME,
     )
 
 
+def _format_warnings(fmt: ConfigFormat, version: FrpsVersion, addr: str) -> list[str]:
+    """Errors (FrpsConfigError) and warnings about the format and address for frps `version`."""
+    warnings = []
+    if fmt is ConfigFormat.TOML and version < TOML_CONFIG_SINCE:
+        raise FrpsConfigError(f"frps {version} reads INI only (TOML from {TOML_CONFIG_SINCE}): use --ini")
+    if fmt is ConfigFormat.INI and version >= TOML_CONFIG_SINCE:
+        warnings.append(
+            f"frps {version} still reads INI but deprecates it (a warning at start); --toml is its format"
+        )
+    if addr.startswith("https://"):
+        if version < HTTPS_PLUGIN_ADDR_SINCE:
+            raise FrpsConfigError(
+                f"frps {version} cannot call https:// plugins (from {HTTPS_PLUGIN_ADDR_SINCE})"
+            )
+        verify = "tlsVerify = true" if fmt is ConfigFormat.TOML else "tls_verify = true"
+        warnings.append(f"frps does not verify policyd's certificate unless the plugin sets {verify}")
+    return warnings
+
+
 def frps_config(
     policies: Path,
     out: TextIO,
     *,
-    fmt: ConfigFormat = ConfigFormat.TOML,
+    fmt: ConfigFormat | None = None,
     addr: str,
     path: str,
     ops: Iterable[Op] | None = None,
     name: str = DEFAULT_NAME,
-) -> str:
+    version: FrpsVersion | None = None,
+) -> Snippet:
     """`policyd frps-config`: write the snippet for `ops` (default: those with a rule file).
 
-    Raises FrpsConfigError when there is nothing to send or a value cannot be written.
+    `fmt` defaults to what frps `version` reads; `version` defaults to ASSUMED_VERSION of the
+    format (TOML without either). Raises FrpsConfigError when there is nothing to send, a value
+    cannot be written, or frps `version` cannot take it.
     """
-    chosen = list(ops) if ops else ops_with_rules(policies)
-    if not chosen:
+    if fmt is None:
+        fmt = default_format(version) if version is not None else ConfigFormat.TOML
+    assumed = version is None
+    if version is None:
+        version = ASSUMED_VERSION[fmt]
+    explicit = list(ops) if ops else []
+    requested = explicit or ops_with_rules(policies)
+    if not requested:
         raise FrpsConfigError(
             f"no rule files in {policies}: frps has nothing to ask policyd; name them with --ops"
         )
+    warnings = _format_warnings(fmt, version, addr)
+    chosen, op_warnings = ops_for_version(requested, version, explicit=bool(explicit))
+    if not chosen:
+        raise FrpsConfigError(
+            f"frps {version} sends none of the ops with rule files here; name them with --ops"
+        )
+    if assumed and fmt is ConfigFormat.INI:
+        warnings.insert(
+            0, f"--ini without --frps-version: written for frps {version}; pass --frps-version for yours"
+        )
     snippet = render(chosen, addr=addr, path=path, name=name, fmt=fmt)
     out.write(snippet + "\n")
-    return snippet
+    return Snippet(snippet, tuple(chosen), version, tuple(warnings + op_warnings))

@@ -1,14 +1,13 @@
-"""`policyd frps-config`: README's snippet, for the ops that have rules, and it really wires frps up."""
+"""`policyd frps-config`: README's snippet, for the ops that have rules and the frps version.
+
+That the snippet really wires frps up is tested against real frps in tests/e2e/test_frps_config.py."""
 
 from __future__ import annotations
 
 import configparser
-import os
 import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from click.testing import CliRunner, Result
 from policyd.cli import main
 from policyd.rules.decision import Op
 from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, ops_with_rules, reachable_addr, render
-from tests.support import ROOT, SHIPPED_POLICIES, PolicydProcess, free_port, write_policy
+from tests.support import ROOT, SHIPPED_POLICIES, write_policy
 
 ALL_OPS = ["Login", "NewProxy", "CloseProxy", "Ping", "NewWorkConn", "NewUserConn"]
 
@@ -50,14 +49,121 @@ def test_toml_parses_to_the_plugin_table() -> None:
     assert plugin == {"name": "edge.policy", "addr": "https://10.0.0.5:9443", "path": "/hook", "ops": ALL_OPS}
 
 
-def test_ini_parses_to_the_plugin_section() -> None:
+def test_ini_parses_to_the_plugin_section_with_the_old_versions_ops() -> None:
     parser = configparser.ConfigParser()
-    parser.read_string(run_config("--ini", "--addr", "127.0.0.1:9100").stdout)
+    result = run_config("--ini", "--addr", "127.0.0.1:9100")
+    parser.read_string(result.stdout)
     assert dict(parser["plugin.policyd"]) == {
         "addr": "127.0.0.1:9100",
         "path": "/handler",
-        "ops": ",".join(ALL_OPS),
+        "ops": "Login,NewProxy,Ping,NewUserConn",
     }
+    assert "--ini without --frps-version: written for frps 0.33.0" in result.stderr
+
+
+def warnings(result: Result) -> list[str]:
+    return [line.removeprefix("policyd: warning: ") for line in result.stderr.splitlines()]
+
+
+def plugin_ops(result: Result) -> list[str]:
+    if result.stdout.startswith("[[httpPlugins]]"):
+        return list(tomllib.loads(result.stdout)["httpPlugins"][0]["ops"])
+    parser = configparser.ConfigParser()
+    parser.read_string(result.stdout)
+    return parser["plugin.policyd"]["ops"].split(",")
+
+
+@pytest.mark.parametrize(
+    ("version", "form", "ops"),
+    [
+        ("0.33.0", "ini", ["Login", "NewProxy", "Ping", "NewUserConn"]),
+        ("0.39.9", "ini", ["Login", "NewProxy", "Ping", "NewUserConn"]),
+        ("0.40.0", "ini", ["Login", "NewProxy", "CloseProxy", "Ping", "NewUserConn"]),
+        ("0.46.0", "ini", ["Login", "NewProxy", "CloseProxy", "Ping", "NewUserConn"]),
+        ("0.46.1", "ini", ALL_OPS),
+        ("0.52.0", "toml", ALL_OPS),
+        ("v0.70.0", "toml", ALL_OPS),
+    ],
+)
+def test_frps_version_picks_its_ops_and_format(version: str, form: str, ops: list[str]) -> None:
+    result = run_config("--frps-version", version)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("[[httpPlugins]]" if form == "toml" else "[plugin.policyd]")
+    assert plugin_ops(result) == ops
+
+
+def test_old_frps_leaves_out_close_proxy_and_new_work_conn_and_says_why() -> None:
+    result = run_config("--frps-version", "0.33.0")
+    assert warnings(result)[:2] == [
+        "CloseProxy.rules never run on frps 0.33.0: CloseProxy came in 0.40.0; left out",
+        "frps 0.33.0 sends work connections as op=Ping, and only to Ping plugins (op=NewWorkConn from "
+        "0.46.1): NewWorkConn.rules never run, and NewWorkConn in ops only makes frps ask twice per "
+        "heartbeat; left out",
+    ]
+    assert "policyd:" not in result.stdout  # warnings go to stderr, the snippet alone to stdout
+
+
+def test_heartbeats_are_off_by_default_from_058() -> None:
+    trap = (
+        "frpc sends no heartbeats by default from 0.58.0 (tcpMux is on): "
+        "Ping rules run only for clients that set transport.heartbeatInterval"
+    )
+    assert trap in warnings(run_config("--frps-version", "0.58.0"))
+    assert trap not in warnings(run_config("--frps-version", "0.57.0"))
+    assert trap not in warnings(run_config("--frps-version", "0.70.0", "--ops", "Login"))
+
+
+def test_new_user_conn_warns_that_http_visitors_are_not_asked() -> None:
+    assert any("not for http, udp or xtcp" in w for w in warnings(run_config("--frps-version", "0.70.0")))
+    assert warnings(run_config("--frps-version", "0.70.0", "--ops", "Login,NewProxy")) == []
+
+
+def test_explicit_new_work_conn_on_old_frps_is_kept_with_the_doubling_warning() -> None:
+    result = run_config("--frps-version", "0.45.0", "--ops", "Ping,NewWorkConn")
+    assert plugin_ops(result) == ["Ping", "NewWorkConn"]
+    assert any("only makes frps ask twice per heartbeat" in w for w in warnings(result))
+
+
+def test_ini_for_new_frps_is_written_with_a_deprecation_warning() -> None:
+    result = run_config("--frps-version", "0.70.0", "--ini")
+    assert plugin_ops(result) == ALL_OPS
+    assert warnings(result)[0] == (
+        "frps 0.70.0 still reads INI but deprecates it (a warning at start); --toml is its format"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frps-version", "0.45.0", "--toml"], "frps 0.45.0 reads INI only (TOML from 0.52.0): use --ini"),
+        (
+            ["--frps-version", "0.33.0", "--ops", "CloseProxy"],
+            "frps 0.33.0 does not know the op CloseProxy (it came in 0.40.0)",
+        ),
+        (["--frps-version", "0.30.0"], "frps 0.30.0 has no server plugins (they came in 0.31.0)"),
+        (
+            ["--frps-version", "0.34.0", "--addr", "https://127.0.0.1:9443"],
+            "frps 0.34.0 cannot call https:// plugins (from 0.35.0)",
+        ),
+    ],
+)
+def test_what_the_frps_version_cannot_take_is_an_error(args: list[str], message: str) -> None:
+    result = run_config(*args)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert f"policyd: {message}" in result.stderr
+
+
+def test_a_version_that_is_not_one_is_a_usage_error() -> None:
+    result = run_config("--frps-version", "latest")
+    assert result.exit_code == 2
+    assert "not a frps version: 'latest' (expected e.g. 0.52.0)" in result.stderr
+
+
+def test_https_warns_that_frps_does_not_verify_the_certificate() -> None:
+    result = run_config("--frps-version", "0.70.0", "--addr", "https://127.0.0.1:9443", "--ops", "Login")
+    assert warnings(result) == [
+        "frps does not verify policyd's certificate unless the plugin sets tlsVerify = true"
+    ]
 
 
 def test_address_and_path_default_to_serves_settings() -> None:
@@ -127,49 +233,6 @@ def test_frps_config_through_python_dash_m() -> None:
     )
     assert proc.returncode == 0
     assert proc.stdout == readme_block("ini")
-
-
-@pytest.mark.skipif(
-    not (os.environ.get("FRPS_BIN") and os.environ.get("FRPC_BIN")),
-    reason="FRPS_BIN/FRPC_BIN not set: real frp binaries are needed",
-)
-def test_real_frps_with_the_snippet_asks_policyd(
-    tmp_path: Path, policyd_server: Callable[..., PolicydProcess]
-) -> None:
-    server = policyd_server(SHIPPED_POLICIES)
-    snippet = run_config("--ini", "--addr", f"127.0.0.1:{server.port}").stdout
-    frps_port = free_port()
-    (tmp_path / "frps.ini").write_text(
-        f"[common]\nbind_addr = 127.0.0.1\nbind_port = {frps_port}\n\n{snippet}"
-    )
-    (tmp_path / "frpc.ini").write_text(
-        f"[common]\nserver_addr = 127.0.0.1\nserver_port = {frps_port}\nlogin_fail_exit = true\n\n"
-        "[ssh]\ntype = tcp\nlocal_port = 22\nremote_port = 6022\n"
-    )
-    log = tmp_path / "frps.log"
-    with log.open("wb") as log_file:
-        frps = subprocess.Popen(
-            [os.environ["FRPS_BIN"], "-c", str(tmp_path / "frps.ini")],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while "start frps success" not in log.read_text(errors="replace"):
-            assert time.monotonic() < deadline and frps.poll() is None, log.read_text(errors="replace")
-            time.sleep(0.05)
-        frpc = subprocess.run(
-            [os.environ["FRPC_BIN"], "-c", str(tmp_path / "frpc.ini")],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    finally:
-        frps.terminate()
-        frps.wait(timeout=10)
-    # No metadatas.team: the shipped Login.rules refuses, and frpc prints policyd's reason.
-    assert frpc.returncode != 0
-    assert "login needs metadatas.team (one of: blue, red)" in frpc.stdout + frpc.stderr
 
 
 def test_render_takes_any_iterable_of_ops_in_frps_order() -> None:
