@@ -207,6 +207,20 @@ def test_set_of_a_login_field_frps_drops_is_flagged(tmp_path: Path) -> None:
     assert found == [("ignored_change", "Login.rules:1:1")]
 
 
+def test_set_of_the_user_object_outside_login_is_flagged(tmp_path: Path) -> None:
+    # frps takes only the op's own fields from a rewrite (server/control.go: retContent.NewProxy).
+    found = lint_of(
+        tmp_path,
+        {"NewProxy.rules": 'set content.user.metas.team = "red"\nset content.metas.team = "red"\n'},
+    )
+    assert found == [("ignored_change", "NewProxy.rules:1:1")]
+    warning = lint(load_policy(tmp_path))[0]
+    assert warning.message == (
+        "frps does not read content.user.metas.team back from the NewProxy answer: "
+        "this 'set' changes nothing for frps"
+    )
+
+
 def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
     warnings = lint(load_policy(tmp_path))
     assert [w.code for w in warnings] == ["lint_warning"]
