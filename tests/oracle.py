@@ -129,15 +129,15 @@ def install() -> None:
     """
     import sys
 
-    engine.decide = _remembering_decide  # type: ignore[assignment]
+    engine.decide = _remembering_decide
     protocol.encode_answer = _checked_encode
     for name, module in list(sys.modules.items()):
         if not (name.startswith("policyd") or name.startswith("tests")) or module is None:
             continue
         if getattr(module, "decide", None) is _original_decide:
-            module.decide = _remembering_decide
+            setattr(module, "decide", _remembering_decide)  # noqa: B010 - any module that has it
         if getattr(module, "encode_answer", None) is _original_encode:
-            module.encode_answer = _checked_encode
+            setattr(module, "encode_answer", _checked_encode)  # noqa: B010
 
 
 # -- over HTTP: httpx clients -----------------------------------------------------------------

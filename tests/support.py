@@ -147,9 +147,12 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 def decision_lines(text: str) -> list[dict[str, Any]]:
-    """The decision-log entries among `text`'s lines (JSON objects with a policy_version)."""
+    """The decision-log entries among `text`'s lines (JSON objects with a policy_version).
+
+    Only whole lines count: the last piece, after the final newline, may be half written.
+    """
     out = []
-    for line in text.splitlines():
+    for line in text.split("\n")[:-1]:
         if line.startswith("{"):
             doc = json.loads(line)
             if "policy_version" in doc:

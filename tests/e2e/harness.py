@@ -1,35 +1,293 @@
 """policyd, real frps and real frpc together on loopback, plus the local services they expose.
 
-Every process logs to a file in the test's temp dir and is stopped by PID when the test ends;
-conftest.py attaches all those logs to a failing test's report. Waits poll for real readiness
-(a log line, a port that accepts, a new policy version), never a fixed sleep.
+The suite runs against whichever frp release FRPS_BIN/FRPC_BIN are (v0.33.0 and v0.70.0 before
+each release): the version comes from `frps --version`, and each config is written in the form
+that version reads, TOML from 0.52 (`[[httpPlugins]]` after every top-level key), INI before.
+frps is ready when its ports accept, proxies when theirs do or their route answers; frpc's log is
+read only for what frpc alone knows (a refusal's reason), with patterns that hold for both
+releases. What policyd decided is read from its decision log, the same on every frps.
+
+The parts without processes (config writers, version parsing, log patterns) are plain functions,
+tested in tests/e2e/test_harness.py without binaries. Every process logs to a file in the
+test's temp dir and is stopped by PID when the test ends; conftest.py attaches all those logs to
+a failing test's report. Waits poll for real readiness, never a fixed sleep.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
+import json
+import re
 import socket
 import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+import pytest
+
+from policyd.rules.decision import Op
+from policyd.rules.schema import FrpsVersion
+from policyd.tools.frpsconfig import ConfigFormat, default_format, ops_for_version
 from tests.support import PolicydProcess, free_port, stop_process, write_policy
 
 LOOPBACK = "127.0.0.1"  # everything binds here, never to another address
 READY_TIMEOUT = 20.0  # seconds: generous, the 2-core machine runs other work too
 POLL_INTERVAL = 0.05  # seconds between readiness checks
+QUIET_PERIOD = 1.0  # seconds without a new event that count as "settled"
 LOG_TAIL_LINES = 300  # per process, in a failure report
+PLUGIN_NAME = "policyd"
+HANDLER_PATH = "/handler"
 
 T = TypeVar("T")
-IniSections = Mapping[str, Mapping[str, object]]
+Options = Mapping[str, object]
 
 
-def wait_until(condition: Callable[[], T], what: str, timeout: float = READY_TIMEOUT) -> T:
+# -- versions ------------------------------------------------------------------------------------
+
+_VERSION_IN_OUTPUT = re.compile(r"\bv?(\d+\.\d+\.\d+)\b")
+
+
+def parse_frp_version(output: str) -> FrpsVersion:
+    """The release `frps --version` / `frpc --version` printed ("0.33.0", "frps version v0.70.0")."""
+    match = _VERSION_IN_OUTPUT.search(output)
+    if match is None:
+        raise ValueError(f"no frp version in {output.strip()[:200]!r}")
+    return FrpsVersion.parse(match.group(1))
+
+
+def binary_version(binary: Path) -> FrpsVersion:
+    done = subprocess.run(
+        [str(binary), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    return parse_frp_version(done.stdout + done.stderr)
+
+
+def plugin_ops(version: FrpsVersion) -> list[Op]:
+    """The ops the suite's frps asks policyd about: what `policyd frps-config` lists for it."""
+    ops, _ = ops_for_version(list(Op), version, explicit=False)
+    return ops
+
+
+# -- config writers ------------------------------------------------------------------------------
+
+_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_lines(options: Options) -> list[str]:
+    lines = []
+    for key, value in options.items():
+        if not _TOML_KEY.fullmatch(key):
+            raise ValueError(f"not a bare or dotted TOML key: {key!r}")
+        lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def render_toml(top: Options, tables: Mapping[str, Sequence[Options]] | None = None) -> str:
+    """Top-level keys (dotted ones as `auth.token`), then arrays of tables (`[[proxies]]`).
+
+    Every top-level key comes first: TOML reads a key after `[[x]]` as part of that table.
+    """
+    lines = _toml_lines(top)
+    for name, entries in (tables or {}).items():
+        for entry in entries:
+            lines += ["", f"[[{name}]]", *_toml_lines(entry)]
+    return "\n".join(lines) + "\n"
+
+
+def render_ini(sections: Mapping[str, Options]) -> str:
+    """Legacy INI: `[section]` and `key = value`; booleans as frp's true/false, lists comma-joined."""
+    lines = []
+    for section, options in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in options.items():
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, list | tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One frpc proxy, written in the form of the frpc it is for."""
+
+    type: str
+    local_port: int
+    remote_port: int | None = None
+    subdomain: str | None = None
+    custom_domains: tuple[str, ...] = ()
+    metas: Mapping[str, str] = field(default_factory=dict)
+
+    def ini(self) -> dict[str, object]:
+        options: dict[str, object] = {"type": self.type, "local_ip": LOOPBACK, "local_port": self.local_port}
+        if self.remote_port is not None:
+            options["remote_port"] = self.remote_port
+        if self.subdomain is not None:
+            options["subdomain"] = self.subdomain
+        if self.custom_domains:
+            options["custom_domains"] = list(self.custom_domains)
+        options.update({f"meta_{k}": v for k, v in self.metas.items()})
+        return options
+
+    def toml(self, name: str) -> dict[str, object]:
+        options: dict[str, object] = {
+            "name": name,
+            "type": self.type,
+            "localIP": LOOPBACK,
+            "localPort": self.local_port,
+        }
+        if self.remote_port is not None:
+            options["remotePort"] = self.remote_port
+        if self.subdomain is not None:
+            options["subdomain"] = self.subdomain
+        if self.custom_domains:
+            options["customDomains"] = list(self.custom_domains)
+        options.update({f"metadatas.{k}": v for k, v in self.metas.items()})
+        return options
+
+
+def tcp_proxy(local_port: int, remote_port: int) -> Proxy:
+    return Proxy("tcp", local_port, remote_port=remote_port)
+
+
+def http_proxy(local_port: int, *, subdomain: str | None = None, custom_domains: Sequence[str] = ()) -> Proxy:
+    return Proxy("http", local_port, subdomain=subdomain, custom_domains=tuple(custom_domains))
+
+
+@dataclass(frozen=True)
+class FrpsSettings:
+    bind_port: int
+    vhost_http_port: int
+    subdomain_host: str
+    plugin_addr: str
+    ops: Sequence[Op]
+
+
+def frps_config(version: FrpsVersion, s: FrpsSettings) -> tuple[str, str]:
+    """(file name, text) of frps's config for `version`: loopback only, policyd as its plugin."""
+    if default_format(version) is ConfigFormat.TOML:
+        top: dict[str, object] = {
+            "bindAddr": LOOPBACK,
+            "bindPort": s.bind_port,
+            "proxyBindAddr": LOOPBACK,
+            "vhostHTTPPort": s.vhost_http_port,
+            "subDomainHost": s.subdomain_host,
+            "log.disablePrintColor": True,
+        }
+        plugin = {
+            "name": PLUGIN_NAME,
+            "addr": s.plugin_addr,
+            "path": HANDLER_PATH,
+            "ops": [op.value for op in s.ops],
+        }
+        return "frps.toml", render_toml(top, {"httpPlugins": [plugin]})
+    common: dict[str, object] = {
+        "bind_addr": LOOPBACK,
+        "bind_port": s.bind_port,
+        "proxy_bind_addr": LOOPBACK,
+        "vhost_http_port": s.vhost_http_port,
+        "subdomain_host": s.subdomain_host,
+        "disable_log_color": True,
+    }
+    plugin_section = {"addr": s.plugin_addr, "path": HANDLER_PATH, "ops": [op.value for op in s.ops]}
+    return "frps.ini", render_ini({"common": common, f"plugin.{PLUGIN_NAME}": plugin_section})
+
+
+@dataclass(frozen=True)
+class FrpcSettings:
+    server_port: int
+    user: str
+    metas: Mapping[str, str]
+    admin_port: int
+    proxies: Mapping[str, Proxy]
+    heartbeat_interval: int | None = None  # seconds; None: frpc's default (none from 0.58)
+
+
+def frpc_config(version: FrpsVersion, s: FrpcSettings) -> tuple[str, str]:
+    """(file name, text) of frpc's config for `version`, with its admin API for `frpc reload`."""
+    if default_format(version) is ConfigFormat.TOML:
+        top: dict[str, object] = {"serverAddr": LOOPBACK, "serverPort": s.server_port}
+        if s.user:
+            top["user"] = s.user
+        top["loginFailExit"] = True
+        top.update({f"metadatas.{k}": v for k, v in s.metas.items()})
+        if s.heartbeat_interval is not None:
+            top["transport.heartbeatInterval"] = s.heartbeat_interval
+        top.update(
+            {"webServer.addr": LOOPBACK, "webServer.port": s.admin_port, "log.disablePrintColor": True}
+        )
+        proxies = [proxy.toml(name) for name, proxy in s.proxies.items()]
+        return "frpc.toml", render_toml(top, {"proxies": proxies} if proxies else None)
+    common: dict[str, object] = {"server_addr": LOOPBACK, "server_port": s.server_port}
+    if s.user:
+        common["user"] = s.user
+    common["login_fail_exit"] = True
+    common.update({f"meta_{k}": v for k, v in s.metas.items()})
+    if s.heartbeat_interval is not None:
+        common["heartbeat_interval"] = s.heartbeat_interval
+    common.update({"admin_addr": LOOPBACK, "admin_port": s.admin_port, "disable_log_color": True})
+    return "frpc.ini", render_ini({"common": common, **{name: p.ini() for name, p in s.proxies.items()}})
+
+
+# -- what frpc prints (both releases) ------------------------------------------------------------
+
+
+def proxy_label(user: str, proxy: str) -> str:
+    """How frp names a proxy: prefixed with the client's user."""
+    return f"{user}.{proxy}" if user else proxy
+
+
+def login_refused(reason: str) -> re.Pattern[str]:
+    """v0.33 `login to server failed: R`; v0.70 `login to the server failed: R. With loginFailExit…`."""
+    return re.compile(rf"login to (?:the )?server failed: {re.escape(reason)}")
+
+
+def login_succeeded() -> re.Pattern[str]:
+    return re.compile(r"login to (?:the )?server success")
+
+
+def proxy_refused(label: str, reason: str) -> re.Pattern[str]:
+    """`[alice.ssh] start error: R` (frps's error text is the plugin's reason, on both releases)."""
+    return re.compile(rf"\[{re.escape(label)}\] start error: {re.escape(reason)}")
+
+
+def pong_refused(reason: str) -> re.Pattern[str]:
+    """v0.33 `Pong contains error: R`; v0.70 `pong message contains error: R`."""
+    return re.compile(rf"(?i)pong (?:message )?contains error: {re.escape(reason)}")
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], T | None], what: str, timeout: float = READY_TIMEOUT) -> T:
     """Poll until condition() is truthy and return it; fail the test naming what never happened."""
     deadline = time.monotonic() + timeout
     while True:
@@ -39,6 +297,20 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float = READY_TIM
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(POLL_INTERVAL)
+
+
+def wait_settled(count: Callable[[], int], what: str, quiet: float = QUIET_PERIOD) -> int:
+    """Wait until count() has not changed for `quiet` seconds; return it."""
+    last, since = count(), time.monotonic()
+    deadline = since + READY_TIMEOUT
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never settled within {READY_TIMEOUT:.0f}s")
+        time.sleep(POLL_INTERVAL)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def port_accepts(port: int) -> bool:
@@ -68,17 +340,15 @@ def tcp_roundtrip(port: int, payload: bytes, *, source: str = LOOPBACK, timeout:
         return received
 
 
-def write_ini(path: Path, sections: IniSections) -> Path:
-    """frp v0.33 reads legacy INI only; booleans become frp's true/false."""
-    lines = []
-    for section, options in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in options.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
+def echoes(port: int) -> bool:
+    """Whether a tcp proxy on `port` carries traffic to its echo service yet."""
+    try:
+        return tcp_roundtrip(port, b"ping", timeout=3) == b"ping"
+    except OSError:
+        return False
+
+
+# -- processes -----------------------------------------------------------------------------------
 
 
 class LoggedProcess:
@@ -99,15 +369,21 @@ class LoggedProcess:
         """An offset into logs(): pass it as `after` to wait only for lines logged from now on."""
         return len(self.logs())
 
-    def wait_for_log(self, text: str, *, after: int = 0, timeout: float = READY_TIMEOUT) -> None:
+    def wait_for_log(
+        self, pattern: str | re.Pattern[str], *, after: int = 0, timeout: float = READY_TIMEOUT
+    ) -> None:
+        regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
+
         def logged() -> bool:
-            if text in self.logs()[after:]:
+            if regex.search(self.logs()[after:]):
                 return True
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited ({self.proc.returncode}) before logging {text!r}")
+                raise AssertionError(
+                    f"{self.name} exited ({self.proc.returncode}) before logging {regex.pattern!r}"
+                )
             return False
 
-        wait_until(logged, f"{self.name} to log {text!r}", timeout)
+        wait_until(logged, f"{self.name} to log {regex.pattern!r}", timeout)
 
     def wait_exit(self, timeout: float = READY_TIMEOUT) -> int:
         try:
@@ -115,87 +391,121 @@ class LoggedProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} still running after {timeout:.0f}s") from None
 
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> None:
         stop_process(self.proc)
         self._log.close()
 
 
 class FrpServer(LoggedProcess):
-    """frps with policyd as its plugin for every op v0.33 knows, bound to loopback only."""
-
-    def __init__(self, binary: Path, directory: Path, policyd_port: int, *, subdomain_host: str) -> None:
-        self.bind_port = free_port()
-        self.vhost_http_port = free_port()
-        self.subdomain_host = subdomain_host
-        common = {
-            "bind_addr": LOOPBACK,
-            "bind_port": self.bind_port,
-            "proxy_bind_addr": LOOPBACK,
-            "vhost_http_port": self.vhost_http_port,
-            "subdomain_host": subdomain_host,
-            "disable_log_color": True,
-        }
-        plugin = {
-            "addr": f"{LOOPBACK}:{policyd_port}",
-            "path": "/handler",
-            # No CloseProxy before frp v0.40; v0.33 sends NewWorkConn as op=Ping.
-            "ops": "Login,NewProxy,Ping,NewWorkConn,NewUserConn",
-        }
-        config = write_ini(directory / "frps.ini", {"common": common, "plugin.policyd": plugin})
-        super().__init__("frps", [str(binary), "-c", str(config)], directory / "frps.log")
-
-    def wait_ready(self) -> FrpServer:
-        self.wait_for_log("start frps success")
-        for port in (self.bind_port, self.vhost_http_port):
-            wait_until(partial(port_accepts, port), f"frps to accept on port {port}")
-        return self
-
-
-class FrpClient(LoggedProcess):
-    """frpc with a user, client metadata (`meta_*`) and proxies; its admin API allows `reload`."""
+    """frps with policyd as its plugin for every op its version sends, bound to loopback only."""
 
     def __init__(
         self,
         binary: Path,
         directory: Path,
+        version: FrpsVersion,
+        settings: FrpsSettings,
+        *,
+        config: tuple[str, str] | None = None,
+    ) -> None:
+        """`config` (file name, text) replaces the config written from `settings`."""
+        self.version = version
+        self.settings = settings
+        name, text = config or frps_config(version, settings)
+        self.config = directory / name
+        self.config.write_text(text)
+        super().__init__("frps", [str(binary), "-c", str(self.config)], directory / "frps.log")
+
+    @property
+    def bind_port(self) -> int:
+        return self.settings.bind_port
+
+    @property
+    def vhost_http_port(self) -> int:
+        return self.settings.vhost_http_port
+
+    @property
+    def subdomain_host(self) -> str:
+        return self.settings.subdomain_host
+
+    def wait_ready(self) -> FrpServer:
+        """Ready when its ports accept: the log line that says so differs between releases."""
+        ports = [self.bind_port] + ([self.vhost_http_port] if self.vhost_http_port else [])
+        for port in ports:
+            wait_until(partial(self._accepts, port), f"frps to accept on port {port}")
+        return self
+
+    def _accepts(self, port: int) -> bool:
+        return self._alive() and port_accepts(port)
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"frps exited ({self.proc.returncode}) before accepting:\n{self.logs()}")
+        return True
+
+    def http_get(self, host: str) -> httpx.Response:
+        """GET / through frps's vhost port with the given Host header."""
+        with httpx.Client(timeout=10) as client:
+            return client.get(f"http://{LOOPBACK}:{self.vhost_http_port}/", headers={"Host": host})
+
+    def wait_http_route(self, host: str) -> httpx.Response:
+        """Wait until frps routes `host` (a 200 from the local service), and return that answer."""
+
+        def routed() -> httpx.Response | None:
+            try:
+                response = self.http_get(host)
+            except httpx.TransportError:
+                return None
+            return response if response.status_code == 200 else None
+
+        return wait_until(routed, f"frps to route Host {host}")
+
+
+class FrpClient(LoggedProcess):
+    """frpc with a user, client metadata and proxies; its admin API allows `frpc reload`."""
+
+    def __init__(
+        self,
+        binary: Path,
+        directory: Path,
+        version: FrpsVersion,
         server: FrpServer,
         *,
         user: str,
         metas: Mapping[str, str],
-        proxies: IniSections,
+        proxies: Mapping[str, Proxy],
+        heartbeat_interval: int | None = None,
     ) -> None:
         self.binary = binary
+        self.version = version
         self.user = user
-        self.admin_port = free_port()
-        self.common: dict[str, object] = {
-            "server_addr": LOOPBACK,
-            "server_port": server.bind_port,
-            "user": user,
-            **{f"meta_{key}": value for key, value in metas.items()},
-            "heartbeat_interval": 1,
-            "admin_addr": LOOPBACK,
-            "admin_port": self.admin_port,
-            "disable_log_color": True,
-        }
-        self.proxies = dict(proxies)
-        self.config = write_ini(directory / "frpc.ini", {"common": self.common, **self.proxies})
+        self.settings = FrpcSettings(
+            server_port=server.bind_port,
+            user=user,
+            metas=dict(metas),
+            admin_port=free_port(),
+            proxies=dict(proxies),
+            heartbeat_interval=heartbeat_interval,
+        )
+        name, text = frpc_config(version, self.settings)
+        self.config = directory / name
+        self.config.write_text(text)
         super().__init__("frpc", [str(binary), "-c", str(self.config)], directory / "frpc.log")
 
     def label(self, proxy: str) -> str:
-        """How frp names a proxy in logs: prefixed with the client's user."""
-        return f"{self.user}.{proxy}" if self.user else proxy
-
-    def wait_proxy_started(self, proxy: str, *, after: int = 0) -> None:
-        self.wait_for_log(f"[{self.label(proxy)}] start proxy success", after=after)
+        return proxy_label(self.user, proxy)
 
     def wait_proxy_refused(self, proxy: str, reason: str, *, after: int = 0) -> None:
-        self.wait_for_log(f"[{self.label(proxy)}] start error: {reason}", after=after)
+        self.wait_for_log(proxy_refused(self.label(proxy), reason), after=after)
 
-    def add_proxies(self, proxies: IniSections) -> None:
+    def add_proxies(self, proxies: Mapping[str, Proxy]) -> None:
         """Register more proxies in the running session: rewrite the config, then `frpc reload`."""
-        self.wait_for_log("admin server listen on")
-        self.proxies.update(proxies)
-        write_ini(self.config, {"common": self.common, **self.proxies})
+        wait_until(partial(port_accepts, self.settings.admin_port), "frpc's admin API to accept")
+        self.settings = dataclasses.replace(self.settings, proxies={**self.settings.proxies, **proxies})
+        self.config.write_text(frpc_config(self.version, self.settings)[1])
         reload = subprocess.run(
             [str(self.binary), "reload", "-c", str(self.config)],
             capture_output=True,
@@ -204,10 +514,6 @@ class FrpClient(LoggedProcess):
             stdin=subprocess.DEVNULL,
         )
         assert reload.returncode == 0, f"frpc reload failed: {reload.stdout}{reload.stderr}"
-
-
-def tcp_proxy(local_port: int, remote_port: int) -> dict[str, object]:
-    return {"type": "tcp", "local_ip": LOOPBACK, "local_port": local_port, "remote_port": remote_port}
 
 
 class _EchoServer(socketserver.ThreadingTCPServer):
@@ -237,15 +543,21 @@ def _web_handler(body: bytes) -> type[http.server.BaseHTTPRequestHandler]:
 class E2EStack:
     """What one test started: policyd, frps, frpc and local services; `close()` stops them all."""
 
-    def __init__(self, directory: Path, frps_binary: Path, frpc_binary: Path) -> None:
+    def __init__(self, directory: Path, frps_binary: Path, frpc_binary: Path, version: FrpsVersion) -> None:
         self.directory = directory
         self.frps_binary = frps_binary
         self.frpc_binary = frpc_binary
+        self.version = version
         self.policies = directory / "policies"
         self.policyd: PolicydProcess | None = None
         self.frps: FrpServer | None = None
         self.frpcs: list[FrpClient] = []
         self._servers: list[socketserver.BaseServer] = []
+
+    def require(self, since: FrpsVersion, what: str) -> None:
+        """Skip the test, saying why, on a frp release before `since` (which lacks `what`)."""
+        if self.version < since:
+            pytest.skip(f"frp {self.version} has no {what} (it came in {since})")
 
     # -- policyd -------------------------------------------------------------------------------
 
@@ -266,31 +578,70 @@ class E2EStack:
         write_policy(self.policies, files)
         wait_until(lambda: self.policy_version() != before, f"policyd to reload after editing {list(files)}")
 
+    def decisions(self, op: str | None = None, **match: object) -> list[dict[str, Any]]:
+        """policyd's decision-log lines so far, of `op`, whose keys equal `match`."""
+        assert self.policyd is not None
+        return [
+            line
+            for line in self.policyd.decision_lines(timeout=0)
+            if (op is None or line["op"] == op) and all(line.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_decision(self, op: str, what: str = "", **match: object) -> dict[str, Any]:
+        """The first decision-log line of `op` with `match`, once policyd has written one."""
+        found = wait_until(lambda: self.decisions(op, **match), what or f"policyd to decide {op} {match}")
+        return found[0]
+
     # -- frp -----------------------------------------------------------------------------------
 
-    def start_frps(self, *, subdomain_host: str = "e2e.test") -> FrpServer:
+    def frps_settings(self, *, subdomain_host: str = "e2e.test") -> FrpsSettings:
+        """Fresh ports, policyd as the plugin for every op this frps sends."""
         assert self.policyd is not None, "start policyd first: frps fails every op it cannot ask about"
+        return FrpsSettings(
+            bind_port=free_port(),
+            vhost_http_port=free_port(),
+            subdomain_host=subdomain_host,
+            plugin_addr=f"{LOOPBACK}:{self.policyd.port}",
+            ops=plugin_ops(self.version),
+        )
+
+    def start_frps(
+        self, settings: FrpsSettings | None = None, *, config: tuple[str, str] | None = None
+    ) -> FrpServer:
+        """Start frps (with `config` as its whole config file, when given) and wait for its ports."""
         self.frps = FrpServer(
-            self.frps_binary, self.directory, self.policyd.port, subdomain_host=subdomain_host
+            self.frps_binary, self.directory, self.version, settings or self.frps_settings(), config=config
         )
         return self.frps.wait_ready()
 
     def start_frpc(
         self,
-        proxies: IniSections,
+        proxies: Mapping[str, Proxy],
         *,
         user: str = "alice",
         metas: Mapping[str, str] | None = None,
+        heartbeat_interval: int | None = None,
     ) -> FrpClient:
         """Start frpc against this stack's frps; the caller waits for what it expects (login, proxies)."""
         assert self.frps is not None, "start frps first"
         directory = self.directory / f"frpc-{len(self.frpcs)}"
         directory.mkdir()
         client = FrpClient(
-            self.frpc_binary, directory, self.frps, user=user, metas=metas or {}, proxies=proxies
+            self.frpc_binary,
+            directory,
+            self.version,
+            self.frps,
+            user=user,
+            metas=metas or {},
+            proxies=proxies,
+            heartbeat_interval=heartbeat_interval,
         )
         self.frpcs.append(client)
         return client
+
+    def wait_tcp_proxy(self, port: int) -> None:
+        """Wait until a tcp proxy's remote port carries traffic to its echo service."""
+        wait_until(partial(echoes, port), f"frps to carry traffic on port {port}")
 
     # -- local services behind the proxies -------------------------------------------------------
 
@@ -315,16 +666,18 @@ class E2EStack:
         if self.policyd is not None:
             yield "policyd", self.policyd.log_path
         if self.frps is not None:
-            yield "frps", self.frps.log_path
+            yield f"frps {self.version} ({self.frps.config.name})", self.frps.log_path
+            yield f"frps config ({self.frps.config.name})", self.frps.config
         for index, client in enumerate(self.frpcs):
             yield f"frpc-{index}", client.log_path
+            yield f"frpc-{index} config ({client.config.name})", client.config
 
     def log_sections(self) -> list[tuple[str, str]]:
         """(title, last lines) per process started, for a failure report; works after close()."""
         sections = []
         for name, path in self.log_files():
             lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            sections.append((f"{name} log (last {len(lines)} lines)", "\n".join(lines) or "(empty)"))
+            sections.append((f"{name} (last {len(lines)} lines)", "\n".join(lines) or "(empty)"))
         return sections
 
     def close(self) -> None:

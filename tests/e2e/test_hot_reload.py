@@ -18,7 +18,7 @@ def test_edited_rule_governs_the_next_proxy_registration(stack: E2EStack) -> Non
     frps = stack.start_frps()
     echo = stack.echo_server()
     frpc = stack.start_frpc({"first": tcp_proxy(echo, first), "second": tcp_proxy(echo, second)})
-    frpc.wait_proxy_started("first")
+    stack.wait_tcp_proxy(first)
     frpc.wait_proxy_refused("second", f"port {second} is closed")
 
     # v2 opens `third` and words its refusal differently, so the log shows which rule answered.
@@ -28,11 +28,11 @@ def test_edited_rule_governs_the_next_proxy_registration(stack: E2EStack) -> Non
     mark = frpc.log_mark()
     frpc.add_proxies({"third": tcp_proxy(echo, third), "fourth": tcp_proxy(echo, fourth)})
 
-    frpc.wait_proxy_started("third", after=mark)
     frpc.wait_proxy_refused("fourth", f"v2: port {fourth} is closed", after=mark)
+    stack.wait_tcp_proxy(third)
     assert tcp_roundtrip(third, b"opened by the edit") == b"opened by the edit"
     assert not port_accepts(fourth)
     # Nothing restarted: the first proxy still serves in frpc's one and only session.
     assert tcp_roundtrip(first, b"still up") == b"still up"
-    assert frps.logs().count("client login info") == 1
+    assert len(stack.decisions("Login")) == 1
     assert all(process.poll() is None for process in (policyd.proc, frps.proc, frpc.proc))

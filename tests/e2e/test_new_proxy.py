@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-
-from tests.e2e.harness import LOOPBACK, E2EStack, port_accepts, tcp_proxy, tcp_roundtrip
+from policyd.rules.decision import Op
+from policyd.rules.schema import SCHEMAS
+from tests.e2e.harness import E2EStack, http_proxy, port_accepts, tcp_proxy, tcp_roundtrip
 from tests.support import free_port
 
 RED = {"team": "red"}
@@ -15,7 +15,7 @@ def team_ports(port: int) -> str:
     return f"[red]\nports = [{port}, {port}]\n"
 
 
-def test_tcp_proxy_outside_the_teams_port_range_is_refused(stack: E2EStack) -> None:
+def test_a_refused_proxy_leaves_the_others_working(stack: E2EStack) -> None:
     inside, outside = free_port(), free_port()
     stack.start_policyd(
         {
@@ -33,10 +33,15 @@ reject "tcp ports for team {user.metas.team} are {ports[0]}-{ports[1]} (asked fo
         {"inside": tcp_proxy(echo, inside), "outside": tcp_proxy(echo, outside)}, metas=RED
     )
 
-    frpc.wait_proxy_refused("outside", f"tcp ports for team red are {inside}-{inside} (asked for {outside})")
-    frpc.wait_proxy_started("inside")
-    assert not port_accepts(outside)
+    reason = f"tcp ports for team red are {inside}-{inside} (asked for {outside})"
+    frpc.wait_proxy_refused("outside", reason)
+    stack.wait_tcp_proxy(inside)
     assert tcp_roundtrip(inside, b"in range") == b"in range"
+    assert not port_accepts(outside)
+    # frpc keeps running and asks again later (about every 30 s; not waited for here).
+    assert frpc.running()
+    assert [d["reason"] for d in stack.decisions("NewProxy", outcome="reject")] == [reason]
+    assert stack.decisions("NewProxy", outcome="allow", proxy_name=frpc.label("inside"))
 
 
 def test_tcp_proxy_is_moved_into_the_teams_port_range(stack: E2EStack) -> None:
@@ -51,13 +56,14 @@ set content.remote_port = ports[0] \\
             "data/teams.toml": team_ports(teams_port),
         }
     )
-    frps = stack.start_frps()
-    frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), asked_port)}, metas=RED)
+    stack.start_frps()
+    stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), asked_port)}, metas=RED)
 
-    frpc.wait_proxy_started("ssh")
-    frps.wait_for_log(f"[alice.ssh] tcp proxy listen port [{teams_port}]")
+    stack.wait_tcp_proxy(teams_port)
     assert tcp_roundtrip(teams_port, b"through the rewritten port") == b"through the rewritten port"
     assert not port_accepts(asked_port)
+    [rewrite] = stack.decisions("NewProxy", outcome="rewrite")
+    assert rewrite["changes"] == [{"field": "remote_port", "before": asked_port, "after": teams_port}]
 
 
 def test_http_subdomain_is_prefixed_with_the_team(stack: E2EStack) -> None:
@@ -72,15 +78,35 @@ set content.subdomain = team + "-" + content.subdomain \\
     )
     frps = stack.start_frps()
     web = stack.web_server(b"red team's blog")
-    frpc = stack.start_frpc(
-        {"blog": {"type": "http", "local_ip": LOOPBACK, "local_port": web, "subdomain": "blog"}}, metas=RED
-    )
+    stack.start_frpc({"blog": http_proxy(web, subdomain="blog")}, metas=RED)
 
-    frpc.wait_proxy_started("blog")
-    vhost = f"http://{LOOPBACK}:{frps.vhost_http_port}/"
-    with httpx.Client(timeout=10) as client:
-        prefixed = client.get(vhost, headers={"Host": f"red-blog.{frps.subdomain_host}"})
-        asked = client.get(vhost, headers={"Host": f"blog.{frps.subdomain_host}"})
-    assert (prefixed.status_code, prefixed.content) == (200, b"red team's blog")
+    prefixed = frps.wait_http_route(f"red-blog.{frps.subdomain_host}")
+    assert prefixed.content == b"red team's blog"
+    asked = frps.http_get(f"blog.{frps.subdomain_host}")
     assert asked.status_code == 404
     assert b"red team's blog" not in asked.content
+
+
+def test_a_bandwidth_limit_rewrite_is_accepted_by_frps(stack: E2EStack) -> None:
+    stack.require(SCHEMAS[Op.NEW_PROXY].fields["bandwidth_limit"].since, "NewProxy bandwidth_limit")
+    stack.start_policyd(
+        {
+            "NewProxy.rules": """\
+set content.bandwidth_limit = "10MB" when not content.bandwidth_limit
+set content.bandwidth_limit_mode = "server"
+""",
+        }
+    )
+    stack.start_frps()
+    remote_port = free_port()
+    frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), remote_port)})
+
+    # frps builds the proxy from the returned content: a value it refused would fail it.
+    stack.wait_tcp_proxy(remote_port)
+    assert tcp_roundtrip(remote_port, b"limited") == b"limited"
+    assert "start error" not in frpc.logs()
+    [rewrite] = stack.decisions("NewProxy", outcome="rewrite")
+    assert [(c["field"], c["after"]) for c in rewrite["changes"]] == [
+        ("bandwidth_limit", "10MB"),
+        ("bandwidth_limit_mode", "server"),
+    ]

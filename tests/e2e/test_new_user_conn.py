@@ -18,11 +18,14 @@ reject "visitors from {split_host_port(content.remote_addr)[0]} are blocked" \\
             "data/access.toml": f'blocked_networks = ["{BLOCKED_VISITOR}/32", "198.51.100.0/24"]\n',
         }
     )
-    frps = stack.start_frps()
+    stack.start_frps()
     remote_port = free_port()
     frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), remote_port)})
-    frpc.wait_proxy_started("ssh")
+    stack.wait_tcp_proxy(remote_port)
 
     assert tcp_roundtrip(remote_port, b"from an allowed address") == b"from an allowed address"
     assert tcp_roundtrip(remote_port, b"from a blocked address", source=BLOCKED_VISITOR) == b""
-    frps.wait_for_log(f"was rejected, err:visitors from {BLOCKED_VISITOR} are blocked")
+    refused = stack.wait_decision("NewUserConn", outcome="reject")
+    assert refused["reason"] == f"visitors from {BLOCKED_VISITOR} are blocked"
+    assert refused["remote_addr"].startswith(f"{BLOCKED_VISITOR}:")
+    assert refused["proxy_name"] == frpc.label("ssh")

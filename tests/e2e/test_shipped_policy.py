@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import socket
 
-import httpx
-
-from tests.e2e.harness import LOOPBACK, E2EStack, port_accepts, tcp_proxy, tcp_roundtrip
+from tests.e2e.harness import (
+    LOOPBACK,
+    E2EStack,
+    http_proxy,
+    login_refused,
+    port_accepts,
+    tcp_proxy,
+    tcp_roundtrip,
+)
 from tests.support import SHIPPED_POLICIES, free_port
 
 RED = {"team": "red", "token": "tk-alice"}
@@ -42,18 +48,13 @@ def test_a_red_client_with_its_token_gets_what_the_shipped_rules_allow(stack: E2
         {
             "ssh": tcp_proxy(echo, inside),
             "far": tcp_proxy(echo, outside),
-            "blog": {"type": "http", "local_ip": LOOPBACK, "local_port": web, "subdomain": "blog"},
-            "site": {
-                "type": "http",
-                "local_ip": LOOPBACK,
-                "local_port": web,
-                "custom_domains": "www.example.org",
-            },
+            "blog": http_proxy(web, subdomain="blog"),
+            "site": http_proxy(web, custom_domains=["www.example.org"]),
         },
         metas=RED,
     )
 
-    frpc.wait_proxy_started("ssh")
+    stack.wait_tcp_proxy(inside)
     assert tcp_roundtrip(inside, b"inside red's range") == b"inside red's range"
     frpc.wait_proxy_refused("far", f"tcp/udp ports for team red are 6000-6999 (asked for {outside})")
     assert not port_accepts(outside)
@@ -61,11 +62,8 @@ def test_a_red_client_with_its_token_gets_what_the_shipped_rules_allow(stack: E2
         "site",
         "custom domains must be red.example.com or end in .red.example.com (asked for www.example.org)",
     )
-    frpc.wait_proxy_started("blog")
-    vhost = f"http://{LOOPBACK}:{frps.vhost_http_port}/"
-    with httpx.Client(timeout=10) as client:
-        assert client.get(vhost, headers={"Host": f"red-blog.{frps.subdomain_host}"}).content == b"red blog"
-        assert client.get(vhost, headers={"Host": f"blog.{frps.subdomain_host}"}).status_code == 404
+    assert frps.wait_http_route(f"red-blog.{frps.subdomain_host}").content == b"red blog"
+    assert frps.http_get(f"blog.{frps.subdomain_host}").status_code == 404
     assert stack.policyd is not None
     stack.policyd.wait_for_log("proxy alice.ssh of team red has no encryption")
 
@@ -76,4 +74,4 @@ def test_the_shipped_login_rules_refuse_a_red_client_without_its_token(stack: E2
     frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), free_port())}, metas={"team": "red"})
 
     assert frpc.wait_exit() != 0
-    assert "login to server failed: team red needs metadatas.token" in frpc.logs()
+    assert login_refused("team red needs metadatas.token").search(frpc.logs())
