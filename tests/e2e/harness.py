@@ -274,9 +274,13 @@ def login_succeeded() -> re.Pattern[str]:
     return re.compile(r"login to (?:the )?server success")
 
 
-def proxy_refused(label: str, reason: str) -> re.Pattern[str]:
-    """`[alice.ssh] start error: R` (frps's error text is the plugin's reason, on both releases)."""
-    return re.compile(rf"\[{re.escape(label)}\] start error: {re.escape(reason)}")
+def proxy_refused(user: str, proxy: str, reason: str) -> re.Pattern[str]:
+    """`[alice.ssh] start error: R` (frps's error text is the plugin's reason, on both releases).
+
+    frpc names the proxy with its user's prefix or, in some releases' lines, without it.
+    """
+    prefix = f"(?:{re.escape(user)}\\.)?" if user else ""
+    return re.compile(rf"\[{prefix}{re.escape(proxy)}\] start error: {re.escape(reason)}")
 
 
 def pong_refused(reason: str) -> re.Pattern[str]:
@@ -499,7 +503,7 @@ class FrpClient(LoggedProcess):
         return proxy_label(self.user, proxy)
 
     def wait_proxy_refused(self, proxy: str, reason: str, *, after: int = 0) -> None:
-        self.wait_for_log(proxy_refused(self.label(proxy), reason), after=after)
+        self.wait_for_log(proxy_refused(self.user, proxy, reason), after=after)
 
     def add_proxies(self, proxies: Mapping[str, Proxy]) -> None:
         """Register more proxies in the running session: rewrite the config, then `frpc reload`."""

@@ -240,8 +240,13 @@ def test_a_login_is_found_in_either_releases_words(line: str) -> None:
     ],
 )
 def test_a_refused_proxy_is_found_by_its_label_and_reason(line: str) -> None:
-    assert proxy_refused(proxy_label("alice", "far"), "ports are 1-2 (asked for 3)").search(line)
-    assert not proxy_refused(proxy_label("", "far"), "ports are 1-2 (asked for 3)").search(line)
+    assert proxy_refused("alice", "far", "ports are 1-2 (asked for 3)").search(line)
+    assert proxy_refused("alice", "far", "ports are 1-2 (asked for 3)").search(
+        line.replace("alice.far", "far")
+    )
+    assert not proxy_refused("", "far", "ports are 1-2 (asked for 3)").search(line)
+    assert not proxy_refused("alice", "far", "ports are 1-3 (asked for 3)").search(line)
+    assert proxy_label("alice", "far") == "alice.far" and proxy_label("", "far") == "far"
 
 
 @pytest.mark.parametrize(

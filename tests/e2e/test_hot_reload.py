@@ -34,5 +34,6 @@ def test_edited_rule_governs_the_next_proxy_registration(stack: E2EStack) -> Non
     assert not port_accepts(fourth)
     # Nothing restarted: the first proxy still serves in frpc's one and only session.
     assert tcp_roundtrip(first, b"still up") == b"still up"
+    stack.wait_decision("Login")
     assert len(stack.decisions("Login")) == 1
     assert all(process.poll() is None for process in (policyd.proc, frps.proc, frpc.proc))

@@ -54,7 +54,7 @@ def test_login_with_the_teams_token_connects(stack: E2EStack) -> None:
 
     stack.wait_tcp_proxy(remote_port)
     assert tcp_roundtrip(remote_port, b"hello red") == b"hello red"
-    assert stack.decisions("Login", outcome="allow", user="alice")
+    stack.wait_decision("Login", outcome="allow", user="alice")
 
 
 def test_a_login_reject_prints_v070s_message_and_exits_1(stack: E2EStack) -> None:

@@ -40,8 +40,9 @@ reject "tcp ports for team {user.metas.team} are {ports[0]}-{ports[1]} (asked fo
     assert not port_accepts(outside)
     # frpc keeps running and asks again later (about every 30 s; not waited for here).
     assert frpc.running()
+    stack.wait_decision("NewProxy", outcome="allow", proxy_name=frpc.label("inside"))
+    stack.wait_decision("NewProxy", outcome="reject", proxy_name=frpc.label("outside"))
     assert [d["reason"] for d in stack.decisions("NewProxy", outcome="reject")] == [reason]
-    assert stack.decisions("NewProxy", outcome="allow", proxy_name=frpc.label("inside"))
 
 
 def test_tcp_proxy_is_moved_into_the_teams_port_range(stack: E2EStack) -> None:
@@ -62,7 +63,7 @@ set content.remote_port = ports[0] \\
     stack.wait_tcp_proxy(teams_port)
     assert tcp_roundtrip(teams_port, b"through the rewritten port") == b"through the rewritten port"
     assert not port_accepts(asked_port)
-    [rewrite] = stack.decisions("NewProxy", outcome="rewrite")
+    rewrite = stack.wait_decision("NewProxy", outcome="rewrite")
     assert rewrite["changes"] == [{"field": "remote_port", "before": asked_port, "after": teams_port}]
 
 
@@ -105,7 +106,7 @@ set content.bandwidth_limit_mode = "server"
     stack.wait_tcp_proxy(remote_port)
     assert tcp_roundtrip(remote_port, b"limited") == b"limited"
     assert "start error" not in frpc.logs()
-    [rewrite] = stack.decisions("NewProxy", outcome="rewrite")
+    rewrite = stack.wait_decision("NewProxy", outcome="rewrite")
     assert [(c["field"], c["after"]) for c in rewrite["changes"]] == [
         ("bandwidth_limit", "10MB"),
         ("bandwidth_limit_mode", "server"),
