@@ -319,6 +319,7 @@ def _frps_version(ctx: click.Context, param: click.Parameter, value: str | None)
 @_policies_option("Policy directory: by default, the ops with a rule file here are listed.")
 @click.option(
     "--frps-version",
+    metavar="VERSION",
     callback=_frps_version,
     help="Write for this frps (e.g. 0.33.0): its ops, its format, warnings for its traps.",
 )
