@@ -127,20 +127,26 @@ def _op_heading(op: Op) -> str:
     return f"{op}: {facts.when}; from frps {facts.since}; {_answer_text(op)}"
 
 
-def render_pretty(rows: list[FieldInfo]) -> str:
-    lines: list[str] = []
+def _by_op(rows: list[FieldInfo]) -> Iterator[tuple[Op, list[FieldInfo]]]:
+    """The rows of each op that has any, in frps's op order."""
     for op in Op:
         mine = [r for r in rows if r.op is op]
-        if not mine:
-            continue
+        if mine:
+            yield op, mine
+
+
+def _cells(r: FieldInfo) -> tuple[str, ...]:
+    return (r.path, r.kind.value, r.go_type, r.zero, r.sent_by, "yes" if r.set_takes_effect else "no", r.doc)
+
+
+def render_pretty(rows: list[FieldInfo]) -> str:
+    lines: list[str] = []
+    for op, mine in _by_op(rows):
         if lines:
             lines.append("")
         lines.append(_op_heading(op))
-        table = [("field", "type", "Go type", "zero", "frps", "set", "meaning")]
-        table += [
-            (r.path, r.kind.value, r.go_type, r.zero, r.sent_by, "yes" if r.set_takes_effect else "no", r.doc)
-            for r in mine
-        ]
+        table: list[tuple[str, ...]] = [("field", "type", "Go type", "zero", "frps", "set", "meaning")]
+        table += [_cells(r) for r in mine]
         widths = [max(len(row[i]) for row in table) for i in range(6)]
         for row in table:
             cells = [cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)]
@@ -155,10 +161,7 @@ def _md(text: str) -> str:
 def render_markdown(rows: list[FieldInfo]) -> str:
     """One table per op: docs/fields.md's generated part."""
     out: list[str] = []
-    for op in Op:
-        mine = [r for r in rows if r.op is op]
-        if not mine:
-            continue
+    for op, mine in _by_op(rows):
         facts = OP_FACTS[op]
         out += [
             f"### {op}",
@@ -168,11 +171,9 @@ def render_markdown(rows: list[FieldInfo]) -> str:
             "| field | type | Go type | zero | sent by frps | `set` takes effect | meaning |",
             "|---|---|---|---|---|---|---|",
         ]
-        out += [
-            f"| `{r.path}` | {r.kind.value} | `{r.go_type}` | `{r.zero}` | {r.sent_by} | "
-            f"{'yes' if r.set_takes_effect else 'no'} | {_md(r.doc)} |"
-            for r in mine
-        ]
+        for r in mine:
+            path, kind, go_type, zero, sent_by, effect, doc = _cells(r)
+            out.append(f"| `{path}` | {kind} | `{go_type}` | `{zero}` | {sent_by} | {effect} | {_md(doc)} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
