@@ -20,6 +20,9 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from policyd.console.app import ConsoleMode, ConsoleServices, create_console
+from policyd.console.rings import ConsoleFeed
+from policyd.console.tokens import TokenFile
 from policyd.engine import decide, fail_unencodable
 from policyd.protocol import (
     ALLOW_UNCHANGED,
@@ -30,11 +33,11 @@ from policyd.protocol import (
     parse_request,
 )
 from policyd.service.access import Allowlist
-from policyd.service.decisionlog import DecisionLog
+from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.metrics import CONTENT_TYPE, Metrics
-from policyd.service.settings import Settings
+from policyd.service.settings import CONSOLE_PATH, Settings
 from policyd.service.status import readiness, status_document
-from policyd.service.store import PolicyStore
+from policyd.service.store import PolicyStore, pacer
 from policyd.service.watcher import PolicyWatcher
 
 log = logging.getLogger("policyd")
@@ -226,6 +229,10 @@ def create_app(
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
     started_at = time.time()
     started = False
+    console = ConsoleMode(settings.console)
+    feed = None
+    if console is not ConsoleMode.OFF:
+        feed = ConsoleFeed(decision_record, reloads=lambda: (store.stats.successes, store.stats.failures))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -239,11 +246,15 @@ def create_app(
                 poll=settings.reload_poll_s,
             )
             watcher.start()
+        if feed is not None:
+            feed.start()
         started = True
         try:
             yield
         finally:
             started = False
+            if feed is not None:
+                feed.stop()
             if watcher is not None:
                 watcher.stop()
             decisions.close()
@@ -272,6 +283,8 @@ def create_app(
             encoded = ALLOW_UNCHANGED if fail_open else POLICY_ERROR_ANSWER
         metrics.observe(decision)
         decisions.write(decision, plugin_request.content, reqid)
+        if feed is not None:
+            feed.add(decision, body, reqid)
         return encoded, decision.policy_version
 
     front = _Front(
@@ -307,5 +320,20 @@ def create_app(
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if feed is not None:
+        services = ConsoleServices(
+            mode=console,
+            store=store,
+            options=options,
+            feed=feed,
+            allows=admin.allows,
+            status=lambda: status_document(store, settings, started_at=started_at, now=time.time()),
+            tokens=TokenFile(settings.console_token_file) if settings.console_token_file else None,
+            hosts=(settings.host,),
+            pause=pacer,
+            workers=settings.workers,
+        )
+        app.mount(CONSOLE_PATH, create_console(services))
 
     return front

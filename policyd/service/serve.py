@@ -42,6 +42,12 @@ def _warn_if_exposed(settings: Settings) -> None:
         )
     if not settings.tls:
         log.warning("listening on %s without TLS: plugin requests carry tokens in clear text", settings.host)
+    if settings.console != "off" and not settings.admin_allow:
+        log.warning(
+            "listening on %s with the console on and no admin_allow: anyone who reaches the port can "
+            "read the policy and its decisions at /ui",
+            settings.host,
+        )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

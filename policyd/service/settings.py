@@ -20,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from policyd.console.errors import ConsoleError
+from policyd.console.tokens import read_tokens
 from policyd.engine import EvalOptions
 from policyd.errors import PolicydError, did_you_mean
 from policyd.rules.decision import OPS, Op
@@ -31,6 +33,7 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+CONSOLE_MODES = ("off", "read", "edit")
 
 
 class SettingsError(PolicydError):
@@ -97,7 +100,10 @@ class Settings:
     )
     admin_allow: tuple[Network, ...] = field(
         default=(),
-        metadata=_doc("Addresses/CIDRs allowed to read /status and /metrics; empty: any.", metavar="CIDRS"),
+        metadata=_doc(
+            "Addresses/CIDRs allowed to read /status and /metrics and to use the console; empty: any.",
+            metavar="CIDRS",
+        ),
     )
     workers: int = field(default=1, metadata=_doc("Worker processes; each hot-reloads on its own."))
     shutdown_timeout_s: float = field(
@@ -108,6 +114,19 @@ class Settings:
     )
     reload_poll_s: float = field(
         default=5.0, metadata=_doc("Seconds between fingerprint polls backing up file events.")
+    )
+    console: str = field(
+        default="off",
+        metadata=_doc(
+            "The web console at /ui (behind admin_allow): off, read, or edit (needs console_token_file).",
+            choices=CONSOLE_MODES,
+        ),
+    )
+    console_token_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "File of name:token lines: the bearer tokens that may save edits in the console.", metavar="FILE"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -338,10 +357,18 @@ def _check(s: Settings) -> None:
         problems.append(f"max_body_bytes must be positive, got {s.max_body_bytes}")
     if s.eval_budget_ms <= 0:
         problems.append(f"eval_budget_ms must be positive, got {s.eval_budget_ms}")
-    if s.handler_path in RESERVED_PATHS:
+    if s.handler_path in RESERVED_PATHS or s.handler_path.startswith(CONSOLE_PATH + "/"):
         problems.append(f"handler_path {s.handler_path} is one of policyd's own endpoints")
+    if s.console == "edit" and s.console_token_file is None:
+        problems.append("console = edit needs console_token_file (a file of name:token lines)")
+    if s.console == "edit" and s.console_token_file is not None:
+        try:
+            read_tokens(s.console_token_file)
+        except ConsoleError as e:
+            problems.append(f"console_token_file {e}")
     if problems:
         raise SettingsError("; ".join(problems))
 
 
-RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics"})
+CONSOLE_PATH = "/ui"
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics", CONSOLE_PATH})

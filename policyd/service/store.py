@@ -151,3 +151,8 @@ def _load_out_of_gc(
     finally:
         if was_enabled:
             gc.enable()
+
+
+def pacer() -> Callable[[], None]:
+    """A fresh pacer, for other work that compiles policies beside the serving thread (the console)."""
+    return _Pacer()
