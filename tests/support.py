@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,16 @@ class PolicydProcess:
         port: int | None = None,
         port_flag: bool = True,
         tls_ca: Path | None = None,
+        prefix: Sequence[str] = (),
     ):
         """`port_flag=False` leaves the port to POLICYD_PORT or a config file (pass `port`);
-        `policies=None` leaves the directory to them too; `tls_ca` makes the client speak HTTPS."""
+        `policies=None` leaves the directory to them too; `tls_ca` makes the client speak HTTPS;
+        `prefix` is a command that runs policyd (it ends with `exec "$@"` or the like)."""
         self.port = port or free_port()
         self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        args = [sys.executable, "-m", "policyd", "serve"]
+        args = [*prefix, sys.executable, "-m", "policyd", "serve"]
         if policies is not None:
             args += ["--policies", str(policies)]
         if port_flag:
