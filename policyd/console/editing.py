@@ -25,12 +25,12 @@ from policyd.console.files import (
     file_kind,
     read_file,
     sha256,
-    write_atomically,
 )
 from policyd.errors import PolicyLoadError
 from policyd.policy import Policy, load_policy
 from policyd.rules.diagnostics import Diagnostic, SourceFiles, render
 from policyd.tools.check import lint
+from policyd.tools.fmt import write_atomically
 from policyd.tools.test import TESTS_DIR, run_policy_tests
 
 log = logging.getLogger("policyd.console")
@@ -165,7 +165,7 @@ def save_edit(
     if current_sha256(root, rel) != base_sha256:  # changed while the candidate was checked
         raise ConsoleError(f"{rel} changed on disk while the edit was checked: reload it", 409, "conflict")
     path.parent.mkdir(exist_ok=True)
-    write_atomically(path, text)
+    write_atomically(path, text, suffix=".console")
     report.saved = True
     log.info(
         "console save by %s: %s (sha256 %s -> %s), policy %s -> %s",

@@ -145,34 +145,6 @@ def candidate_directory(root: Path, rel: str, text: str) -> Iterator[Path]:
         yield candidate
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace (or create) `path` so that a reader sees the old file or the new one, never a part.
-
-    The temporary file sits in the same directory (a rename is atomic only within a file system),
-    its name starts with '.', which the loader and the watcher's reload skip, and it is flushed to
-    disk before the rename. An existing file keeps its permission bits.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".console", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        except FileNotFoundError:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
-
 def read_only_reason(root: Path) -> str:
     """Why the policy directory cannot be written ("" when it can), without writing to it.
 

@@ -252,18 +252,33 @@ def rule_files(paths: list[Path]) -> tuple[list[Path], list[PolicyError]]:
     return files, errors
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # The service hot-reloads this directory: it must never read a half-written rule file.
-    # The temporary name starts with '.' and does not end in .rules, so the loader skips it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".fmt", dir=path.parent)
+def write_atomically(path: Path, text: str, *, suffix: str = ".tmp") -> None:
+    """Replace (or create) `path` so that a reader sees the old file or the new one, never a part.
+
+    The service hot-reloads the policy directory: it must never read a half-written file. The
+    temporary file sits in the same directory (a rename is atomic only within a file system), its
+    name starts with '.' (the loader skips it) and ends in `suffix`; it is flushed to disk before
+    the rename, and the rename itself after. An existing file keeps its permission bits.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def fmt(paths: list[Path], out: TextIO, *, check: bool = False, diff: bool = False) -> FmtReport:
@@ -292,7 +307,7 @@ def fmt(paths: list[Path], out: TextIO, *, check: bool = False, diff: bool = Fal
         elif check:
             out.write(f"would reformat {path}\n")
         else:
-            _write_atomically(path, formatted)
+            write_atomically(path, formatted, suffix=".fmt")
             out.write(f"reformatted {path}\n")
     for error in report.errors:
         out.write(f"error: {error}\n")
