@@ -3,7 +3,7 @@
 import { ApiError, api, byId, diagnosticsList, el, getToken, replace, say, setToken, showMode } from "./common.js";
 import { createEditor, languageOfPath } from "./editor.js";
 
-const editor = createEditor(byId("file-editor"), { language: "rules", label: "File contents", readOnly: true, minHeight: "24rem", onRun: () => check() });
+const editor = createEditor(byId("file-editor"), { language: "rules", label: "File contents", readOnly: true, minHeight: "18rem", onRun: () => check() });
 let editable = false;
 let current = null; // {path, sha256 (null: a new file), text}
 
