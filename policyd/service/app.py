@@ -34,6 +34,7 @@ from policyd.protocol import (
 )
 from policyd.service.access import Allowlist
 from policyd.service.decisionlog import DecisionLog, decision_record
+from policyd.service.edge import Edge
 from policyd.service.metrics import CONTENT_TYPE, Metrics
 from policyd.service.settings import CONSOLE_PATH, Settings
 from policyd.service.status import readiness, status_document
@@ -70,16 +71,24 @@ def _request_headers(scope: Scope, limit: int) -> str:
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
-    body = b""
+    """The whole body, in time linear in its size however it is split (one join at the end)."""
+    message = await receive()
+    chunks: list[bytes] = []
+    size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
-        body += bytes(message.get("body", b""))
-        if len(body) > limit:
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
             raise BadRequest(f"body exceeds the limit of {limit} bytes", 413)
         if not message.get("more_body", False):
-            return body
+            if not chunks:
+                return bytes(chunk)  # the usual case: the whole body in one message
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+        message = await receive()
 
 
 # frps sends one of a handful of query strings (`version=0.1.0&op=NewProxy`), so they are parsed
@@ -138,6 +147,7 @@ class _Front:
         self.limit = limit
         self.guards = {p: g for p, g in guards.items() if g}  # an empty allowlist allows everyone
         self.metrics = metrics
+        self.edge: Edge | None = None  # the connection limits uvicorn's protocol applies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -295,6 +305,7 @@ def create_app(
         guards=guards,
         metrics=metrics,
     )
+    front.edge = Edge.from_settings(settings, metrics.connection_refused)  # read by EdgeProtocol
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -44,6 +44,9 @@ from prometheus_client.utils import floatToGoString
 from policyd.errors import Location
 from policyd.rules.decision import OUTCOME_LABELS, Decision, Op, outcome_label
 
+# The `reason` labels of CONNECTIONS_REFUSED (policyd.service.edge.Refusal names them).
+REFUSAL_REASONS = ("allowlist", "max_connections", "header_timeout", "header_too_large", "body_timeout")
+
 if TYPE_CHECKING:
     from policyd.service.store import PolicyStore
 
@@ -112,6 +115,14 @@ IN_FLIGHT = MetricSpec(
     "gauge",
     "HTTP requests being answered (a graceful shutdown waits for these).",
 )
+CONNECTIONS_REFUSED = MetricSpec(
+    "policyd_http_connections_refused",
+    "counter",
+    "Connections the HTTP edge closed, by reason.",
+    ("reason",),
+    "`reason`: `allowlist` (a peer no endpoint serves, at connect), `max_connections`, "
+    "`header_timeout`, `header_too_large`, `body_timeout`; every reason exported from start, at 0",
+)
 POLICY_INFO = MetricSpec("policyd_policy", "info", "The policy version serving.", ("version",), "always 1")
 POLICY_RULES = MetricSpec("policyd_policy_rules", "gauge", "Rules in the serving policy.")
 POLICY_LOADED = MetricSpec(
@@ -145,6 +156,7 @@ METRICS = (
     HTTP_REQUESTS,
     HTTP_DURATION,
     IN_FLIGHT,
+    CONNECTIONS_REFUSED,
     POLICY_INFO,
     POLICY_RULES,
     POLICY_LOADED,
@@ -213,6 +225,7 @@ class _Recorder(Protocol):
     def observe(self, decision: Decision) -> None: ...
     def request_started(self) -> None: ...
     def request_done(self, path: str, code: int, seconds: float) -> None: ...
+    def connection_refused(self, reason: str) -> None: ...
 
 
 class _Tally(Collector):
@@ -227,6 +240,7 @@ class _Tally(Collector):
         self.http_requests: dict[tuple[str, int], int] = {}
         self.http_durations: dict[str, _Histogram] = {}
         self.in_flight = 0
+        self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -251,6 +265,9 @@ class _Tally(Collector):
         if durations is None:
             durations = self.http_durations[path] = _Histogram(HTTP_BUCKETS_S)
         durations.observe(seconds)
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
         # Snapshots (list(...)) so a scrape from another thread cannot see a dict change size.
@@ -283,6 +300,12 @@ class _Tally(Collector):
             durations.add_metric([path], histogram.buckets(), histogram.sum)
         yield durations
         yield GaugeMetricFamily(IN_FLIGHT.name, IN_FLIGHT.help, value=self.in_flight)
+        refused = CounterMetricFamily(
+            CONNECTIONS_REFUSED.name, CONNECTIONS_REFUSED.help, labels=CONNECTIONS_REFUSED.labels
+        )
+        for reason, count in list(self.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
 
 class _ClientMetrics:
@@ -324,6 +347,13 @@ class _ClientMetrics:
         self._in_flight = Gauge(
             IN_FLIGHT.name, IN_FLIGHT.help, multiprocess_mode="livesum", registry=registry
         )
+        refused = Counter(
+            CONNECTIONS_REFUSED.name,
+            CONNECTIONS_REFUSED.help,
+            CONNECTIONS_REFUSED.labels,
+            registry=registry,
+        )
+        self._refused = {reason: refused.labels(reason) for reason in REFUSAL_REASONS}
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -356,6 +386,9 @@ class _ClientMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def connection_refused(self, reason: str) -> None:
+        self._refused[reason].inc()
+
 
 class Metrics:
     """Every metric policyd exports.
@@ -381,6 +414,7 @@ class Metrics:
         self.observe = recorder.observe
         self.request_started = recorder.request_started
         self.request_done = recorder.request_done
+        self.connection_refused = recorder.connection_refused
         self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics"})
 
     def path_label(self, path: str) -> str:

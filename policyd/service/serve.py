@@ -21,6 +21,7 @@ import orjson
 from starlette.types import ASGIApp
 
 from policyd import __version__
+from policyd.service.edge import EdgeProtocol, ensure_fd_headroom
 from policyd.service.logs import logging_config
 from policyd.service.settings import Layer, Settings, build_settings
 from policyd.service.store import PolicyStore
@@ -53,11 +54,18 @@ def _warn_if_exposed(settings: Settings) -> None:
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run()'s options for these settings (benchmarks/ serves its baselines with them too).
 
-    uvicorn picks uvloop and httptools (dependencies) over asyncio and h11 by itself.
+    uvicorn picks uvloop (a dependency) by itself; HTTP is httptools behind policyd's edge
+    (policyd.service.edge), with the limits of the app it serves. `proxy_headers` is off: uvicorn
+    would otherwise take the client address from `X-Forwarded-For` when the peer is 127.0.0.1,
+    and any local process could then pass the allowlists as any address.
     """
     return {
         "host": settings.host,
         "port": settings.port,
+        "http": EdgeProtocol,
+        "ws": "none",
+        "proxy_headers": False,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "log_config": logging_config(settings.log_level, settings.log_format),
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
@@ -85,6 +93,7 @@ def run(settings: Settings) -> None:
         settings.workers,
     )
     _warn_if_exposed(settings)
+    ensure_fd_headroom(settings.max_connections)
     common = server_options(settings)
     if settings.workers == 1:
         from policyd.service.app import create_app

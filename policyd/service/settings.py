@@ -64,7 +64,27 @@ class Settings:
         default=frozenset(),
         metadata=_doc("Ops that allow instead of reject when a rule errors, e.g. 'Ping,NewWorkConn'."),
     )
-    max_body_bytes: int = field(default=1024 * 1024, metadata=_doc("Largest request body accepted (413)."))
+    # frps's largest messages (NewProxy with domains, headers, metas) are a few KiB. The edge's
+    # defaults bound memory at max_connections x (max_body_bytes + max_header_bytes) = 68 MiB,
+    # which fits a 256 Mi pod with room for a policy's data (SECURITY.md, benchmarks/edge.py).
+    max_body_bytes: int = field(default=256 * 1024, metadata=_doc("Largest request body accepted (413)."))
+    max_header_bytes: int = field(
+        default=16 * 1024, metadata=_doc("Largest request line and headers accepted (431).")
+    )
+    max_connections: int = field(
+        default=256,
+        metadata=_doc("Connections served at once, per worker; one more is answered 503 and closed."),
+    )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata=_doc("Seconds a client has to send a request's line and headers (408 and closed)."),
+    )
+    body_timeout_s: float = field(
+        default=10.0, metadata=_doc("Seconds a client has to send a request's body (408 and closed).")
+    )
+    keep_alive_timeout_s: float = field(
+        default=5.0, metadata=_doc("Seconds an idle kept-alive connection stays open.")
+    )
     eval_budget_ms: float = field(
         default=DEFAULT_EVAL_SECONDS * 1000,
         metadata=_doc("Wall-clock budget for one decision, in milliseconds."),
@@ -353,8 +373,12 @@ def _check(s: Settings) -> None:
         problems.append("tls_cert and tls_key go together: give both or neither")
     if s.workers < 1:
         problems.append(f"workers must be at least 1, got {s.workers}")
-    if s.max_body_bytes < 1:
-        problems.append(f"max_body_bytes must be positive, got {s.max_body_bytes}")
+    for name in ("max_body_bytes", "max_header_bytes", "max_connections"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be positive, got {getattr(s, name)}")
+    for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{name} must be positive, got {getattr(s, name)}")
     if s.eval_budget_ms <= 0:
         problems.append(f"eval_budget_ms must be positive, got {s.eval_budget_ms}")
     if s.handler_path in RESERVED_PATHS or s.handler_path.startswith(CONSOLE_PATH + "/"):
