@@ -16,12 +16,27 @@ import orjson
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def utc_timestamp(created: float) -> str:
+    """ISO 8601 in UTC with microseconds, as the decision log writes its times."""
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT with the time in ISO 8601 UTC (`2025-01-01T12:00:00.123456Z`), not local time."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return utc_timestamp(record.created)
+
+
 class JsonFormatter(logging.Formatter):
     """`{"time", "level", "logger", "message"}` (plus `exception` when there is one) per line."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC),
+            "time": utc_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -33,9 +48,7 @@ class JsonFormatter(logging.Formatter):
 
 def logging_config(level: str, fmt: str) -> dict[str, Any]:
     """dictConfig for policyd's and uvicorn's loggers; uvicorn's access log stays off."""
-    formatter: dict[str, Any] = (
-        {"()": f"{__name__}.JsonFormatter"} if fmt == "json" else {"format": TEXT_FORMAT}
-    )
+    formatter: dict[str, Any] = {"()": f"{__name__}.{'JsonFormatter' if fmt == 'json' else 'TextFormatter'}"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
