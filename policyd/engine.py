@@ -144,8 +144,10 @@ def _check_type(statement: Statement, value: Any) -> Any:
 
 def _warn(decision: Decision, ctx: Ctx, statement: Statement) -> None:
     """A warn rule that fired: its message, rendered now (later sets must not change it)."""
-    assert statement.message is not None
-    decision.warnings.append(RuleWarning(statement.message.render(ctx), statement.location))
+    message = statement.message
+    assert message is not None
+    text, parts = message.render_parts(ctx)
+    decision.warnings.append(RuleWarning(text, statement.location, parts, message.kinds))
 
 
 def _set(decision: Decision, names: RequestNames, statement: Statement, value: Any) -> Any:
@@ -262,13 +264,16 @@ def decide(
         if index >= 0:
             statement = statements[index]
             decision.rule = statement.location
+            decision.statement = statement
             if statement.action is Action.REJECT:
-                assert statement.message is not None
+                message = statement.message
+                assert message is not None
                 decision.outcome = Outcome.REJECT
                 try:
-                    decision.reason = statement.message.render(ctx)
+                    decision.reason, decision.reason_parts = message.render_parts(ctx)
                 except Exception as e:
                     raise RuleFailed(index, e) from None
+                decision.reason_kinds = message.kinds
     except RuleFailed as failed:  # a rule's failure must never escape as a 500
         cause = failed.error
         error = (
@@ -279,6 +284,7 @@ def decide(
         error.at(statement.location)
         decision.error = error
         decision.rule = statement.location
+        decision.statement = statement
         if op in options.fail_open_ops:
             decision.outcome = Outcome.ALLOW
             decision.failed_open = True
@@ -286,6 +292,7 @@ def decide(
         else:
             decision.outcome = Outcome.REJECT
             decision.reason = GENERIC_ERROR_REASON
+        decision.reason_parts = decision.reason_kinds = ()  # the generic reason: nothing to mask
     if decision.outcome is Outcome.REJECT or decision.error is not None:
         decision.changes = []  # nothing changes on a reject or an error
     if decision.changes:
@@ -305,5 +312,6 @@ def fail_unencodable(decision: Decision, message: str, *, fail_open: bool) -> No
     decision.failed_open = fail_open
     decision.outcome = Outcome.ALLOW if fail_open else Outcome.REJECT
     decision.reason = "" if fail_open else GENERIC_ERROR_REASON
+    decision.reason_parts = decision.reason_kinds = ()
     decision.content = None
     decision.changes = []

@@ -7,12 +7,15 @@ through these types without importing the engine that makes them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyd.errors import Location, PolicyError
+
+if TYPE_CHECKING:
+    from policyd.rules.statements import Statement
 
 
 class Op(enum.StrEnum):
@@ -43,6 +46,14 @@ ERROR_LABEL = "error"
 OUTCOME_LABELS = (*(o.value for o in Outcome), ERROR_LABEL)
 
 
+class Part(enum.Enum):
+    """Where a piece of a rendered reason or warn message came from: what masking may touch."""
+
+    TEXT = "text"  # the rule author's words: never masked
+    VALUE = "value"  # what a {...} part rendered: searched for credential values
+    SECRET = "secret"  # what a {...} part reading a credential field rendered: masked whole
+
+
 # Not frozen: a frozen dataclass's __init__ costs 3x (object.__setattr__ per field), and a
 # decision makes these on the request path. Nothing changes them once made.
 @dataclass(slots=True)
@@ -56,6 +67,9 @@ class Change:
 class RuleWarning:
     message: str
     rule: Location
+    # The message as its template rendered it, piece by piece (policyd.rules.secrets masks it).
+    parts: Sequence[str] = ()
+    kinds: Sequence[Part] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +94,15 @@ class Decision:
     reason: str = ""
     content: dict[str, Any] | None = None  # the whole content, when outcome is REWRITE
     rule: Location | None = None  # the rule that decided (reject/allow/error), if any
+    statement: Statement | None = None  # that rule, compiled: what it reads, its id and text
     warnings: list[RuleWarning] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     error: PolicyError | None = None
     failed_open: bool = False
     eval_us: float = 0.0
+    # The reason as its template rendered it, piece by piece (policyd.rules.secrets masks it).
+    reason_parts: Sequence[str] = ()
+    reason_kinds: Sequence[Part] = ()
 
 
 def outcome_label(decision: Decision) -> str:

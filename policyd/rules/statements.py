@@ -10,27 +10,51 @@ reused instead of compiled again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policyd.errors import Location, ParseError, PolicyError, did_you_mean
 from policyd.rules.codegen import Fragment, emit
 from policyd.rules.compiler import ExpressionCompiler
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, Scope
+from policyd.rules.decision import Part
 from policyd.rules.functions import FUNCTIONS
 from policyd.rules.language import Action, Expression, Key, ParsedRule, logical_lines, parse_rule
+from policyd.rules.reads import NO_READS, FieldRead, Reads, reads_of, union
 from policyd.rules.sandbox import MAX_FILE_RULES, join_texts, to_text
 from policyd.rules.schema import Field, Kind, field_of_other_ops
+
+# Characters of a rule's id: a hash of its text, so it names the rule wherever the rule moves.
+RULE_ID_CHARS = 12
 
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """A reason/message string whose `{expr}` parts are evaluated like an f-string's."""
+    """A reason/message string whose `{expr}` parts are evaluated like an f-string's.
+
+    `kinds` says of each part what masking may do with it (policyd.rules.secrets); `reads` are
+    the fields and lets each `{expr}` part reads (NO_READS for text).
+    """
 
     parts: tuple[str | Compiled, ...]
+    kinds: tuple[Part, ...] = ()
+    reads: tuple[Reads, ...] = ()
 
     def render(self, ctx: Ctx) -> str:
         return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+
+    def render_parts(self, ctx: Ctx) -> tuple[str, list[str]]:
+        """The text, and its parts as rendered (the text is refused as soon as it is too long)."""
+        rendered: list[str] = []
+
+        def each() -> Iterator[str]:
+            for p in self.parts:
+                text = p if isinstance(p, str) else to_text(p(ctx))
+                rendered.append(text)
+                yield text
+
+        return join_texts(each()), rendered
 
 
 # What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
@@ -52,6 +76,38 @@ class Statement:
     # The condition and value as source for the rule file's program (policyd.rules.program).
     condition_code: Fragment | None = None
     value_code: Fragment | None = None
+    # What the condition, value and message read (lets unresolved), and after `resolve_lets`
+    # the request fields read in all, lets included: the decision log shows their values.
+    direct: Reads = NO_READS
+    reads: tuple[FieldRead, ...] = ()
+    rule_id: str = ""  # a short hash of the rule's text: the same rule wherever it moves
+
+
+def rule_id(source: str) -> str:
+    """The id of a rule's text: whitespace runs count as one space."""
+    normal = " ".join(source.split())
+    return hashlib.sha256(normal.encode()).hexdigest()[:RULE_ID_CHARS]
+
+
+def resolve_lets(statements: Sequence[Statement]) -> list[Statement]:
+    """Each statement with the request fields it reads in all, through the lets above it, and
+    its message's parts that read a credential field marked SECRET (policyd.rules.secrets)."""
+    let_fields: dict[str, frozenset[FieldRead]] = {}
+    out = []
+    for s in statements:
+        fields = s.direct.resolved(let_fields)
+        if s.action is Action.LET:
+            let_fields[s.path[0]] = fields
+        message = s.message
+        if message is not None:
+            kinds = tuple(
+                Part.SECRET if kind is Part.VALUE and any(f.secret for f in r.resolved(let_fields)) else kind
+                for kind, r in zip(message.kinds, message.reads, strict=True)
+            )
+            if kinds != message.kinds:
+                message = dataclasses.replace(message, kinds=kinds)
+        out.append(dataclasses.replace(s, reads=tuple(sorted(fields)), message=message))
+    return out
 
 
 def _expression(expression: Expression, scope: Scope) -> tuple[Compiled, Fragment]:
@@ -67,8 +123,18 @@ def _condition(rule: ParsedRule, scope: Scope) -> tuple[Compiled | None, Fragmen
 
 def _template(parts: tuple[str | Expression, ...], scope: Scope) -> Template:
     return Template(
-        tuple(p if isinstance(p, str) else ExpressionCompiler(scope, p.locate).compile(p.tree) for p in parts)
+        tuple(
+            p if isinstance(p, str) else ExpressionCompiler(scope, p.locate).compile(p.tree) for p in parts
+        ),
+        tuple(Part.TEXT if isinstance(p, str) else Part.VALUE for p in parts),
+        tuple(NO_READS if isinstance(p, str) else reads_of(p.tree, scope) for p in parts),
     )
+
+
+def _reads(rule: ParsedRule, scope: Scope, message: Template | None) -> Reads:
+    """What the rule's condition, value and message read directly."""
+    trees = [e.tree for e in (rule.condition, rule.value) if e is not None]
+    return union([*(reads_of(t, scope) for t in trees), *(message.reads if message else ())])
 
 
 def _set_target(keys: tuple[Key, ...], scope: Scope) -> tuple[tuple[str, ...], Field]:
@@ -104,6 +170,12 @@ def _let_name(key: Key) -> str:
 
 def compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
     """Validate one parsed rule against `scope` and compile it; raise the first PolicyError."""
+    statement = _compile_rule(rule, scope)
+    reads = _reads(rule, scope, statement.message)
+    return dataclasses.replace(statement, direct=reads, rule_id=rule_id(rule.source))
+
+
+def _compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
     action, location, source = rule.action, rule.location, rule.source
     if action is Action.LET:
         name = _let_name(rule.target[0])
@@ -190,7 +262,7 @@ def compile_rules(
         if statement.action is Action.LET:
             lets.add(statement.path[0])
         statements.append(statement)
-    return statements
+    return resolve_lets(statements)
 
 
 def _with_lets(scope: Scope, lets: set[str]) -> Scope:

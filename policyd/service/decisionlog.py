@@ -1,10 +1,12 @@
 """The decision log: one JSON line per decision, for operators asking "why was this refused?".
 
 A line names who asked (user, run id, proxy, addresses, frps's reqid), what policyd decided, the
-rule `file:line` that decided, the warn messages, every changed field (before → after), the policy
+rule that decided (`file:line`, an id that survives line moves, its text) and the request fields
+it read with their values, the warn messages, every changed field (before → after), the policy
 version and the evaluation time. Credentials are masked as everywhere policyd shows content
 (policyd.rules.secrets): fields frps marks secret, map keys named like credentials, and their
-values wherever a reason or message repeats them.
+values wherever a reason or message renders them. Which fields a rule reads is known from load
+time (policyd.rules.reads): a line only copies those values, each cut to a few hundred characters.
 
 Lines are written in batches, as nginx's `access_log buffer= flush=` does: one `write(2)` of whole
 lines once the batch would pass PIPE_BUF bytes, FLUSH_AFTER_S after its first line at the latest,
@@ -27,8 +29,17 @@ from typing import Any
 
 import orjson
 
-from policyd.rules.decision import Change, Decision, Op, Outcome, outcome_label
-from policyd.rules.secrets import mask_change, scrub, secrets_in
+from policyd.rules.decision import Change, Decision, Op, Outcome, RuleWarning, outcome_label
+from policyd.rules.reads import FieldRead
+from policyd.rules.schema import SCALAR_ZERO, Kind
+from policyd.rules.secrets import (
+    MASK,
+    Secrets,
+    is_secret_key,
+    mask_change,
+    scrub,
+    secrets_in,
+)
 
 log = logging.getLogger("policyd.decisions")
 
@@ -46,6 +57,49 @@ def _str(value: Any) -> str:
 
 # Content fields a line names when the op has them: the proxy and the peers' addresses.
 _CONTEXT_FIELDS = ("proxy_name", "proxy_type", "client_address", "remote_addr")
+# How much of a value read, and of the deciding rule's text, a line shows.
+MAX_SHOWN_CHARS = 256
+MAX_SHOWN_ITEMS = 16
+CUT = "…"
+
+
+def _bounded(value: Any, depth: int = 0) -> Any:
+    """`value` cut to what a log line shows: long strings and collections shortened, masked."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_SHOWN_CHARS else value[:MAX_SHOWN_CHARS] + CUT
+    if depth > 2 and isinstance(value, dict | list):
+        return CUT
+    if isinstance(value, list):
+        shown = [_bounded(v, depth + 1) for v in value[:MAX_SHOWN_ITEMS]]
+        return [*shown, CUT] if len(value) > MAX_SHOWN_ITEMS else shown
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for count, (k, v) in enumerate(value.items()):
+            if count == MAX_SHOWN_ITEMS:
+                out[CUT] = CUT
+                break
+            out[str(k)] = MASK if is_secret_key(str(k)) else _bounded(v, depth + 1)
+        return out
+    return value
+
+
+def _read_value(read: FieldRead, content: Mapping[str, Any]) -> Any:
+    """The value of a field a rule read, as the request carried it (its zero value if absent)."""
+    if read.secret:
+        return MASK
+    value: Any = content
+    for key in read.path:
+        value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            break
+    if value is None:
+        kind = read.kind
+        return SCALAR_ZERO.get(kind, [] if kind is Kind.STR_LIST else {})
+    return _bounded(value)
+
+
+def _warning(w: RuleWarning, secrets: Secrets) -> str:
+    return scrub(w.message, secrets, w.parts, w.kinds)
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -58,7 +112,7 @@ def decision_record(
     content: Mapping[str, Any],
     reqid: str,
     at: datetime,
-    secrets: list[str] | None = None,
+    secrets: Secrets | None = None,
 ) -> dict[str, Any]:
     """The decision-log entry for one decision (a dict; `DecisionLog` serialises it)."""
     if secrets is None:
@@ -86,10 +140,20 @@ def decision_record(
     error = decision.error
     record["outcome"] = outcome_label(decision)
     record["rule"] = decision.rule.rule if decision.rule is not None else ""
-    record["reason"] = scrub(decision.reason, secrets) if decision.reason else ""
+    statement = decision.statement
+    if statement is not None:
+        record["rule_id"] = statement.rule_id
+        reads = statement.reads
+        # A rule that reads a credential may compare it with one written in its text.
+        if not any(r.secret for r in reads):
+            source = statement.source
+            record["rule_text"] = source if len(source) <= MAX_SHOWN_CHARS else source[:MAX_SHOWN_CHARS] + CUT
+        if reads:
+            record["read"] = {r.name: _read_value(r, content) for r in reads}
+    record["reason"] = scrub(decision.reason, secrets, decision.reason_parts, decision.reason_kinds)
     if decision.warnings:
         record["warnings"] = [
-            {"message": scrub(w.message, secrets), "rule": w.rule.rule} for w in decision.warnings
+            {"message": _warning(w, secrets), "rule": w.rule.rule} for w in decision.warnings
         ]
     if decision.changes:
         record["changes"] = [_change(c) for c in decision.changes]
@@ -170,7 +234,7 @@ class DecisionLog:
                 scrub(str(decision.error), secrets),
             )
         for warning in decision.warnings:
-            log.warning("%s warn (%s): %s", op.value, warning.rule, scrub(warning.message, secrets))
+            log.warning("%s warn (%s): %s", op.value, warning.rule, _warning(warning, secrets))
         if self.sink is None:
             return
         rate = self.sample[op]

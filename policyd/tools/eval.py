@@ -20,7 +20,16 @@ from policyd.protocol import PluginRequest, encode_answer
 from policyd.rules.decision import Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, counted, jsonable, to_json
 from policyd.rules.language import Action
-from policyd.rules.secrets import MASK, is_secret_path, mask, mask_change, scrub, secrets_in
+from policyd.rules.secrets import (
+    MASK,
+    NO_SECRETS,
+    Secrets,
+    is_secret_path,
+    mask,
+    mask_change,
+    scrub,
+    secrets_in,
+)
 from policyd.rules.statements import Statement
 
 MAX_SHOWN_CHARS = 200  # a value in the pretty explanation; JSON output is never shortened
@@ -41,7 +50,7 @@ class Explanation:
     rule_file: str | None  # the op's rule file, None when the op has none
     rules_not_reached: int
     deciding_source: str = ""  # the rule that decided (reject, allow, or the one that failed)
-    secrets: tuple[str, ...] = ()  # credential values the warn messages and errors may repeat
+    secrets: Secrets = NO_SECRETS  # credential values the warn messages and errors may repeat
 
     def changes(self) -> list[tuple[str, Any, Any]]:
         """(path, before, after) of every change, masked."""
@@ -49,7 +58,9 @@ class Explanation:
 
     def warnings(self) -> list[tuple[str, str]]:
         """(rule, message) of every warn that fired, masked."""
-        return [(str(w.rule), scrub(w.message, self.secrets)) for w in self.decision.warnings]
+        return [
+            (str(w.rule), scrub(w.message, self.secrets, w.parts, w.kinds)) for w in self.decision.warnings
+        ]
 
     def error_message(self) -> str:
         error = self.decision.error
@@ -64,6 +75,7 @@ class Explanation:
             "outcome": d.outcome.value,
             "reason": d.reason,
             "rule": str(d.rule) if d.rule else None,
+            "rule_id": d.statement.rule_id if d.statement else None,  # as the decision log names it
             "error": {**d.error.to_dict(), "message": self.error_message()} if d.error else None,
             "failed_open": d.failed_open,
             "changes": [
@@ -111,7 +123,7 @@ def explain(
         rule_file=rule_file.path if rule_file else None,
         rules_not_reached=not_reached,
         deciding_source=source,
-        secrets=tuple(secrets_in(decision, content)),
+        secrets=secrets_in(decision, content),
     )
 
 

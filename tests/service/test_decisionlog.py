@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import select
 import signal
 import subprocess
@@ -332,3 +333,97 @@ def test_shutdown_writes_the_batched_lines(tmp_path: Path, monkeypatch: pytest.M
     asyncio.run(run())
     assert said == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert [json.loads(line)["op"] for line in target.read_text().splitlines()] == ["Ping"]
+
+
+# -- why: the fields the deciding rule read, and which rule it was ----------------------------
+WHY_POLICY = {
+    "NewProxy.rules": (
+        "let team = user.metas.team\n"
+        'reject "port {content.remote_port} is not for your team"'
+        ' when content.proxy_type == "tcp" and content.remote_port not in data.teams[team].ports\n'
+        'reject "bad token" when user.metas.token != "expected-token-1"\n'
+    ),
+    "data/teams.toml": "[red]\nports = [6000, 6001]\n",
+}
+
+
+def test_a_line_carries_the_fields_the_deciding_rule_read(
+    policyd_server: Callable[..., PolicydProcess], tmp_path: Path
+) -> None:
+    server = policyd_server(write_policy(tmp_path / "p", WHY_POLICY))
+    user = {"user": "alice", "metas": {"team": "red", "token": "tk-alice-0123456789"}}
+    server.post({"op": "NewProxy", "content": {"user": user, "proxy_type": "tcp", "remote_port": 7001}})
+    server.post({"op": "NewProxy", "content": {"user": user, "proxy_type": "udp", "remote_port": 6000}})
+    port, token = server.decision_lines(2)
+    assert port["rule"] == "NewProxy.rules:2"
+    assert port["read"] == {
+        "content.proxy_type": "tcp",
+        "content.remote_port": 7001,
+        "user.metas.team": "red",  # through the let
+    }
+    assert port["rule_text"].startswith('reject "port {content.remote_port} is not for your team"')
+    # The token rule reads a credential: its value is masked, and its text (which may hold one)
+    # is left out; its id still names it.
+    assert token["read"] == {"user.metas.token": "***"}
+    assert "rule_text" not in token and len(token["rule_id"]) == 12
+    assert "tk-alice-0123456789" not in server.logs() and "expected-token-1" not in server.logs()
+
+
+def test_the_rule_id_survives_line_moves_and_changes_with_the_rule(tmp_path: Path) -> None:
+    content = {"user": {"user": "bob"}, "proxy_type": "tcp", "remote_port": 7001}
+
+    def deciding(rules: str) -> tuple[str, str]:
+        policy = load_policy(write_policy(tmp_path / "p", {"NewProxy.rules": rules}))
+        record = decision_record(decide(policy, Op.NEW_PROXY, content), content, REQID, datetime.now(UTC))
+        return record["rule"], record["rule_id"]
+
+    rule = 'reject "no port {content.remote_port}" when content.remote_port > 7000\n'
+    before = deciding(rule)
+    moved = deciding("# a comment\n\nallow when user.user == 'root'\n" + rule.replace(" when ", "  when  "))
+    changed = deciding(rule.replace("7000", "7001 - 1"))
+    assert moved[0] != before[0] and moved[1] == before[1]
+    assert changed[1] != before[1]
+
+
+def test_read_values_are_cut_to_what_a_line_shows(tmp_path: Path) -> None:
+    policy = load_policy(
+        write_policy(
+            tmp_path / "p",
+            {"NewProxy.rules": 'reject "x" when content.custom_domains and content.subdomain\n'},
+        )
+    )
+    content = {
+        "user": {"user": "bob"},
+        "subdomain": "s" * 10_000,
+        "custom_domains": [f"d{i}" for i in range(100)],
+    }
+    record = decision_record(decide(policy, Op.NEW_PROXY, content), content, REQID, datetime.now(UTC))
+    assert record["read"]["content.subdomain"] == "s" * 256 + "…"
+    assert record["read"]["content.custom_domains"] == [f"d{i}" for i in range(16)] + ["…"]
+
+
+def test_a_client_cannot_censor_the_decision_log_over_http(
+    policyd_server: Callable[..., PolicydProcess],
+) -> None:
+    server = policyd_server()  # the shipped policy
+    body = fixture("NewProxy-tcp")
+    body["content"]["remote_port"] = 7999  # outside team red's range
+    body["content"]["user"]["metas"].update({"token": "6500", "secret": "blue", "password": "team red"})
+    reason = server.post(body).json()["reject_reason"]
+    [line] = server.decision_lines(1)
+    assert line["reason"] == reason and "***" not in reason
+
+
+def test_the_text_diagnostic_log_has_utc_iso_times_and_escapes_separators(
+    policyd_server: Callable[..., PolicydProcess], tmp_path: Path
+) -> None:
+    policy = write_policy(tmp_path / "p", {"CloseProxy.rules": 'warn "closed {content.proxy_name}"\n'})
+    server = policyd_server(policy, "--log-format", "text")
+    name = "x\u2028forged\u2029line\x85more\u202eevil\u2066"
+    server.post({"op": "CloseProxy", "content": {"user": {"user": "a"}, "proxy_name": name}})
+    logs = server.wait_for_log("CloseProxy warn (")
+    lines = [line for line in logs.splitlines() if line and not line.startswith("{")]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \w+ ")
+    assert all(stamp.match(line) for line in lines), lines
+    [warn] = [line for line in lines if "warn (" in line]
+    assert warn.endswith("closed x\\u2028forged\\u2029line\\x85more\\u202eevil\\u2066")
