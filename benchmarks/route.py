@@ -3,7 +3,9 @@
     python -m benchmarks.route [--requests 20000]
 
 What the route costs on top of deciding (parsing, allowlist, metrics, the decision log line), so
-it can be watched apart from the rules and from uvicorn. Each request is the HTTP benchmark's
+it can be watched apart from the rules and from uvicorn. The decision-log line is also timed on
+its own (`DecisionLog.write` into a sink that drops it: masking, the record, JSON), for the
+benchmark's request and for a reject at the 50-rule policy's 24th rule. Each request is the HTTP benchmark's
 (benchmarks/newproxy.json, frps's headers) driven straight into the app on a running event loop,
 as uvicorn would; the raw ASGI constant responder of the HTTP benchmark is timed the same way as
 the floor. Best of five batches.
@@ -18,10 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message
 
 from benchmarks.baselines import raw_app
+from benchmarks.peers.requests import REJECT_AT_24
+from policyd.engine import decide
+from policyd.rules.decision import Op
 from policyd.service.app import create_app
+from policyd.service.decisionlog import DecisionLog
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore
 
@@ -70,6 +77,20 @@ async def _us_per_request(app: ASGIApp, requests: int) -> float:
     return best
 
 
+def _us_per_line(store: PolicyStore, content: dict[str, Any], requests: int) -> float:
+    decision = decide(store.policy, Op.NEW_PROXY, content)
+    log = DecisionLog(lambda batch: None)
+    for _ in range(min(requests, 2000)):
+        log.write(decision, content, "0123456789abcdef")
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(requests):
+            log.write(decision, content, "0123456789abcdef")
+        best = min(best, (time.perf_counter() - start) / requests * 1e6)
+    return best
+
+
 async def _run(requests: int) -> list[dict[str, Any]]:
     rows = [{"subject": "raw ASGI constant responder", "us": await _us_per_request(raw_app, requests)}]  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as empty:
@@ -79,6 +100,11 @@ async def _run(requests: int) -> list[dict[str, Any]]:
                 app = create_app(Settings(policies=policies, decision_log=log), store, watch=False)
                 us = await _us_per_request(app, requests)
                 rows.append({"subject": f"policyd, {label}, decision log {log}", "us": us})
+    store = PolicyStore(HERE / "policy50")
+    body = orjson.loads(BODY)["content"]
+    for label, content in (("the benchmark's NewProxy", body), ("a reject at rule 24", REJECT_AT_24)):
+        us = _us_per_line(store, content, requests)
+        rows.append({"subject": f"decision-log line alone, {label}", "us": us})
     return rows
 
 

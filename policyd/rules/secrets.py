@@ -212,7 +212,7 @@ def scrub(text: str, secrets: Secrets, parts: Sequence[str] = (), kinds: Sequenc
     the rule author's words stay as written, what `{...}` parts rendered is searched, and a
     part that reads a credential field is masked whole. Without, all of `text` is searched.
     """
-    if not parts:
+    if not parts or (not secrets and Part.SECRET not in kinds):
         return escape(secrets.mask_in(text)) if secrets else escape(text)
     out: list[str] = []
     values: list[str] = []  # adjacent {...} parts, searched as one text

@@ -150,7 +150,8 @@ def decision_record(
             record["rule_text"] = source if len(source) <= MAX_SHOWN_CHARS else source[:MAX_SHOWN_CHARS] + CUT
         if reads:
             record["read"] = {r.name: _read_value(r, content) for r in reads}
-    record["reason"] = scrub(decision.reason, secrets, decision.reason_parts, decision.reason_kinds)
+    reason = decision.reason
+    record["reason"] = scrub(reason, secrets, decision.reason_parts, decision.reason_kinds) if reason else ""
     if decision.warnings:
         record["warnings"] = [
             {"message": _warning(w, secrets), "rule": w.rule.rule} for w in decision.warnings
