@@ -56,7 +56,8 @@ SERIES = tuple((op, outcome) for op in OPS for outcome in OUTCOMES)  # a second'
 RecordDecision = Callable[[Decision, Mapping[str, Any], str, datetime], dict[str, Any]]
 
 # What `add()` keeps of a decision until it is masked: (time, body or None, reqid, op, outcome,
-# policy version, reason, rule, eval_us, failed_open, warnings, changes, error). Not the Decision:
+# policy version, reason, rule, eval_us, failed_open, warnings, changes, error, and the deciding
+# statement and the reason's parts, which masking and the line's `read` need). Not the Decision:
 # it holds two lists (mostly empty) and, for a rewrite, the whole new content.
 Snapshot = tuple[Any, ...]
 
@@ -64,9 +65,10 @@ Snapshot = tuple[Any, ...]
 def _restore(snapshot: Snapshot) -> tuple[float, bytes | None, str, Decision]:
     """The decision as `add()` saw it, from its snapshot (for the decision log's record)."""
     at, body, reqid, op, outcome, version, reason, rule, eval_us, failed_open, warnings, changes, error = (
-        snapshot
+        snapshot[:13]
     )
     decision = Decision(outcome, op, version, reason=reason, rule=rule, error=error, failed_open=failed_open)
+    decision.statement, decision.reason_parts, decision.reason_kinds = snapshot[13:]
     decision.eval_us = eval_us
     decision.warnings = list(warnings)
     decision.changes = list(changes)
@@ -175,6 +177,9 @@ class ConsoleFeed:
                 decision.warnings or (),  # the empty lists of most decisions are not kept alive
                 decision.changes or (),
                 error,
+                decision.statement,
+                decision.reason_parts,
+                decision.reason_kinds,
             )
         )
 
