@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -126,3 +127,22 @@ def error_classes() -> list[type[PolicydError]]:
         found.append(cls)
         stack.extend(cls.__subclasses__())
     return found
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and a Content-Length body), leaving the connection open."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+    head, body = out.split(b"\r\n\r\n", 1)
+    lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if b"content-length:" in line.lower()]
+    length = int(lengths[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body

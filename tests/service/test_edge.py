@@ -14,6 +14,7 @@ import httpx
 
 from policyd.service.edge import Refusal
 from policyd.service.metrics import REFUSAL_REASONS
+from tests.helpers import read_response
 from tests.support import SHIPPED_POLICIES, PolicydProcess, fixture
 
 PING = json.dumps(fixture("Ping-basic")).encode()
@@ -40,25 +41,6 @@ def read_all(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return out
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """One whole response (headers and a Content-Length body), leaving the connection open."""
-    out = b""
-    while b"\r\n\r\n" not in out:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return out
-        out += chunk
-    head, body = out.split(b"\r\n\r\n", 1)
-    lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if b"content-length:" in line.lower()]
-    length = int(lengths[0])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def post_ping(path: str = "/handler", headers: bytes = b"") -> bytes:

@@ -10,27 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from policyd.policy import load_policy
-from tests.helpers import metric, wait_until
+from tests.helpers import metric, read_response, wait_until
 from tests.oracle import checked_client
 from tests.support import SHIPPED_POLICIES, PolicydProcess, fixture
-
-
-def read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length")
-    )
-    while len(body) < length:
-        body += sock.recv(4096)
-    return head + b"\r\n\r\n" + body
 
 
 def test_sigterm_lets_an_in_flight_request_finish(policyd_server: Callable[..., PolicydProcess]) -> None:
