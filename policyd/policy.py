@@ -68,6 +68,9 @@ class Policy:
     loaded_at: float = field(default_factory=time.time)
     # Every compiled rule by what it depends on: the next load reuses the unchanged ones.
     compiled: Mapping[CacheKey, Statement] = field(default_factory=dict, repr=False, compare=False)
+    # Each file's bytes as loaded, by its shown path, in the order the version hashes them: what
+    # the version history keeps, so a version can always be turned back into its rules.
+    sources: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def rule_count(self) -> int:
@@ -190,13 +193,25 @@ def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
+VERSION_CHARS = 12  # hex digits of a version: the start of the sha256 of the directory's files
+
+
+def policy_version(sources: Mapping[str, bytes]) -> str:
+    """The version of a policy made of these files (shown path -> bytes, in load order: data
+    files, then rule files, each sorted): a content hash, the same wherever they are loaded."""
+    digest = hashlib.sha256()
+    for shown, raw in sources.items():
+        digest.update(shown.encode() + b"\0" + raw + b"\0")
+    return digest.hexdigest()[:VERSION_CHARS]
+
+
 def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None) -> Policy:
     if not root.is_dir():
         raise PolicyLoadError(
             [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
         )
     errors: list[PolicyError] = []
-    digest = hashlib.sha256()
+    sources: dict[str, bytes] = {}
     rule_paths, data_paths = _policy_files(root)
 
     data: dict[str, Any] = {}
@@ -214,7 +229,7 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
         except OSError as e:
             errors.append(PolicyError(f"cannot read: {e.strerror}", Location(shown)))
             continue
-        digest.update(shown.encode() + b"\0" + raw + b"\0")
+        sources[shown] = raw
         data_files.append(DataFile(p.stem, shown, hashlib.sha256(raw).hexdigest()))
 
     compiled: dict[CacheKey, Statement] = {}
@@ -241,7 +256,7 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
         except OSError as e:
             errors.append(PolicyError(f"cannot read: {e}", Location(shown)))
             continue
-        digest.update(shown.encode() + b"\0" + raw + b"\0")
+        sources[shown] = raw
         scope = Scope(
             op_schema=SCHEMAS[op],
             user_schema=USER,
@@ -263,10 +278,11 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
     if errors:
         raise PolicyLoadError(errors)
     return Policy(
-        version=digest.hexdigest()[:12],
+        version=policy_version(sources),
         directory=str(root),
         rules=MappingProxyType(rules),
         data=data,
         data_files=tuple(data_files),
         compiled=compiled,
+        sources=MappingProxyType(sources),
     )

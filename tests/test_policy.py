@@ -1,15 +1,17 @@
-"""Loading a policy directory: reuse of unchanged rules, no reference cycles in what loads."""
+"""Loading a policy directory: reuse of unchanged rules, no reference cycles in what loads, the
+files a version is made of."""
 
 from __future__ import annotations
 
 import gc
+import shutil
 from pathlib import Path
 
 import pytest
 
 from policyd.engine import decide
 from policyd.errors import PolicyLoadError
-from policyd.policy import load_policy
+from policyd.policy import load_policy, policy_version
 from policyd.rules.decision import Op
 from tests.support import SHIPPED_POLICIES, fixture
 
@@ -53,3 +55,18 @@ def test_a_reused_rule_is_validated_again_when_what_it_depends_on_changed(tmp_pa
     (tmp_path / "data" / "teams.toml").unlink()
     with pytest.raises(PolicyLoadError, match="no data file named 'teams'"):
         load_policy(tmp_path, previous=first)
+
+
+def test_a_policy_keeps_the_bytes_its_version_is_the_hash_of(tmp_path: Path) -> None:
+    """The version history stores `sources`: they must be exactly what the version hashes."""
+    policy = load_policy(SHIPPED_POLICIES)
+    root = SHIPPED_POLICIES
+    files = {f.path for f in policy.rules.values()} | {d.path for d in policy.data_files}
+    assert set(policy.sources) == files
+    assert all(policy.sources[path] == (root / path).read_bytes() for path in files)
+    assert list(policy.sources)[: len(policy.data_files)] == [d.path for d in policy.data_files]
+    assert policy_version(policy.sources) == policy.version
+    copy = shutil.copytree(SHIPPED_POLICIES, tmp_path / "elsewhere")
+    assert load_policy(copy).version == policy.version
+    (copy / "Ping.rules").write_text("allow\n")
+    assert load_policy(copy).version != policy.version
