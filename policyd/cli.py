@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 import click
 
 from policyd import __version__
-from policyd.errors import PolicyLoadError
+from policyd.errors import PolicydError, PolicyLoadError
 from policyd.rules.decision import OPS, Op
 from policyd.rules.diagnostics import Diagnostic, OutputFormat, SourceFiles, render
 from policyd.rules.schema import FrpsVersion
@@ -105,6 +105,9 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
         run(settings)
     except PolicyLoadError as e:
         _exit_not_loaded(settings.policies, e, "; not starting")
+    except PolicydError as e:  # e.g. a history directory that cannot be created
+        click.echo(f"policyd: {e}; not starting", err=True)
+        sys.exit(2)
 
 
 def _exit_not_loaded(directory: Path, failure: PolicyLoadError, consequence: str = "") -> NoReturn:
@@ -400,3 +403,66 @@ def _one_op(value: str | None) -> Op | None:
     if len(ops) != 1:
         raise click.BadParameter(f"name one op, not {value!r}")
     return Op(next(iter(ops)))
+
+
+@main.command("history")
+@click.argument("version", required=False)
+@click.option("--diff", nargs=2, metavar="V1 V2", help="Print what changed from version V1 to V2.")
+@click.option(
+    "--export",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Write VERSION's files to DIR (a new directory) as a policy directory.",
+)
+@click.option(
+    "--history-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Read this history directory, offline [default: serve's --history-dir].",
+)
+@click.option(
+    "--url",
+    help="Ask the policyd serving at URL (GET /versions) [default: serve's address, without a directory].",
+)
+@_CONFIG
+@_FORMAT
+def history_(
+    version: str | None,
+    diff: tuple[str, str] | None,
+    export: Path | None,
+    history_dir: Path | None,
+    url: str | None,
+    config: Path | None,
+    output: str,
+) -> None:
+    """List the policy versions that served, show one version's files, or diff two.
+
+    VERSION is a version (or a unique prefix of 4+ characters) from the decision log's
+    policy_version. Reads a history directory without the service (--history-dir, else
+    serve's setting), or else asks the running service. Exits 2 when the history cannot be
+    read or does not hold a version asked for.
+    """
+    from policyd.tools.frpsconfig import reachable_addr
+    from policyd.tools.history import HistoryError, HistorySource, LocalHistory, RemoteHistory, show_history
+
+    if export is not None and version is None:
+        raise click.UsageError("--export needs a VERSION")
+    if diff is not None and (version is not None or export is not None):
+        raise click.UsageError("--diff V1 V2 takes no VERSION or --export")
+    try:
+        source: HistorySource
+        if url is not None:
+            source = RemoteHistory(url)
+        else:
+            settings = _serve_settings(config) if history_dir is None else None
+            directory = history_dir or (settings.history_dir if settings else None)
+            if directory is not None:
+                source = LocalHistory(directory)
+            else:
+                assert settings is not None
+                addr = reachable_addr(settings.host, settings.port, tls=settings.tls)
+                source = RemoteHistory(addr if addr.startswith("https://") else f"http://{addr}")
+        fmt = OutputFormat(output)
+        show_history(source, _stdout(), version=version, diff=diff, export=export, output=fmt)
+    except HistoryError as e:
+        click.echo(f"policyd: {e}", err=True)
+        sys.exit(2)

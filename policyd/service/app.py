@@ -39,11 +39,14 @@ from policyd.service.metrics import CONTENT_TYPE, Metrics
 from policyd.service.settings import CONSOLE_PATH, Settings
 from policyd.service.status import readiness, status_document
 from policyd.service.store import PolicyStore, pacer
+from policyd.service.versions import ServedVersions, open_history
 from policyd.service.watcher import PolicyWatcher
+from policyd.tools.history import HistoryError, files_document, versions_document
 
 log = logging.getLogger("policyd")
 JSON = "application/json"
 VERSION_HEADER = "x-policyd-version"  # frps ignores it; people and tests see which policy answered
+VERSIONS_PATH = "/versions"  # the version history: GET /versions and /versions/{version}
 
 
 # The plugin route's work once the body is read: the JSON answer and the policy version.
@@ -160,6 +163,8 @@ class _Front:
     def _refuses(self, scope: Scope, path: str) -> bytes | None:
         """The 403 body when the peer is off `path`'s allowlist, else None."""
         guard = self.guards.get(path)
+        if guard is None and path.startswith(VERSIONS_PATH + "/"):
+            guard = self.guards.get(VERSIONS_PATH)  # /versions/{version}: the same allowlist
         if guard is None:
             return None
         client = scope.get("client")
@@ -235,6 +240,8 @@ def create_app(
     `metrics_dir` is prometheus-client's multiprocess directory when several workers serve.
     """
     options = settings.eval_options
+    history = open_history(settings)
+    versions = ServedVersions(history, store)
     decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
     started_at = time.time()
@@ -248,10 +255,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal started
         watcher = None
+        versions.start()
         if watch:
             watcher = PolicyWatcher(
                 store.directory,
-                store.reload,
+                versions.reload,
                 debounce=settings.reload_debounce_s,
                 poll=settings.reload_poll_s,
             )
@@ -267,6 +275,7 @@ def create_app(
                 feed.stop()
             if watcher is not None:
                 watcher.stop()
+            versions.stop()
             decisions.close()
 
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -274,7 +283,8 @@ def create_app(
     app.state.settings = settings
     guards = {settings.handler_path: Allowlist(settings.handler_allow)}
     admin = Allowlist(settings.admin_allow)
-    guards.update({"/status": admin, "/metrics": admin})
+    # /versions holds every version's rule text and data: it is as private as /status.
+    guards.update({"/status": admin, "/metrics": admin, VERSIONS_PATH: admin})
 
     def answer(body: bytes, query_op: str | None, reqid: str) -> tuple[bytes, str]:
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
@@ -326,11 +336,27 @@ def create_app(
     @app.get("/status")
     async def status() -> Response:
         doc = status_document(store, settings, started_at=started_at, now=time.time())
+        doc["history"] = {"persistent": history.directory is not None, "last_error": history.last_error}
         return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # Plain functions: FastAPI runs them in its thread pool, so reading a history directory
+    # never holds up the event loop that answers frps.
+    @app.get(VERSIONS_PATH)
+    def versions_list() -> Response:
+        doc = {"serving": store.policy.version, **versions_document(history)}
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
+
+    @app.get(VERSIONS_PATH + "/{version}")
+    def version_files(version: str) -> Response:
+        try:
+            doc = files_document(history.files(version))
+        except HistoryError as e:
+            return Response(error_body(e.message), 404, media_type=JSON)
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     if feed is not None:
         services = ConsoleServices(

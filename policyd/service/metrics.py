@@ -55,6 +55,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 EVAL_BUCKETS_US = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000)
 HTTP_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 OTHER_PATH = "other"  # every path policyd does not serve shares one label: no cardinality from scans
+VERSION_PATH_LABEL = "/versions/{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,10 +416,13 @@ class Metrics:
         self.request_started = recorder.request_started
         self.request_done = recorder.request_done
         self.connection_refused = recorder.connection_refused
-        self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics"})
+        self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics", "/versions"})
 
     def path_label(self, path: str) -> str:
-        return path if path in self._paths else OTHER_PATH
+        if path in self._paths:
+            return path
+        # One label for every version asked for: no cardinality from the names people try.
+        return VERSION_PATH_LABEL if path.startswith("/versions/") else OTHER_PATH
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from policyd.service.edge import EdgeProtocol, ensure_fd_headroom
 from policyd.service.logs import logging_config
 from policyd.service.settings import Layer, Settings, build_settings
 from policyd.service.store import PolicyStore
+from policyd.service.versions import open_history
 
 log = logging.getLogger("policyd")
 
@@ -81,6 +82,7 @@ def run(settings: Settings) -> None:
     log_config = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
     store = PolicyStore(settings.policies)  # raises PolicyLoadError: nothing is bound yet
+    open_history(settings)  # raises HistoryError for a history_dir that cannot be made
     scheme = "https" if settings.tls else "http"
     log.info(
         "policyd %s serving policy %s on %s://%s:%d%s with %d worker(s)",

@@ -27,6 +27,7 @@ from policyd.errors import PolicydError, did_you_mean
 from policyd.rules.decision import OPS, Op
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS
 from policyd.service.access import Network
+from policyd.tools.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_VERSIONS, MEMORY_MAX_VERSIONS
 
 ENV_PREFIX = "POLICYD_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -147,6 +148,23 @@ class Settings:
         metadata=_doc(
             "File of name:token lines: the bearer tokens that may save edits in the console.", metavar="FILE"
         ),
+    )
+    history_dir: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Keep every policy version that served here (files by sha256, an append-only index), "
+            f"read by GET /versions and `policyd history`; unset: the last {MEMORY_MAX_VERSIONS} "
+            "versions, in memory.",
+            metavar="DIR",
+        ),
+    )
+    history_max_versions: int = field(
+        default=DEFAULT_MAX_VERSIONS,
+        metadata=_doc("Versions history_dir keeps; the ones served least recently are pruned first."),
+    )
+    history_max_bytes: int = field(
+        default=DEFAULT_MAX_BYTES,
+        metadata=_doc("Bytes history_dir may hold (files and index); pruned as history_max_versions."),
     )
 
     def __post_init__(self) -> None:
@@ -381,7 +399,11 @@ def _check(s: Settings) -> None:
             problems.append(f"{name} must be positive, got {getattr(s, name)}")
     if s.eval_budget_ms <= 0:
         problems.append(f"eval_budget_ms must be positive, got {s.eval_budget_ms}")
-    if s.handler_path in RESERVED_PATHS or s.handler_path.startswith(CONSOLE_PATH + "/"):
+    if s.history_max_versions < 1:
+        problems.append(f"history_max_versions must be at least 1, got {s.history_max_versions}")
+    if s.history_max_bytes < 1:
+        problems.append(f"history_max_bytes must be positive, got {s.history_max_bytes}")
+    if s.handler_path in RESERVED_PATHS or s.handler_path.startswith((CONSOLE_PATH + "/", "/versions/")):
         problems.append(f"handler_path {s.handler_path} is one of policyd's own endpoints")
     if s.console == "edit" and s.console_token_file is None:
         problems.append("console = edit needs console_token_file (a file of name:token lines)")
@@ -395,4 +417,4 @@ def _check(s: Settings) -> None:
 
 
 CONSOLE_PATH = "/ui"
-RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics", CONSOLE_PATH})
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics", "/versions", CONSOLE_PATH})
