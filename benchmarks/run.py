@@ -1,6 +1,7 @@
 """policyd's benchmarks: in-process decisions, HTTP throughput, reloads under load, a 10k-rule swap.
 
-    python -m benchmarks.run [--duration 5] [--rounds 3] [--only inproc,peers,http,reload,swap,storm,frps]
+    python -m benchmarks.run [--duration 5] [--rounds 3]
+                             [--only inproc,peers,http,reload,shadow,swap,storm,frps]
 
 Every server runs on 127.0.0.1 with `policyd serve`'s own uvicorn settings; baselines and
 candidates are measured in the same run, interleaved round by round, and compared as ratios
@@ -35,8 +36,8 @@ ROOT = HERE.parent
 BODY = HERE / "newproxy.json"
 URL_PATH = "/handler?version=0.1.0&op=NewProxy"  # as frps sends it
 CONNECTIONS = 32
-SCENARIOS = ("inproc", "peers", "http", "reload", "swap", "storm", "frps")
-WRK_SCENARIOS = {"http", "reload", "swap", "storm"}
+SCENARIOS = ("inproc", "peers", "http", "reload", "shadow", "swap", "storm", "frps")
+WRK_SCENARIOS = {"http", "reload", "shadow", "swap", "storm"}
 
 
 # -- servers ------------------------------------------------------------------------------
@@ -273,6 +274,85 @@ def scenario_reload(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
     ]
 
 
+# A shadow NewProxy rule that runs into the shadow's budget on every request: the slow case.
+SLOW_SHADOW_RULE = 'reject "never" when any(any(j < 0 for j in range(9999)) for i in range(9999))\n'
+
+
+def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str, Any]]:
+    """p99 with a shadow policy the size of the main one (the 50-rule policy, one rule edited),
+    against p99 without a shadow; and with a shadow that runs out of budget on every request."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = _copy_policy(Path(tmp) / "policies")
+        candidate = _copy_policy(Path(tmp) / "candidate")
+        rules = candidate / "NewProxy.rules"
+        rules.write_text(rules.read_text().replace("(6666, 6667, 6697)", "(6666, 6667, 6697, 7000)"))
+        slow = _copy_policy(Path(tmp) / "slow")
+        (slow / "NewProxy.rules").write_text(SLOW_SHADOW_RULE + (slow / "NewProxy.rules").read_text())
+        quiet = ("--decision-log", "off", "--log-level", "warning")
+        servers = [
+            policyd("policyd, no shadow", policies, log_dir, *quiet),
+            policyd(
+                "policyd, 50-rule shadow", policies, log_dir, *quiet, "--shadow-policies", str(candidate)
+            ),
+            policyd(
+                "policyd, shadow over its budget on every request",
+                policies,
+                log_dir,
+                *quiet,
+                "--shadow-policies",
+                str(slow),
+            ),
+        ]
+        runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in servers}
+        counts: dict[str, dict[str, float]] = {}
+        try:
+            for s in servers:
+                s.wait_ready()
+                wrk(s.url + URL_PATH, 1)
+            for _ in range(rounds):
+                for s in servers:
+                    runs[s.label].append(wrk(s.url + URL_PATH, seconds))
+            for s in servers[1:]:
+                counts[s.label] = _shadow_counts(s.url)
+        finally:
+            for s in servers:
+                s.stop()
+    base = statistics.median(r["latency_us"]["p99"] for r in runs[servers[0].label])
+    rows = []
+    for label, rs in runs.items():
+        p99 = statistics.median(r["latency_us"]["p99"] for r in rs)
+        row = {
+            "scenario": "shadow policy under load (50-rule policy)",
+            "subject": label,
+            "rps": round(statistics.median(r["rps"] for r in rs)),
+            "p50_ms": _ms(statistics.median(r["latency_us"]["p50"] for r in rs)),
+            "p99_ms": _ms(p99),
+            "shadow_p99_ratio": round(p99 / base, 2),
+            "rounds_p99_ms": [_ms(r["latency_us"]["p99"]) for r in rs],
+            "failed": sum(r["failed"] for r in rs),
+        }
+        if label in counts:
+            row.update(counts[label])
+        rows.append(row)
+    return rows
+
+
+def _shadow_counts(url: str) -> dict[str, float]:
+    """How many requests the shadow decided (by agreement) and skipped, from /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {"shadowed": 0.0, "shadow_errors": 0.0, "shadow_skipped": 0.0}
+    for line in text.splitlines():
+        if line.startswith("policyd_shadow_decisions_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            out["shadowed"] += value
+            if 'agreement="error"' in line:
+                out["shadow_errors"] += value
+        elif line.startswith("policyd_shadow_skipped_total{"):
+            out["shadow_skipped"] += float(line.rsplit(" ", 1)[1])
+    return {k: round(v) for k, v in out.items()}
+
+
 BIG_POLICY_FILES = ("Login", "Ping", "NewWorkConn", "NewUserConn", "CloseProxy")
 
 
@@ -383,6 +463,9 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     reload_row = next((r for r in rows if "p99_ratio" in r), None)
     if reload_row:
         out.append(_target("reload every second: p99 ratio", reload_row["p99_ratio"], "<=", 1.2))
+    shadow = find("shadow policy", "policyd, 50-rule shadow")
+    if shadow:
+        out.append(_target("50-rule shadow: main-path p99 ratio", shadow["shadow_p99_ratio"], "<=", 1.3))
     swap = next((r for r in rows if "swapped_after_s" in r), None)
     if swap:
         out.append(_target("10k-rule swap: failed answers", swap["failed"], "<=", 0))
@@ -416,6 +499,10 @@ COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its
     ("p99_vs_raw", "p99 ×raw", 8),
     ("time_vs_raw_plugin", "time ×raw plugin", 16),
     ("p99_ratio", "p99 ×", 6),
+    ("shadow_p99_ratio", "p99 ×", 6),
+    ("shadowed", "shadowed", 8),
+    ("shadow_errors", "errors", 7),
+    ("shadow_skipped", "skipped", 7),
     ("answered", "answered", 8),
     ("failed", "failed", 6),
 ]
@@ -491,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += scenario_http(args.duration, args.rounds, log_dir, args.compare)
         if "reload" in wanted:
             rows += scenario_reload(args.duration, args.rounds, log_dir)
+        if "shadow" in wanted:
+            rows += scenario_shadow(args.duration, args.rounds, log_dir)
         if "swap" in wanted:
             rows += scenario_swap(max(30.0, args.duration), log_dir)
         if "storm" in wanted:

@@ -20,8 +20,11 @@ from policyd.engine import decide
 from policyd.errors import PolicydError
 from policyd.policy import load_policy
 from policyd.rules.decision import OPS, Op, Outcome
+from policyd.service.decisionlog import DecisionLog
 from policyd.service.docgen import TABLES, regenerate
-from policyd.service.metrics import METRICS, Metrics
+from policyd.service.metrics import METRICS, SHADOW_METRICS, Metrics
+from policyd.service.settings import Settings
+from policyd.service.shadow import open_shadow
 from policyd.service.store import PolicyStore
 from policyd.tools.check import Lint
 from policyd.tools.test import run_policy_tests
@@ -61,10 +64,17 @@ def test_generated_tables_are_what_the_code_generates(page: str) -> None:
 
 
 def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> None:
-    store = PolicyStore(write_policy(tmp_path, {"Ping.rules": "allow\n"}))
-    text = Metrics(store, handler_path="/handler").render().decode()
-    exported = dict(re.findall(r"^# HELP (policyd_\S+) (.*)$", text, re.MULTILINE))
-    assert exported == {spec.exported: spec.help for spec in METRICS}
+    """Every metric but the shadow's from start; the shadow's once a shadow is configured."""
+    policies = write_policy(tmp_path, {"Ping.rules": "allow\n"})
+    store = PolicyStore(policies)
+    metrics = Metrics(store, handler_path="/handler")
+
+    def exported() -> dict[str, str]:
+        return dict(re.findall(r"^# HELP (policyd_\S+) (.*)$", metrics.render().decode(), re.MULTILINE))
+
+    assert exported() == {spec.exported: spec.help for spec in METRICS if spec not in SHADOW_METRICS}
+    open_shadow(Settings(policies=policies, shadow_policies=policies), store, DecisionLog(None), metrics)
+    assert exported() == {spec.exported: spec.help for spec in METRICS}
 
 
 # -- rules in the docs -----------------------------------------------------------------------

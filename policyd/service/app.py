@@ -37,6 +37,7 @@ from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.edge import Edge
 from policyd.service.metrics import CONTENT_TYPE, Metrics
 from policyd.service.settings import CONSOLE_PATH, Settings
+from policyd.service.shadow import open_shadow
 from policyd.service.status import readiness, status_document
 from policyd.service.store import PolicyStore, pacer
 from policyd.service.versions import ServedVersions, open_history
@@ -244,6 +245,7 @@ def create_app(
     versions = ServedVersions(history, store)
     decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
+    shadow = open_shadow(settings, store, decisions, metrics)
     started_at = time.time()
     started = False
     console = ConsoleMode(settings.console)
@@ -256,6 +258,8 @@ def create_app(
         nonlocal started
         watcher = None
         versions.start()
+        if shadow is not None:
+            shadow.start(watch=watch)
         if watch:
             watcher = PolicyWatcher(
                 store.directory,
@@ -275,6 +279,8 @@ def create_app(
                 feed.stop()
             if watcher is not None:
                 watcher.stop()
+            if shadow is not None:
+                await shadow.stop()
             versions.stop()
             decisions.close()
 
@@ -289,8 +295,9 @@ def create_app(
     def answer(body: bytes, query_op: str | None, reqid: str) -> tuple[bytes, str]:
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
         plugin_request = parse_request(body, query_op)
+        now = time.time()
         decision = decide(
-            store.policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options
+            store.policy, plugin_request.op, plugin_request.content, reqid=reqid, now=now, options=options
         )
         try:
             encoded = encode_answer(decision)
@@ -302,7 +309,10 @@ def create_app(
             fail_unencodable(decision, f"the answer cannot be encoded as JSON: {e}", fail_open=fail_open)
             encoded = ALLOW_UNCHANGED if fail_open else POLICY_ERROR_ANSWER
         metrics.observe(decision)
-        decisions.write(decision, plugin_request.content, reqid)
+        if shadow is None:
+            decisions.write(decision, plugin_request.content, reqid)
+        else:  # decided once this request's answer is sent; its log line waits for that
+            shadow.submit(decision, plugin_request.content, reqid, now, len(body))
         if feed is not None:
             feed.add(decision, body, reqid)
         return encoded, decision.policy_version
@@ -337,6 +347,8 @@ def create_app(
     async def status() -> Response:
         doc = status_document(store, settings, started_at=started_at, now=time.time())
         doc["history"] = {"persistent": history.directory is not None, "last_error": history.last_error}
+        if shadow is not None:
+            doc["shadow"] = shadow.status()
         return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     @app.get("/metrics")

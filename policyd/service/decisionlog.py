@@ -113,8 +113,12 @@ def decision_record(
     reqid: str,
     at: datetime,
     secrets: Secrets | None = None,
+    shadow: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The decision-log entry for one decision (a dict; `DecisionLog` serialises it)."""
+    """The decision-log entry for one decision (a dict; `DecisionLog` serialises it).
+
+    `shadow` is what the shadow policy decided, when it disagreed (policyd.service.shadow).
+    """
     if secrets is None:
         secrets = secrets_in(decision, content)
     op = decision.op
@@ -163,6 +167,8 @@ def decision_record(
         record["failed_open"] = decision.failed_open
     record["policy_version"] = decision.policy_version
     record["eval_us"] = round(decision.eval_us * 10) / 10  # 0.1 us; round(x, 1) takes 4x as long
+    if shadow is not None:
+        record["shadow"] = shadow
     return record
 
 
@@ -216,11 +222,21 @@ class DecisionLog:
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return cls(fd_sink(fd), sample, close=lambda: os.close(fd))
 
-    def write(self, decision: Decision, content: Mapping[str, Any], reqid: str) -> None:
+    def write(
+        self,
+        decision: Decision,
+        content: Mapping[str, Any],
+        reqid: str,
+        *,
+        at: datetime | None = None,
+        shadow: Mapping[str, Any] | None = None,
+    ) -> None:
         """Report one decision; never raises into the request.
 
         Rule errors and warns also go to the diagnostic log (masked too), whatever the sink and
         sampling; the JSON line goes to the sink unless it is off or the decision sampled out.
+        `at` is when it was decided (default: now); a line with a `shadow` disagreement is never
+        sampled out.
         """
         op = decision.op
         if self.sink is None and decision.error is None and not decision.warnings:
@@ -241,6 +257,7 @@ class DecisionLog:
         rate = self.sample[op]
         if (
             rate < 1.0
+            and shadow is None
             and decision.outcome is Outcome.ALLOW
             and not decision.warnings
             and decision.error is None
@@ -248,7 +265,8 @@ class DecisionLog:
         ):
             return
         try:
-            record = decision_record(decision, content, reqid, datetime.now(UTC), secrets)
+            when = datetime.now(UTC) if at is None else at
+            record = decision_record(decision, content, reqid, when, secrets, shadow)
             line = orjson.dumps(record, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE, default=str)
         except Exception:  # a value orjson cannot carry must not fail frps's request
             log.exception("could not build the decision log line for %s %s", op.value, reqid)

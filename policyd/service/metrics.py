@@ -48,6 +48,7 @@ from policyd.rules.decision import OUTCOME_LABELS, Decision, Op, outcome_label
 REFUSAL_REASONS = ("allowlist", "max_connections", "header_timeout", "header_too_large", "body_timeout")
 
 if TYPE_CHECKING:
+    from policyd.service.shadow import ShadowPolicy
     from policyd.service.store import PolicyStore
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -148,6 +149,33 @@ LAST_RELOAD_OK = MetricSpec(
     (),
     "alert on 0: an edit did not load and the previous version still serves",
 )
+SHADOW_DECISIONS = MetricSpec(
+    "policyd_shadow_decisions",
+    "counter",
+    "Requests the shadow policy decided too, by op and how its answer compared.",
+    ("op", "agreement"),
+    "`agreement`: `same` (outcome, reason and rewritten content), `different`, or `error` (a shadow "
+    "rule failed or ran out of budget); every pair exported from start, at 0",
+)
+SHADOW_SKIPPED = MetricSpec(
+    "policyd_shadow_skipped",
+    "counter",
+    "Requests answered without a shadow decision, by why.",
+    ("reason",),
+    "`queue_full`: more were waiting than the shadow keeps; `time_share`: the shadow had used its "
+    "share of the serving thread; `not_loaded`: no shadow policy has loaded yet",
+)
+SHADOW_POLICY_INFO = MetricSpec(
+    "policyd_shadow_policy",
+    "info",
+    "The shadow policy version deciding beside the serving one.",
+    ("version",),
+)
+SHADOW_LAST_RELOAD_OK = MetricSpec(
+    "policyd_shadow_last_reload_ok",
+    "gauge",
+    "1 if the shadow policy's last load attempt loaded, 0 if it failed (the last good one decides).",
+)
 METRICS = (
     DECISIONS,
     RULE_HITS,
@@ -164,7 +192,14 @@ METRICS = (
     RELOADS,
     LAST_RELOAD_SUCCESS,
     LAST_RELOAD_OK,
+    SHADOW_DECISIONS,
+    SHADOW_SKIPPED,
+    SHADOW_POLICY_INFO,
+    SHADOW_LAST_RELOAD_OK,
 )
+SHADOW_METRICS = frozenset({SHADOW_DECISIONS, SHADOW_SKIPPED, SHADOW_POLICY_INFO, SHADOW_LAST_RELOAD_OK})
+AGREEMENTS = ("same", "different", "error")
+SKIP_REASONS = ("queue_full", "time_share", "not_loaded")
 
 # `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -192,6 +227,22 @@ class _StoreCollector(Collector):
         )
         failed = stats.last is not None and not stats.last.ok
         yield GaugeMetricFamily(LAST_RELOAD_OK.name, LAST_RELOAD_OK.help, value=0 if failed else 1)
+
+
+class _ShadowCollector(Collector):
+    """The shadow policy's version and last load, read at scrape time."""
+
+    def __init__(self, shadow: ShadowPolicy) -> None:
+        self.shadow = shadow
+
+    def collect(self) -> Iterator[Metric]:
+        policy = self.shadow.policy
+        info = InfoMetricFamily(SHADOW_POLICY_INFO.name, SHADOW_POLICY_INFO.help)
+        if policy is not None:
+            info.add_metric([], {"version": policy.version})
+        yield info
+        ok = 1 if self.shadow.last_attempt_ok else 0
+        yield GaugeMetricFamily(SHADOW_LAST_RELOAD_OK.name, SHADOW_LAST_RELOAD_OK.help, value=ok)
 
 
 class _Histogram:
@@ -227,6 +278,8 @@ class _Recorder(Protocol):
     def request_started(self) -> None: ...
     def request_done(self, path: str, code: int, seconds: float) -> None: ...
     def connection_refused(self, reason: str) -> None: ...
+    def shadow_decided(self, op: Op, agreement: str) -> None: ...
+    def shadow_skipped(self, reason: str) -> None: ...
 
 
 class _Tally(Collector):
@@ -242,6 +295,9 @@ class _Tally(Collector):
         self.http_durations: dict[str, _Histogram] = {}
         self.in_flight = 0
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.shadow_decisions = {(op, a): 0 for op in Op for a in AGREEMENTS}
+        self.shadow_skips = dict.fromkeys(SKIP_REASONS, 0)
+        self.shadow = False  # the shadow families are exported only when a shadow is configured
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -269,6 +325,12 @@ class _Tally(Collector):
 
     def connection_refused(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def shadow_decided(self, op: Op, agreement: str) -> None:
+        self.shadow_decisions[op, agreement] += 1
+
+    def shadow_skipped(self, reason: str) -> None:
+        self.shadow_skips[reason] += 1
 
     def collect(self) -> Iterator[Metric]:
         # Snapshots (list(...)) so a scrape from another thread cannot see a dict change size.
@@ -307,6 +369,19 @@ class _Tally(Collector):
         for reason, count in list(self.refused.items()):
             refused.add_metric([reason], count)
         yield refused
+        if self.shadow:
+            shadow = CounterMetricFamily(
+                SHADOW_DECISIONS.name, SHADOW_DECISIONS.help, labels=SHADOW_DECISIONS.labels
+            )
+            for (op, agreement), count in list(self.shadow_decisions.items()):
+                shadow.add_metric([op.value, agreement], count)
+            yield shadow
+            skipped = CounterMetricFamily(
+                SHADOW_SKIPPED.name, SHADOW_SKIPPED.help, labels=SHADOW_SKIPPED.labels
+            )
+            for reason, count in list(self.shadow_skips.items()):
+                skipped.add_metric([reason], count)
+            yield skipped
 
 
 class _ClientMetrics:
@@ -355,6 +430,26 @@ class _ClientMetrics:
             registry=registry,
         )
         self._refused = {reason: refused.labels(reason) for reason in REFUSAL_REASONS}
+        self._registry = registry
+        self._shadow: dict[tuple[Op, str], Counter] = {}
+        self._skips: dict[str, Counter] = {}
+
+    def watch_shadow(self) -> None:
+        """Create the shadow's counters (exported only when a shadow is configured)."""
+        shadow = Counter(
+            SHADOW_DECISIONS.name, SHADOW_DECISIONS.help, SHADOW_DECISIONS.labels, registry=self._registry
+        )
+        self._shadow = {(op, a): shadow.labels(op.value, a) for op in Op for a in AGREEMENTS}
+        skipped = Counter(
+            SHADOW_SKIPPED.name, SHADOW_SKIPPED.help, SHADOW_SKIPPED.labels, registry=self._registry
+        )
+        self._skips = {reason: skipped.labels(reason) for reason in SKIP_REASONS}
+
+    def shadow_decided(self, op: Op, agreement: str) -> None:
+        self._shadow[op, agreement].inc()
+
+    def shadow_skipped(self, reason: str) -> None:
+        self._skips[reason].inc()
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -405,18 +500,29 @@ class Metrics:
             # The live values are in files that MultiProcessCollector reads.
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
             self.registry.register(_StoreCollector(store))
-            recorder = _ClientMetrics()
+            recorder = self._client = _ClientMetrics()
+            self._tally: _Tally | None = None
         else:
             ProcessCollector(registry=self.registry)
             self.registry.register(_StoreCollector(store))
-            recorder = tally = _Tally()
-            self.registry.register(tally)
+            recorder = self._tally = _Tally()
+            self.registry.register(self._tally)
         # The recorder's own bound methods: the route's calls go straight to them.
         self.observe = recorder.observe
         self.request_started = recorder.request_started
         self.request_done = recorder.request_done
         self.connection_refused = recorder.connection_refused
+        self.shadow_decided = recorder.shadow_decided
+        self.shadow_skipped = recorder.shadow_skipped
         self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics", "/versions"})
+
+    def watch_shadow(self, shadow: ShadowPolicy) -> None:
+        """Export the shadow policy's metrics (SHADOW_METRICS), for a service that has one."""
+        self.registry.register(_ShadowCollector(shadow))
+        if self._tally is not None:
+            self._tally.shadow = True
+        else:
+            self._client.watch_shadow()
 
     def path_label(self, path: str) -> str:
         if path in self._paths:

@@ -149,6 +149,22 @@ class Settings:
             "File of name:token lines: the bearer tokens that may save edits in the console.", metavar="FILE"
         ),
     )
+    shadow_policies: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "A second policy directory that decides every request too, after the answer, loaded and "
+            "hot-reloaded like --policies; disagreements go to the decision log and metrics, never "
+            "to frps (docs/rollout.md).",
+            metavar="DIR",
+        ),
+    )
+    shadow_eval_budget_ms: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Wall-clock budget for one shadow decision, in milliseconds: the most it can hold up the "
+            "serving thread; a shadow decision over it counts as agreement=error."
+        ),
+    )
     history_dir: Path | None = field(
         default=None,
         metadata=_doc(
@@ -399,6 +415,10 @@ def _check(s: Settings) -> None:
             problems.append(f"{name} must be positive, got {getattr(s, name)}")
     if s.eval_budget_ms <= 0:
         problems.append(f"eval_budget_ms must be positive, got {s.eval_budget_ms}")
+    if s.shadow_eval_budget_ms <= 0:
+        problems.append(f"shadow_eval_budget_ms must be positive, got {s.shadow_eval_budget_ms}")
+    if s.shadow_policies is not None and not s.shadow_policies.is_dir():
+        problems.append(f"shadow_policies {s.shadow_policies} is not a directory")
     if s.history_max_versions < 1:
         problems.append(f"history_max_versions must be at least 1, got {s.history_max_versions}")
     if s.history_max_bytes < 1:

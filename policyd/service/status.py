@@ -13,7 +13,7 @@ from policyd import __version__
 from policyd.errors import PolicyError
 from policyd.policy import Policy
 from policyd.service.settings import Settings
-from policyd.service.store import PolicyStore, ReloadAttempt
+from policyd.service.store import PolicyStore, ReloadAttempt, ReloadStats
 
 
 def _time(at: float) -> str:
@@ -60,21 +60,25 @@ def readiness(store: PolicyStore, started: bool) -> tuple[bool, str]:
     return True, f"serving policy {store.policy.version}"
 
 
+def reload_summary(stats: ReloadStats) -> dict[str, Any]:
+    """A store's reloads: counts, the last success, and the last attempt with its errors."""
+    return {
+        "successes": stats.successes,
+        "failures": stats.failures,
+        "last_success_at": _time(stats.last_success_at) if stats.last_success_at else None,
+        "last_attempt": _attempt(stats.last),
+    }
+
+
 def status_document(
     store: PolicyStore, settings: Settings, *, started_at: float, now: float
 ) -> dict[str, Any]:
-    stats = store.stats
     return {
         "policyd_version": __version__,
         "pid": os.getpid(),
         "started_at": _time(started_at),
         "uptime_s": round(now - started_at, 3),
         "policy": policy_summary(store.policy),
-        "reloads": {
-            "successes": stats.successes,
-            "failures": stats.failures,
-            "last_success_at": _time(stats.last_success_at) if stats.last_success_at else None,
-            "last_attempt": _attempt(stats.last),
-        },
+        "reloads": reload_summary(store.stats),
         "settings": settings.to_dict(),
     }

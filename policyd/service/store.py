@@ -45,8 +45,9 @@ class ReloadStats:
 class PolicyStore:
     """Holds the serving policy; `reload()` is safe to call from any thread."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, label: str = "policy") -> None:
         self.directory = Path(directory)
+        self.label = label  # how the log names it: "policy", or "shadow policy"
         self._lock = threading.Lock()
         self.stats = ReloadStats()
         # Raises PolicyLoadError: a broken policy at start-up is a start-up error.
@@ -54,7 +55,8 @@ class PolicyStore:
         self._replaced: Policy | None = None
         self.stats.last_success_at = self.policy.loaded_at
         log.info(
-            "policy %s active: %d rules in %d files from %s",
+            "%s %s active: %d rules in %d files from %s",
+            self.label,
             self.policy.version,
             self.policy.rule_count,
             len(self.policy.rules),
@@ -73,7 +75,8 @@ class PolicyStore:
                 attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors), e.omitted)
                 self.stats.failures += 1
                 log.error(
-                    "policy reload FAILED after change of %s; still serving %s. %d error(s):\n%s",
+                    "%s reload FAILED after change of %s; still serving %s. %d error(s):\n%s",
+                    self.label,
                     what,
                     self.policy.version,
                     e.count,
@@ -88,7 +91,8 @@ class PolicyStore:
                     self.stats.successes += 1
                     self.stats.last_success_at = now
                     log.info(
-                        "policy %s active after change of %s: %d rules in %d files",
+                        "%s %s active after change of %s: %d rules in %d files",
+                        self.label,
                         candidate.version,
                         what,
                         candidate.rule_count,
