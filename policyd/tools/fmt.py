@@ -252,7 +252,7 @@ def rule_files(paths: list[Path]) -> tuple[list[Path], list[PolicyError]]:
     return files, errors
 
 
-def write_atomically(path: Path, text: str, *, suffix: str = ".tmp") -> None:
+def write_atomically(path: Path, text: str | bytes, *, suffix: str = ".tmp") -> None:
     """Replace (or create) `path` so that a reader sees the old file or the new one, never a part.
 
     The service hot-reloads the policy directory: it must never read a half-written file. The
@@ -262,8 +262,9 @@ def write_atomically(path: Path, text: str, *, suffix: str = ".tmp") -> None:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:

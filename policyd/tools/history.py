@@ -44,6 +44,7 @@ import orjson
 
 from policyd.errors import PolicydError
 from policyd.rules.diagnostics import OutputFormat, counted, to_json
+from policyd.tools.fmt import write_atomically
 
 log = logging.getLogger("policyd.history")
 
@@ -203,12 +204,12 @@ class _Directory:
             os.close(fd)
 
     def rewrite(self, events: Sequence[dict[str, Any]]) -> None:
-        _replace_file(self.index, b"".join(orjson.dumps(e) + b"\n" for e in events))
+        write_atomically(self.index, b"".join(orjson.dumps(e) + b"\n" for e in events))
 
     def put(self, sha256: str, raw: bytes) -> None:
         path = self.objects / sha256
         if not path.exists():
-            _replace_file(path, raw)
+            write_atomically(path, raw)
 
     def get(self, sha256: str) -> bytes | None:
         try:
@@ -247,18 +248,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: readers see the old file or the new one, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 # -- the history ---------------------------------------------------------------------------
