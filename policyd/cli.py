@@ -466,3 +466,54 @@ def history_(
     except HistoryError as e:
         click.echo(f"policyd: {e}", err=True)
         sys.exit(2)
+
+
+@main.command("replay")
+@click.argument("recordings", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@_policies_option("Policy directory to decide the recorded requests with.")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The recording's key file, to compare the secrets rules set [default: serve's --record-key-file].",
+)
+@_CONFIG
+@_FORMAT
+def replay_(
+    recordings: tuple[Path, ...],
+    policies: Path | None,
+    key_file: Path | None,
+    config: Path | None,
+    output: str,
+) -> None:
+    """Decide recorded requests again (serve --record-requests) and print what would change.
+
+    RECORDINGS are recording files, oldest first (FILE.2 FILE.1 FILE). Prints a summary and
+    each request whose answer would change: op, user, the old and the new outcome and reason,
+    the deciding rule; requests whose new decision reads a secret the recording holds hashed
+    are listed apart. Decides with serve's settings (--config, POLICYD_* variables). Exits 1
+    when an answer would change (a deploy gate), 2 on unreadable input or when the policy does
+    not load, else 0.
+    """
+    from policyd.tools.recording import RecordingError, RecordKey
+    from policyd.tools.replay import replay
+
+    settings = _serve_settings(config)
+    directory = policies or settings.policies
+    key_path = key_file or settings.record_key_file
+    try:
+        key = RecordKey.from_file(key_path) if key_path is not None else None
+        report = replay(
+            list(recordings),
+            directory,
+            _stdout(),
+            key=key,
+            options=settings.eval_options,
+            output=OutputFormat(output),
+        )
+    except RecordingError as e:
+        click.echo(f"policyd: {e}", err=True)
+        sys.exit(2)
+    except PolicyLoadError as e:
+        _exit_not_loaded(directory, e)
+    sys.exit(report.exit_code)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -23,13 +25,28 @@ from policyd.rules.decision import OPS, Op, Outcome
 from policyd.service.decisionlog import DecisionLog
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, SHADOW_METRICS, Metrics
-from policyd.service.settings import Settings
-from policyd.service.shadow import open_shadow
+from policyd.service.settings import DEFAULTS, Settings
+from policyd.service.shadow import (
+    SHADOW_MAX_SHARE,
+    SHADOW_QUEUE_MAX,
+    SHADOW_QUEUE_MAX_BYTES,
+    SHADOW_SLICE_S,
+    open_shadow,
+)
 from policyd.service.store import PolicyStore
 from policyd.tools.check import Lint
+from policyd.tools.history import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_VERSIONS,
+    MEMORY_MAX_BYTES,
+    MEMORY_MAX_VERSIONS,
+    render_versions,
+)
+from policyd.tools.recording import RecordKey, header, record_of
+from policyd.tools.rollout import decided_by
 from policyd.tools.test import run_policy_tests
 from tests.helpers import error_classes
-from tests.support import ROOT, SHIPPED_POLICIES, write_policy
+from tests.support import ROOT, SHIPPED_POLICIES, fixture, write_policy
 
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", ROOT / "SECURITY.md", *sorted(DOCS.glob("*.md"))]
@@ -223,3 +240,80 @@ def test_local_links_resolve(page: Path) -> None:
         if anchor:
             headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.MULTILINE)
             assert anchor in {slug(h) for h in headings}, f"{page.name} links to {path}#{anchor}"
+
+
+# -- docs/rollout.md -------------------------------------------------------------------------
+def rollout_scenario(root: Path) -> None:
+    """The recording and the candidate of docs/rollout.md's replay session, under `root`."""
+    shutil.copytree(SHIPPED_POLICIES, root / "policies")
+    candidate = shutil.copytree(SHIPPED_POLICIES, root / "candidate")
+    added = block_after((DOCS / "rollout.md").read_text(), "# NewProxy.rules (the shipped").splitlines()[-1]
+    rules = (candidate / "NewProxy.rules").read_text()
+    (candidate / "NewProxy.rules").write_text(
+        rules.replace("\nset content.metas.team", f"\n{added}\nset content.metas.team")
+    )
+    (candidate / "Login.rules").write_text(
+        (candidate / "Login.rules").read_text() + 'warn "login of {user.user}"\n'
+    )
+    http = fixture("NewProxy-http")
+    del http["content"]["custom_domains"]
+    key = b"an example key, 32 bytes long.."
+    (root / "record.key").write_bytes(key + b"\n")
+    record_key, policy = RecordKey(key), load_policy(root / "policies")
+    start = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    lines = [header(record_key, start)]
+    for n, body in enumerate([fixture("Login-basic"), fixture("NewProxy-tcp"), http, fixture("Ping-basic")]):
+        op, at, reqid = OPS[body["op"]], start + timedelta(seconds=n), f"5f0c2b1e9d8a7c{n:02x}"
+        decision = decide(policy, op, body["content"], reqid=reqid, now=at.timestamp())
+        lines.append(
+            record_of(op, "0.1.0", body["content"], reqid, decision, at, record_key, decided_by(policy, op))
+        )
+    (root / "requests.jsonl").write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+
+def test_the_replay_session_is_what_replay_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rollout_scenario(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    command = "policyd replay requests.jsonl --policies candidate --key record.key"
+    result = CliRunner().invoke(main, command.split()[1:])
+    assert result.exit_code == 1
+
+    def shipped_independent(lines: list[str]) -> list[str]:
+        """Versions and line numbers move with every edit of the shipped policy; the rest may not."""
+        return [
+            re.sub(r"\.rules:\d+", ".rules:N", re.sub(r"policy [0-9a-f]{12}", "policy V", x)) for x in lines
+        ]
+
+    assert shipped_independent(result.output.splitlines()) == shipped_independent(
+        session("rollout.md", command)
+    )
+
+
+def test_the_history_listing_is_what_history_prints() -> None:
+    lines = session("rollout.md", "policyd history --history-dir /var/lib/policyd/history")
+    rows = [line.split("  ") for line in lines[1:-1]]
+    doc = {
+        "persistent": True,
+        "max_versions": DEFAULT_MAX_VERSIONS,
+        "max_bytes": DEFAULT_MAX_BYTES,
+        "stored_bytes": int(9.8 * 1024),
+        "versions": [
+            {
+                "version": row[0],
+                "first_served": row[1],
+                "last_served": None if "serving" in lines[i + 1] else lines[i + 1].split()[2],
+                "changed": {"added": [], "modified": ["NewProxy.rules"] if i == 0 else [], "removed": []},
+            }
+            for i, row in enumerate(rows)
+        ],
+    }
+    assert render_versions(doc, "/var/lib/policyd/history").splitlines() == lines
+
+
+def test_the_shadow_bounds_in_the_docs_are_the_code_s() -> None:
+    text = " ".join((DOCS / "rollout.md").read_text().split())
+    assert f"`shadow_eval_budget_ms` ({DEFAULTS.shadow_eval_budget_ms:g} ms;" in text
+    assert f"at most {SHADOW_SLICE_S * 1000:g} ms before requests run again" in text
+    assert f"at most {SHADOW_MAX_SHARE:.0%} of the serving thread's time" in text
+    assert f"at most {SHADOW_QUEUE_MAX:,} requests ({SHADOW_QUEUE_MAX_BYTES // 2**20} MiB of bodies)" in text
+    assert f"the last {MEMORY_MAX_VERSIONS} versions (at most {MEMORY_MAX_BYTES // 2**20} MiB" in text

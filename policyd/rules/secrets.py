@@ -21,7 +21,7 @@ Two bounds keep that safe from the client, whose request it is:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ahocorasick
@@ -60,14 +60,20 @@ def is_secret_path(path: str) -> bool:
     return is_secret_key(path.rsplit(".", 1)[-1])
 
 
-def mask(value: Any, depth: int = 0) -> Any:
-    """A copy of `value` with the values of credential-named keys replaced by MASK."""
+def mask(value: Any, depth: int = 0, replace: Callable[[Any], Any] | None = None) -> Any:
+    """A copy of `value` with the values of credential-named keys replaced by MASK, or by what
+    `replace` makes of each (a recording's keyed hash); what nests past MAX_MASK_DEPTH, whole."""
     if depth > MAX_MASK_DEPTH:
-        return MASK
+        return MASK if replace is None else replace(value)
     if isinstance(value, dict):
-        return {k: MASK if is_secret_key(str(k)) else mask(v, depth + 1) for k, v in value.items()}
+        return {
+            k: (MASK if replace is None else replace(v))
+            if is_secret_key(str(k))
+            else mask(v, depth + 1, replace)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [mask(v, depth + 1) for v in value]
+        return [mask(v, depth + 1, replace) for v in value]
     return value
 
 

@@ -36,6 +36,7 @@ from policyd.service.access import Allowlist
 from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.edge import Edge
 from policyd.service.metrics import CONTENT_TYPE, Metrics
+from policyd.service.recorder import RequestRecorder
 from policyd.service.settings import CONSOLE_PATH, Settings
 from policyd.service.shadow import open_shadow
 from policyd.service.status import readiness, status_document
@@ -246,6 +247,7 @@ def create_app(
     decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
     shadow = open_shadow(settings, store, decisions, metrics)
+    recorder = RequestRecorder.open(settings, metrics)
     started_at = time.time()
     started = False
     console = ConsoleMode(settings.console)
@@ -282,6 +284,8 @@ def create_app(
             if shadow is not None:
                 await shadow.stop()
             versions.stop()
+            if recorder is not None:
+                recorder.close()
             decisions.close()
 
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -296,8 +300,9 @@ def create_app(
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
         plugin_request = parse_request(body, query_op)
         now = time.time()
+        policy = store.policy  # read once: one version decides, and is recorded
         decision = decide(
-            store.policy, plugin_request.op, plugin_request.content, reqid=reqid, now=now, options=options
+            policy, plugin_request.op, plugin_request.content, reqid=reqid, now=now, options=options
         )
         try:
             encoded = encode_answer(decision)
@@ -309,6 +314,8 @@ def create_app(
             fail_unencodable(decision, f"the answer cannot be encoded as JSON: {e}", fail_open=fail_open)
             encoded = ALLOW_UNCHANGED if fail_open else POLICY_ERROR_ANSWER
         metrics.observe(decision)
+        if recorder is not None:
+            recorder.record(plugin_request, reqid, decision, policy)
         if shadow is None:
             decisions.write(decision, plugin_request.content, reqid)
         else:  # decided once this request's answer is sent; its log line waits for that
@@ -349,6 +356,8 @@ def create_app(
         doc["history"] = {"persistent": history.directory is not None, "last_error": history.last_error}
         if shadow is not None:
             doc["shadow"] = shadow.status()
+        if recorder is not None:
+            doc["recording"] = recorder.status()
         return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     @app.get("/metrics")

@@ -176,6 +176,14 @@ SHADOW_LAST_RELOAD_OK = MetricSpec(
     "gauge",
     "1 if the shadow policy's last load attempt loaded, 0 if it failed (the last good one decides).",
 )
+RECORDED = MetricSpec(
+    "policyd_recorded_requests",
+    "counter",
+    "Requests --record-requests recorded, or did not.",
+    ("result",),
+    "`written`; `too_large`: the line would pass a quarter of record_max_bytes; `failed`: it could "
+    "not be made or written (see the log)",
+)
 METRICS = (
     DECISIONS,
     RULE_HITS,
@@ -196,10 +204,12 @@ METRICS = (
     SHADOW_SKIPPED,
     SHADOW_POLICY_INFO,
     SHADOW_LAST_RELOAD_OK,
+    RECORDED,
 )
 SHADOW_METRICS = frozenset({SHADOW_DECISIONS, SHADOW_SKIPPED, SHADOW_POLICY_INFO, SHADOW_LAST_RELOAD_OK})
 AGREEMENTS = ("same", "different", "error")
 SKIP_REASONS = ("queue_full", "time_share", "not_loaded")
+RECORD_RESULTS = ("written", "too_large", "failed")
 
 # `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -280,6 +290,7 @@ class _Recorder(Protocol):
     def connection_refused(self, reason: str) -> None: ...
     def shadow_decided(self, op: Op, agreement: str) -> None: ...
     def shadow_skipped(self, reason: str) -> None: ...
+    def recorded(self, result: str, n: int = 1) -> None: ...
 
 
 class _Tally(Collector):
@@ -298,6 +309,7 @@ class _Tally(Collector):
         self.shadow_decisions = {(op, a): 0 for op in Op for a in AGREEMENTS}
         self.shadow_skips = dict.fromkeys(SKIP_REASONS, 0)
         self.shadow = False  # the shadow families are exported only when a shadow is configured
+        self.record_results = dict.fromkeys(RECORD_RESULTS, 0)
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -331,6 +343,9 @@ class _Tally(Collector):
 
     def shadow_skipped(self, reason: str) -> None:
         self.shadow_skips[reason] += 1
+
+    def recorded(self, result: str, n: int = 1) -> None:
+        self.record_results[result] += n
 
     def collect(self) -> Iterator[Metric]:
         # Snapshots (list(...)) so a scrape from another thread cannot see a dict change size.
@@ -369,6 +384,10 @@ class _Tally(Collector):
         for reason, count in list(self.refused.items()):
             refused.add_metric([reason], count)
         yield refused
+        recorded = CounterMetricFamily(RECORDED.name, RECORDED.help, labels=RECORDED.labels)
+        for result, count in list(self.record_results.items()):
+            recorded.add_metric([result], count)
+        yield recorded
         if self.shadow:
             shadow = CounterMetricFamily(
                 SHADOW_DECISIONS.name, SHADOW_DECISIONS.help, labels=SHADOW_DECISIONS.labels
@@ -431,6 +450,8 @@ class _ClientMetrics:
         )
         self._refused = {reason: refused.labels(reason) for reason in REFUSAL_REASONS}
         self._registry = registry
+        recorded = Counter(RECORDED.name, RECORDED.help, RECORDED.labels, registry=registry)
+        self._recorded = {result: recorded.labels(result) for result in RECORD_RESULTS}
         self._shadow: dict[tuple[Op, str], Counter] = {}
         self._skips: dict[str, Counter] = {}
 
@@ -450,6 +471,9 @@ class _ClientMetrics:
 
     def shadow_skipped(self, reason: str) -> None:
         self._skips[reason].inc()
+
+    def recorded(self, result: str, n: int = 1) -> None:
+        self._recorded[result].inc(n)
 
     def observe(self, decision: Decision) -> None:
         op = decision.op
@@ -514,6 +538,7 @@ class Metrics:
         self.connection_refused = recorder.connection_refused
         self.shadow_decided = recorder.shadow_decided
         self.shadow_skipped = recorder.shadow_skipped
+        self.recorded = recorder.recorded
         self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics", "/versions"})
 
     def watch_shadow(self, shadow: ShadowPolicy) -> None:

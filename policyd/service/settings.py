@@ -28,6 +28,7 @@ from policyd.rules.decision import OPS, Op
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS
 from policyd.service.access import Network
 from policyd.tools.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_VERSIONS, MEMORY_MAX_VERSIONS
+from policyd.tools.recording import KEY_MIN_BYTES, RecordingError, RecordKey
 
 ENV_PREFIX = "POLICYD_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -164,6 +165,28 @@ class Settings:
             "Wall-clock budget for one shadow decision, in milliseconds: the most it can hold up the "
             "serving thread; a shadow decision over it counts as agreement=error."
         ),
+    )
+    record_requests: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "Append every request and its answer to this JSON-lines file, for `policyd replay`; "
+            "secrets replaced by a keyed hash (needs record_key_file). Off by default.",
+            metavar="FILE",
+        ),
+    )
+    record_key_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            f"File holding the key (at least {KEY_MIN_BYTES} bytes) record_requests hashes secrets with.",
+            metavar="FILE",
+        ),
+    )
+    record_max_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_doc("Bytes a recording file may reach before it is rotated (FILE.1, FILE.2, ...)."),
+    )
+    record_keep: int = field(
+        default=3, metadata=_doc("Rotated recording files kept; the oldest beyond are deleted.")
     )
     history_dir: Path | None = field(
         default=None,
@@ -419,6 +442,18 @@ def _check(s: Settings) -> None:
         problems.append(f"shadow_eval_budget_ms must be positive, got {s.shadow_eval_budget_ms}")
     if s.shadow_policies is not None and not s.shadow_policies.is_dir():
         problems.append(f"shadow_policies {s.shadow_policies} is not a directory")
+    if s.record_requests is not None:
+        if s.record_key_file is None:
+            problems.append("record_requests needs record_key_file: secrets are hashed with its key")
+        else:
+            try:
+                RecordKey.from_file(s.record_key_file)
+            except RecordingError as e:
+                problems.append(f"record_key_file: {e}")
+    if s.record_max_bytes < MIN_RECORD_BYTES:
+        problems.append(f"record_max_bytes must be at least {MIN_RECORD_BYTES}, got {s.record_max_bytes}")
+    if s.record_keep < 0:
+        problems.append(f"record_keep must be 0 or more, got {s.record_keep}")
     if s.history_max_versions < 1:
         problems.append(f"history_max_versions must be at least 1, got {s.history_max_versions}")
     if s.history_max_bytes < 1:
@@ -436,5 +471,6 @@ def _check(s: Settings) -> None:
         raise SettingsError("; ".join(problems))
 
 
+MIN_RECORD_BYTES = 8192  # the smallest record_max_bytes
 CONSOLE_PATH = "/ui"
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics", "/versions", CONSOLE_PATH})

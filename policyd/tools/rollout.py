@@ -10,11 +10,14 @@ as its own outcome), the reject reason and the rewritten content.
 from __future__ import annotations
 
 import enum
+import hashlib
 from typing import Any
 
 from policyd.engine import EvalOptions, decide
 from policyd.policy import Policy
 from policyd.rules.decision import Decision, Op, Outcome, TraceStep, outcome_label
+
+DECIDED_BY_CHARS = 16  # hex digits of decided_by()
 
 
 class Agreement(enum.StrEnum):
@@ -40,19 +43,21 @@ def agreement(first: Decision, second: Decision) -> Agreement:
     return Agreement.SAME if verdict(first) == verdict(second) else Agreement.DIFFERENT
 
 
+def decided_by(policy: Policy, op: Op) -> str:
+    """What decides `op` under `policy`, as a digest of its files: the op's rule file (or none)
+    and every data file. Two policies with the same digest for an op decide it alike, given the
+    same request, `now`, `reqid`, options and time to finish: a second decision can only repeat
+    the first."""
+    rule_file = policy.rules.get(op)
+    digest = hashlib.sha256(b"-" if rule_file is None else rule_file.sha256.encode())
+    for data_file in sorted(policy.data_files, key=lambda d: d.path):
+        digest.update(f"\0{data_file.path}\0{data_file.sha256}".encode())
+    return digest.hexdigest()[:DECIDED_BY_CHARS]
+
+
 def ops_decided_alike(first: Policy, second: Policy) -> frozenset[Op]:
-    """The ops both policies decide from byte-identical files: the op's rule file (or none in
-    either) and every data file. For these a second decision can only repeat the first, given
-    the same request, `now`, `reqid`, options and time to finish."""
-    data = {(d.path, d.sha256) for d in first.data_files}
-    if data != {(d.path, d.sha256) for d in second.data_files}:
-        return frozenset()
-
-    def digest(policy: Policy, op: Op) -> str | None:
-        rule_file = policy.rules.get(op)
-        return None if rule_file is None else rule_file.sha256
-
-    return frozenset(op for op in Op if digest(first, op) == digest(second, op))
+    """The ops both policies decide from the same files (decided_by)."""
+    return frozenset(op for op in Op if decided_by(first, op) == decided_by(second, op))
 
 
 def decide_again(
