@@ -173,7 +173,8 @@ class _Directory:
         self._thread_lock = threading.Lock()  # flock does not exclude threads of one process
 
     def create(self) -> None:
-        self.objects.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o750, parents=True, exist_ok=True)  # it holds every rule and data file
+        self.objects.mkdir(mode=0o750, exist_ok=True)
 
     def events(self) -> list[dict[str, Any]]:
         try:
