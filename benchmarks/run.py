@@ -304,6 +304,7 @@ def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
             ),
         ]
         runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in servers}
+        cpu: dict[str, list[float]] = {s.label: [] for s in servers}
         counts: dict[str, dict[str, float]] = {}
         try:
             for s in servers:
@@ -311,7 +312,10 @@ def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
                 wrk(s.url + URL_PATH, 1)
             for _ in range(rounds):
                 for s in servers:
-                    runs[s.label].append(wrk(s.url + URL_PATH, seconds))
+                    before = _cpu_seconds(s.proc.pid)
+                    run = wrk(s.url + URL_PATH, seconds)
+                    runs[s.label].append(run)
+                    cpu[s.label].append((_cpu_seconds(s.proc.pid) - before) / run["requests"] * 1e6)
             for s in servers[1:]:
                 counts[s.label] = _shadow_counts(s.url)
         finally:
@@ -328,6 +332,8 @@ def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
             "p50_ms": _ms(statistics.median(r["latency_us"]["p50"] for r in rs)),
             "p99_ms": _ms(p99),
             "shadow_p99_ratio": round(p99 / base, 2),
+            # CPU the server spent per request: what the shadow costs, whatever else the host runs.
+            "cpu_us": round(statistics.median(cpu[label]), 1),
             "rounds_p99_ms": [_ms(r["latency_us"]["p99"]) for r in rs],
             "failed": sum(r["failed"] for r in rs),
         }
@@ -335,6 +341,12 @@ def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str
             row.update(counts[label])
         rows.append(row)
     return rows
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _shadow_counts(url: str) -> dict[str, float]:
@@ -500,6 +512,7 @@ COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its
     ("time_vs_raw_plugin", "time ×raw plugin", 16),
     ("p99_ratio", "p99 ×", 6),
     ("shadow_p99_ratio", "p99 ×", 6),
+    ("cpu_us", "CPU µs/req", 10),
     ("shadowed", "shadowed", 8),
     ("shadow_errors", "errors", 7),
     ("shadow_skipped", "skipped", 7),

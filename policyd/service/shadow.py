@@ -58,7 +58,7 @@ log = logging.getLogger("policyd.shadow")
 
 SHADOW_QUEUE_MAX = 1024  # answered requests waiting for their shadow decision
 SHADOW_QUEUE_MAX_BYTES = 16 * 1024 * 1024  # request bodies those hold
-SHADOW_MAX_SHARE = 0.2  # of the serving thread's time the shadow may use, over time
+SHADOW_MAX_SHARE = 0.15  # of the serving thread's time the shadow may use, over time
 SHADOW_BURST_S = 0.05  # shadow time that may be used at once before the share applies
 SHADOW_SLICE_S = 0.005  # the longest the shadow decides before letting requests run again
 SHADOW_KEYS = ("outcome", "reason", "rule", "changes", "error", "failed_open", "policy_version", "eval_us")
