@@ -271,9 +271,10 @@ class DecisionLog:
         except Exception:  # a value orjson cannot carry must not fail frps's request
             log.exception("could not build the decision log line for %s %s", op.value, reqid)
             return
-        self._add(line)
+        self.add_line(line)
 
-    def _add(self, line: bytes) -> None:
+    def add_line(self, line: bytes) -> None:
+        """Batch one whole line (the recorder batches its own lines this way too)."""
         if self._batched + len(line) > self.batch_bytes:
             self.flush()  # what is batched already: no write grows past batch_bytes
         self._batch.append(line)

@@ -1,8 +1,8 @@
 """Recording requests for `policyd replay`: `--record-requests FILE` (off by default).
 
 Each decided request becomes one line of FILE in the format of policyd.tools.recording, its
-secrets replaced by their keyed hash before the line exists. Lines are written in batches (at
-most FLUSH_AFTER_S after the first, or once a batch reaches its size), each batch with one
+secrets replaced by their keyed hash before the line exists. Lines are written in batches, as
+the decision log writes its own (at most FLUSH_AFTER_S after the first, or once full), each batch with one
 `write(2)` under an exclusive lock, so that the workers of one service can share FILE. FILE
 never grows past `record_max_bytes`: a batch that would take it past is written to a fresh FILE
 after FILE became FILE.1 (FILE.1 FILE.2, ..., the oldest past `record_keep` deleted). A line
@@ -12,7 +12,6 @@ the recording holds at most (record_keep + 1) x record_max_bytes.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -25,7 +24,7 @@ import orjson
 from policyd.policy import Policy
 from policyd.protocol import PluginRequest
 from policyd.rules.decision import Decision, Op
-from policyd.service.decisionlog import fd_sink
+from policyd.service.decisionlog import DecisionLog, fd_sink
 from policyd.service.metrics import Metrics
 from policyd.service.settings import Settings
 from policyd.tools.recording import RecordKey, header, record_of
@@ -33,7 +32,7 @@ from policyd.tools.rollout import decided_by
 
 log = logging.getLogger("policyd.record")
 
-FLUSH_AFTER_S = 0.1
+TOO_LARGE_LOG_EVERY = 1000  # of the requests too large to record, the ones logged
 MAX_BATCH_BYTES = 64 * 1024
 WRITE_ATTEMPTS = 5  # rotations by other workers one batch may meet
 
@@ -48,9 +47,8 @@ class RequestRecorder:
         self.keep = keep
         self.metrics = metrics
         self.batch_bytes = min(MAX_BATCH_BYTES, max_bytes // 4)
-        self._batch: list[bytes] = []
-        self._batched = 0
-        self._timer: asyncio.TimerHandle | None = None
+        # The decision log's batching: one write per batch, FLUSH_AFTER_S after its first line.
+        self._lines = DecisionLog(self._write_batch, batch_bytes=self.batch_bytes)
         self._fd: int | None = None
         self.counts = {"written": 0, "too_large": 0, "failed": 0}
         self._decided_by: dict[tuple[str, Op], str] = {}
@@ -87,41 +85,30 @@ class RequestRecorder:
             return
         if len(line) > self.batch_bytes:
             self._count("too_large")
-            log.warning(
-                "%s %s not recorded: its line of %d bytes is over %d",
-                op.value,
-                reqid,
-                len(line),
-                self.batch_bytes,
-            )
+            if self.counts["too_large"] % TOO_LARGE_LOG_EVERY == 1:  # clients choose the size: no flood
+                log.warning(
+                    "%s %s not recorded: its line of %d bytes is over %d (%d so far)",
+                    op.value,
+                    reqid,
+                    len(line),
+                    self.batch_bytes,
+                    self.counts["too_large"],
+                )
             return
-        if self._batched + len(line) > self.batch_bytes:
-            self.flush()
-        self._batch.append(line)
-        self._batched += len(line)
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._timer = loop.call_later(FLUSH_AFTER_S, self._flush_due)
+        self._lines.add_line(line)
 
     def _count(self, result: str, n: int = 1) -> None:
         self.counts[result] += n
         self.metrics.recorded(result, n)
 
-    def _flush_due(self) -> None:
-        self._timer = None
-        self.flush()
-
     def flush(self) -> None:
-        """Write the batch now; a failure (a full disk) loses it, logged and counted."""
-        if not self._batch:
-            return
-        batch, lines = b"".join(self._batch), len(self._batch)
-        self._batch.clear()
-        self._batched = 0
+        """Write what is batched now."""
+        self._lines.flush()
+
+    def _write_batch(self, batch: bytes) -> None:
+        """The batcher's sink: one batch of whole lines; a failure (a full disk) loses it, logged
+        and counted, and never reaches the request."""
+        lines = batch.count(b"\n")
         try:
             self._write(batch)
         except OSError as e:
@@ -188,10 +175,7 @@ class RequestRecorder:
             self._fd = None
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.flush()
+        self._lines.close()
         self._close_fd()
 
     def status(self) -> dict[str, Any]:
