@@ -160,7 +160,7 @@ class Settings:
         ),
     )
     shadow_eval_budget_ms: float = field(
-        default=10.0,
+        default=5.0,
         metadata=_doc(
             "Wall-clock budget for one shadow decision, in milliseconds: the most it can hold up the "
             "serving thread; a shadow decision over it counts as agreement=error."

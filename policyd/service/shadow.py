@@ -11,7 +11,7 @@ a task on the event loop decides what waits, once per turn of the loop, so a sha
 only ever runs once the answer it shadows has been handed to the transport. Its cost to the
 serving path is bounded four ways:
 
-- each shadow decision has its own wall-clock budget (`shadow_eval_budget_ms`, 10 ms): past
+- each shadow decision has its own wall-clock budget (`shadow_eval_budget_ms`, 5 ms): past
   it the shadow decision is an error, not a slower answer;
 - the shadow decides for at most SHADOW_SLICE_S before requests run again (plus the one
   decision under way), so no answer waits behind more than that;
@@ -60,7 +60,9 @@ SHADOW_QUEUE_MAX = 1024  # answered requests waiting for their shadow decision
 SHADOW_QUEUE_MAX_BYTES = 16 * 1024 * 1024  # request bodies those hold
 SHADOW_MAX_SHARE = 0.15  # of the serving thread's time the shadow may use, over time
 SHADOW_BURST_S = 0.05  # shadow time that may be used at once before the share applies
-SHADOW_SLICE_S = 0.005  # the longest the shadow decides before letting requests run again
+SHADOW_SLICE_S = 0.001  # the longest the shadow decides before letting requests run again
+# A shadow decision that raised (a bug, not a rule error): the log has the traceback.
+SHADOW_FAILED = {"code": "shadow_failed", "message": "the shadow decision failed; see the diagnostic log"}
 SHADOW_KEYS = ("outcome", "reason", "rule", "changes", "error", "failed_open", "policy_version", "eval_us")
 
 
@@ -248,8 +250,9 @@ class ShadowRunner:
 
         One slice per turn of the event loop keeps up with what arrived during the last turn
         (one decision per turn falls behind under load). The share is charged in wall-clock
-        time: what it bounds is how long requests wait for the loop, which is also held while
-        the host runs something else in the middle of a shadow decision.
+        time, for the shadow's own work (a line the log writes anyway is not the shadow's):
+        what it bounds is how long requests wait for the loop, which is also held while the
+        host runs something else in the middle of a shadow decision.
         """
         started = time.perf_counter()
         self._credit = min(self.burst_s, self._credit + (started - self._refilled) * self.max_share)
@@ -258,48 +261,48 @@ class ShadowRunner:
         while self._queue:
             item = self._queue.popleft()
             self._queued_bytes -= item.size
-            if self._credit <= 0:
-                self._skip("time_share")
+            policy = self.shadow.policy
+            if policy is None or self._credit <= 0:
+                self._skip("not_loaded" if policy is None else "time_share")
                 self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
                 continue
-            self._decide(item)
-            if time.perf_counter() >= deadline:
+            before = time.perf_counter()
+            shadow_line = self._decide(item, policy)
+            after = time.perf_counter()
+            self._credit -= after - before
+            self.spent_s += after - before
+            self.decisions.write(item.decision, item.content, item.reqid, at=item.at, shadow=shadow_line)
+            if after >= deadline:
                 break
-        spent = time.perf_counter() - started
-        self._credit -= spent
-        self.spent_s += spent
 
-    def _decide(self, item: _Waiting) -> None:
+    def _decide(self, item: _Waiting, policy: Policy) -> dict[str, Any] | None:
+        """Decide one request with the shadow policy and count how it compares; its decision
+        log `shadow` object when the two disagree, else None."""
         main = item.decision
-        policy = self.shadow.policy
-        if policy is None:
-            self._skip("not_loaded")
-            self.decisions.write(main, item.content, item.reqid, at=item.at)
-            return
         if self._decided_alike(main, policy):
-            self.counts[Agreement.SAME.value] += 1
-            self.metrics.shadow_decided(main.op, Agreement.SAME.value)
-            self.decisions.write(main, item.content, item.reqid, at=item.at)
-            return
-        shadow_line = None
-        try:
-            decision = decide_again(
-                policy, main.op, item.content, reqid=item.reqid, now=item.now, options=self.options
-            )
-            result = agreement(main, decision)
-            if result is not Agreement.SAME:
-                shadow_line = shadow_record(decision, item.content, item.reqid, item.at)
-            if decision.error is not None:
-                secrets = secrets_in(decision, item.content)
-                message = scrub(str(decision.error), secrets)
-                log.warning("shadow %s: rule error (%s): %s", main.op.value, decision.error.code, message)
-        except Exception:  # a shadow must never fail what the serving path does next
-            log.exception("shadow decision of %s %s failed", main.op.value, item.reqid)
-            result = Agreement.ERROR
-            shadow_line = {"outcome": "error", "error": {"code": "shadow_failed", "message": "see the log"}}
+            result, shadow_line = Agreement.SAME, None
+        else:
+            try:
+                decision = decide_again(
+                    policy, main.op, item.content, reqid=item.reqid, now=item.now, options=self.options
+                )
+                result = agreement(main, decision)
+                shadow_line = None
+                if result is not Agreement.SAME:
+                    shadow_line = shadow_record(decision, item.content, item.reqid, item.at)
+                if decision.error is not None:
+                    message = scrub(str(decision.error), secrets_in(decision, item.content))
+                    log.warning("shadow %s: rule error (%s): %s", main.op.value, decision.error.code, message)
+            except Exception:  # a shadow must never fail what the serving path does next
+                log.exception("shadow decision of %s %s failed", main.op.value, item.reqid)
+                result = Agreement.ERROR
+                shadow_line = {
+                    "outcome": "error",
+                    "error": {"code": "shadow_failed", "message": "see the log"},
+                }
         self.counts[result.value] += 1
         self.metrics.shadow_decided(main.op, result.value)
-        self.decisions.write(main, item.content, item.reqid, at=item.at, shadow=shadow_line)
+        return shadow_line
 
     def _decided_alike(self, main: Decision, shadow: Policy) -> bool:
         """Whether the shadow would repeat `main`: the op's files are the same in both policies
