@@ -300,3 +300,26 @@ def test_ops_whose_files_are_the_same_in_both_are_not_decided_twice(
     asyncio.run(run())
     assert calls == [Op.NEW_PROXY]
     assert runner.counts == {"same": 2, "different": 1, "error": 0}
+
+
+def test_a_shadow_decision_that_raises_is_an_error_and_the_line_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, lines, store = runner_for(tmp_path, {"Ping.rules": "allow\n"}, {"Ping.rules": 'reject "x"\n'})
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(shadow_module, "decide_again", broken)
+
+    async def run() -> None:
+        runner.start(watch=False)
+        submit(runner, store, Op.PING, PING)
+        await asyncio.sleep(0.05)
+        await runner.stop()
+        runner.decisions.flush()
+
+    asyncio.run(run())
+    [line] = [orjson.loads(line) for batch in lines for line in batch.splitlines()]
+    assert line["outcome"] == "allow" and line["shadow"]["error"]["code"] == "shadow_failed"
+    assert runner.counts["error"] == 1
