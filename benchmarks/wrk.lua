@@ -5,3 +5,8 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- $WRK_DELAY_MS: each connection waits this long before its next request (a steady, partial load).
+local pause = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if pause then
+  function delay() return pause end
+end

@@ -60,7 +60,7 @@ SHADOW_QUEUE_MAX = 1024  # answered requests waiting for their shadow decision
 SHADOW_QUEUE_MAX_BYTES = 16 * 1024 * 1024  # request bodies those hold
 SHADOW_MAX_SHARE = 0.1  # of the serving thread's time the shadow may use, over time
 SHADOW_BURST_S = 0.05  # shadow time that may be used at once before the share applies
-SHADOW_SLICE_S = 0.001  # the longest the shadow decides before letting requests run again
+SHADOW_SLICE_S = 0.00025  # the longest the shadow decides before letting requests run again
 # A shadow decision that raised (a bug, not a rule error): the log has the traceback.
 SHADOW_FAILED = {"code": "shadow_failed", "message": "the shadow decision failed; see the diagnostic log"}
 SHADOW_KEYS = ("outcome", "reason", "rule", "changes", "error", "failed_open", "policy_version", "eval_us")
