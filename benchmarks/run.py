@@ -281,16 +281,24 @@ PACED_DELAY_MS = 10  # with CONNECTIONS connections: at most ~3,200 requests/s, 
 SLOW_SHADOW_RULE = 'reject "never" when any(any(j < 0 for j in range(9999)) for i in range(9999))\n'
 
 
+def shadow_policies(root: Path) -> tuple[Path, Path, Path]:
+    """The shadow scenario's policies under `root`: the 50-rule policy; the same with one rule
+    edited (the size of the main one, and NewProxy not decided by the same files); and the same
+    with a rule that runs into the shadow's budget first."""
+    policies = _copy_policy(root / "policies")
+    candidate = _copy_policy(root / "candidate")
+    rules = candidate / "NewProxy.rules"
+    rules.write_text(rules.read_text().replace("(6666, 6667, 6697)", "(6666, 6667, 6697, 7000)"))
+    slow = _copy_policy(root / "slow")
+    (slow / "NewProxy.rules").write_text(SLOW_SHADOW_RULE + (slow / "NewProxy.rules").read_text())
+    return policies, candidate, slow
+
+
 def scenario_shadow(seconds: float, rounds: int, log_dir: Path) -> list[dict[str, Any]]:
     """p99 with a shadow policy the size of the main one (the 50-rule policy, one rule edited),
     against p99 without a shadow; and with a shadow that runs out of budget on every request."""
     with tempfile.TemporaryDirectory() as tmp:
-        policies = _copy_policy(Path(tmp) / "policies")
-        candidate = _copy_policy(Path(tmp) / "candidate")
-        rules = candidate / "NewProxy.rules"
-        rules.write_text(rules.read_text().replace("(6666, 6667, 6697)", "(6666, 6667, 6697, 7000)"))
-        slow = _copy_policy(Path(tmp) / "slow")
-        (slow / "NewProxy.rules").write_text(SLOW_SHADOW_RULE + (slow / "NewProxy.rules").read_text())
+        policies, candidate, slow = shadow_policies(Path(tmp))
         quiet = ("--decision-log", "off", "--log-level", "warning")
         servers = [
             policyd("policyd, no shadow", policies, log_dir, *quiet),

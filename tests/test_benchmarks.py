@@ -2,7 +2,8 @@
 
 peers: the plain-Python floor decides as policyd does (it is held to that before it is timed, and
 here on generated requests too), the request set says truly where each request is decided, and a
-peer that disagrees is refused. frps and storm: the configs and request bodies they write.
+peer that disagrees is refused. frps and storm: the configs and request bodies they write. shadow:
+the candidate it shadows with.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from benchmarks.peers import requests, scenario
 from benchmarks.peers.common import NOW, Verdict
 from benchmarks.peers.floor import Floor
 from benchmarks.peers.policyd_peer import Policyd
-from policyd.engine import decide
+from benchmarks.run import BODY, shadow_policies
+from policyd.engine import EvalOptions, decide
 from policyd.policy import load_policy
+from policyd.rules.decision import Op
+from policyd.service.settings import DEFAULTS
+from policyd.tools.rollout import Agreement, agreement, ops_decided_alike
 from tests.support import SHIPPED_POLICIES
 
 POLICYD = Policyd()
@@ -373,3 +378,20 @@ def test_storm_rows_give_time_and_p99_against_raw_and_count_a_wrong_reject_tally
     assert (policyd["seconds"], policyd["time_vs_raw"], policyd["p99_vs_raw"]) == (5.5, 2.62, 2.89)
     assert policyd["failed"] == 1, "one round answered 203 rejects instead of 204"
     assert (stuck["seconds"], stuck["time_vs_raw"], stuck["rps"]) == (None, None, None)
+
+
+# -- shadow ---------------------------------------------------------------------------------
+def test_the_shadow_scenarios_candidate_decides_newproxy_again_and_alike(tmp_path: Path) -> None:
+    """The 50-rule shadow costs a full decision per request (its NewProxy.rules is not the main
+    one's) and agrees with it on the benchmark's request, so it logs nothing; the slow shadow
+    runs out of its budget on that request."""
+    policies, candidate, slow = shadow_policies(tmp_path)
+    main, shadow = load_policy(policies), load_policy(candidate)
+    assert Op.NEW_PROXY not in ops_decided_alike(main, shadow)
+    assert shadow.rule_count == main.rule_count
+    content = json.loads(BODY.read_text())["content"]
+    first = decide(main, Op.NEW_PROXY, content, now=NOW)
+    assert agreement(first, decide(shadow, Op.NEW_PROXY, content, now=NOW)) is Agreement.SAME
+    budget = EvalOptions(eval_seconds=DEFAULTS.shadow_eval_budget_ms / 1000)
+    slow_decision = decide(load_policy(slow), Op.NEW_PROXY, content, now=NOW, options=budget)
+    assert slow_decision.error is not None and "ran out of time" in slow_decision.error.message
