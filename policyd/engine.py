@@ -13,8 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.errors import EvaluationError, PolicyError
-from policyd.policy import Policy
+from policyd.errors import EvaluationError, PolicyError, StateError
+from policyd.policy import TRACKING_FUNCTIONS, Policy, RuleFile
 from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.decision import (
     GENERIC_ERROR_REASON,
@@ -40,7 +40,11 @@ from policyd.rules.schema import (
     type_matches,
     view,
 )
+from policyd.rules.statefns import UNAVAILABLE, StateReader
 from policyd.rules.statements import Statement
+from policyd.state.backend import Backend, Failure, Held, StateUnavailable
+from policyd.state.tracking import effects, request_run_id, request_user
+from policyd.state.view import DecisionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,19 @@ class EvalOptions:
 
 
 DEFAULT_OPTIONS = EvalOptions()
+# Ops whose record a rule's reads must not race: a Login starts a session, a NewProxy a proxy.
+_LOCKED_OPS = frozenset({Op.LOGIN, Op.NEW_PROXY})
+
+
+@dataclass(frozen=True, slots=True)
+class StateBinding:
+    """The state decisions read and record: the backend, whether they record (False: the view
+    for `policyd eval`, a shadow policy, a replay: nothing changes, rate() does not count), and
+    what a rule gets when the backend cannot answer."""
+
+    backend: Backend
+    recording: bool = True
+    failure: Failure = Failure.CLOSED
 
 
 def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -71,6 +88,7 @@ def new_context(
     budget: Budget,
     reqid: str = "",
     now: float | None = None,
+    state: StateReader = UNAVAILABLE,
 ) -> Ctx:
     """The evaluation context decide() gives one request's rules (tools and tests use it too).
 
@@ -84,7 +102,7 @@ def new_context(
         USER,
         _raw_user(op, content),
     )
-    return Ctx(names, budget)
+    return Ctx(names, budget, None, state)
 
 
 def _apply_set(work: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -235,20 +253,159 @@ def decide(
     now: float | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
     trace: list[TraceStep] | None = None,
+    state: StateBinding | None = None,
 ) -> Decision:
     """Decide one request with `policy`. `content` is not modified.
 
     The rules run as their rule file's program; with `trace` (a list) they run one by one
-    instead, and every rule reached is appended to it with the values it computed.
+    instead, and every rule reached is appended to it with the values it computed. With
+    `state`, the state functions read it and the decision's effect is recorded in it (see
+    decide_with_state); a rule file that calls no state function, under a policy that tracks
+    nothing, pays nothing for it.
+    """
+    rule_file = policy.rules.get(op)
+    if state is not None:
+        reads = rule_file.state_functions if rule_file is not None else frozenset()
+        if reads or (state.recording and policy.tracks_sessions):
+            return decide_with_state(
+                policy, op, content, rule_file, state, reqid=reqid, now=now, options=options, trace=trace
+            )
+    return _decide(policy, op, content, rule_file, reqid=reqid, now=now, options=options, trace=trace)
+
+
+def decide_with_state(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    rule_file: RuleFile | None,
+    state: StateBinding,
+    *,
+    reqid: str = "",
+    now: float | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    trace: list[TraceStep] | None = None,
+) -> Decision:
+    """Decide and record, exactly under concurrency.
+
+    A Login or NewProxy whose rules read proxies() or sessions() is decided under a lock: the
+    user's own (its state is read with the lock, in one round trip), or every user's when some
+    rule reads another user's state. The effect is recorded before the lock is released, so no
+    racing request reads the state before it. A backend that cannot answer (lock, read or
+    record) is the configured failure: closed makes the op fail closed, and an allow whose
+    record failed is refused (never allow what was not counted); open answers "empty" and goes on.
     """
     started = time.perf_counter()
+    at = time.time() if now is None else now
+    backend = state.backend
+    reads = rule_file.state_functions if rule_file is not None else frozenset()
+    user, run_id = request_user(op, content), request_run_id(op, content)
+    held: Held | None = None
+    try:
+        if state.recording and op in _LOCKED_OPS and reads & TRACKING_FUNCTIONS:
+            scope = "*" if any(f.reads_other_users for f in policy.rules.values()) else "u:" + user
+            try:
+                held = backend.acquire(scope, user, at)
+            except StateUnavailable as e:
+                backend.stats.failure(state.failure)
+                if state.failure is Failure.CLOSED:
+                    return _state_failed(policy, op, options, f"state lock unavailable: {e}", started)
+        reader = DecisionState(
+            backend,
+            op,
+            user=user,
+            run_id=run_id,
+            name=content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
+            now=at,
+            recording=state.recording,
+            failure=state.failure,
+            prefetched={user: held.prefetched} if held is not None and held.prefetched is not None else None,
+        )
+        decision = _decide(
+            policy, op, content, rule_file, reqid=reqid, now=at, options=options, trace=trace, state=reader
+        )
+        if state.recording and policy.tracks_sessions:
+            _record(
+                backend,
+                state,
+                op,
+                content if decision.content is None else decision.content,
+                decision,
+                at,
+                held,
+                bool(reads),
+            )
+    finally:
+        if held is not None:
+            backend.release(held)
+    decision.eval_us = (time.perf_counter() - started) * 1e6
+    return decision
+
+
+def _record(
+    backend: Backend,
+    state: StateBinding,
+    op: Op,
+    final: dict[str, Any],
+    decision: Decision,
+    at: float,
+    held: Held | None,
+    read_state: bool,
+) -> None:
+    """Record what frps will do; a failed record of an allow that read state fails it closed."""
+    outcome = Outcome.REJECT if decision.outcome is Outcome.REJECT else Outcome.ALLOW
+    changes = effects(op, final, outcome, at)
+    if not changes:
+        return
+    user = request_user(op, final)
+    if changes[0].kind == "touch" and not backend.should_touch(user, changes[0].run_id, at):
+        return
+    try:
+        backend.record(user, changes, at, held)
+    except StateUnavailable as e:
+        backend.stats.failure(state.failure)
+        if read_state and state.failure is Failure.CLOSED and outcome is Outcome.ALLOW:
+            error = StateError(f"state record failed: {e}")
+            if decision.rule is not None:
+                error.at(decision.rule)
+            decision.error = error
+            decision.content = None
+            decision.changes = []
+            decision.failed_open = False
+            decision.outcome = Outcome.REJECT
+            decision.reason = GENERIC_ERROR_REASON
+
+
+def _state_failed(policy: Policy, op: Op, options: EvalOptions, message: str, started: float) -> Decision:
+    """The decision when the state backend failed before any rule ran (state failure closed)."""
+    decision = Decision(Outcome.REJECT, op, policy.version, GENERIC_ERROR_REASON)
+    decision.error = StateError(message)
+    if op in options.fail_open_ops:
+        decision.outcome = Outcome.ALLOW
+        decision.failed_open = True
+        decision.reason = ""
+    decision.eval_us = (time.perf_counter() - started) * 1e6
+    return decision
+
+
+def _decide(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    rule_file: RuleFile | None,
+    *,
+    reqid: str = "",
+    now: float | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    trace: list[TraceStep] | None = None,
+    state: StateReader = UNAVAILABLE,
+) -> Decision:
+    started = time.perf_counter()
     decision = Decision(Outcome.ALLOW, op, policy.version)
-    rule_file = policy.rules.get(op)
     if rule_file is None:
         decision.eval_us = (time.perf_counter() - started) * 1e6
         return decision
     budget = Budget(options.max_steps, options.eval_seconds)
-    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
+    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now, state=state)
     names = ctx.names
     assert isinstance(names, RequestNames)
     statements = rule_file.statements

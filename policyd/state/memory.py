@@ -1,0 +1,177 @@
+"""The memory backend: one process's state in dicts, under one lock (the default, zero set-up).
+
+Every call holds `_lock` for microseconds: reads copy what the rules see, writes change one
+user's table. Decide-and-record locks are per scope (a user, or `*`), so one user's decisions
+wait only for each other. Dead entries go when read, and a sweep on writes keeps tables of
+users nobody reads from growing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from policyd.state.backend import (
+    RATE_MIN_KEEP,
+    Backend,
+    FrpsView,
+    Held,
+    ReconcileResult,
+    StateUnavailable,
+)
+from policyd.state.reconcile import reconcile_tables
+from policyd.state.tracking import (
+    DEFAULT_EXPIRY,
+    Effect,
+    Expiry,
+    Preset,
+    UserState,
+    apply,
+    dead_keys,
+    live,
+    new_pending_sid,
+)
+
+MAX_RATE_KEYS = 100_000  # rate() keys kept; past it, the key hit longest ago is forgotten
+SWEEP_EVERY_WRITES = 1_000  # a sweep of dead entries after this many writes
+
+
+class _Rate:
+    __slots__ = ("hits", "keep", "per_s")
+
+    def __init__(self) -> None:
+        self.hits: list[float] = []  # ascending; the newest `keep` hits
+        self.keep = RATE_MIN_KEEP
+        self.per_s = 0.0  # the longest period asked about: the key is dropped when it is over
+
+
+class MemoryBackend(Backend):
+    kind = "memory"
+
+    def __init__(self, expiry: Expiry = DEFAULT_EXPIRY, timeout_s: float = 1.0) -> None:
+        super().__init__(expiry, timeout_s)
+        self._lock = threading.Lock()
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self._rates: OrderedDict[str, _Rate] = OrderedDict()
+        self._scopes: dict[str, threading.Lock] = {}
+        self._writes = 0
+
+    # -- reads ----------------------------------------------------------------------------
+    def read_users(self, users: Sequence[str], now: float) -> dict[str, UserState]:
+        with self._lock:
+            return {u: live(self._tables.get(u, {}), now, self.expiry) for u in users}
+
+    def rate(self, key: str, limit: int, per_s: float, now: float) -> bool:
+        with self._lock:
+            rate = self._rates.get(key)
+            if rate is None:
+                rate = self._rates[key] = _Rate()
+                if len(self._rates) > MAX_RATE_KEYS:
+                    self._rates.popitem(last=False)
+            else:
+                self._rates.move_to_end(key)
+            rate.keep = max(rate.keep, limit)
+            rate.per_s = max(rate.per_s, per_s)
+            before = _count(rate.hits, now - per_s)
+            rate.hits.append(now)
+            if len(rate.hits) > rate.keep:
+                del rate.hits[: len(rate.hits) - rate.keep]
+            return before + 1 <= limit
+
+    def hits(self, key: str, per_s: float, now: float) -> int:
+        with self._lock:
+            rate = self._rates.get(key)
+            return 0 if rate is None else _count(rate.hits, now - per_s)
+
+    # -- decide-and-record ----------------------------------------------------------------
+    def acquire(self, scope: str, prefetch: str | None, now: float) -> Held:
+        with self._lock:
+            lock = self._scopes.get(scope)
+            if lock is None:
+                lock = self._scopes[scope] = threading.Lock()
+        if not lock.acquire(timeout=self.timeout_s):
+            self.stats.error("lock")
+            raise StateUnavailable(f"the state lock of {scope!r} was not free within {self.timeout_s:g}s")
+        held = Held(scope, "")
+        if prefetch is not None:
+            held.prefetched = self.read_users([prefetch], now)[prefetch]
+        return held
+
+    def release(self, held: Held) -> None:
+        if held.released:
+            return
+        held.released = True
+        lock = self._scopes.get(held.scope)
+        if lock is not None and lock.locked():
+            lock.release()
+
+    def record(self, user: str, changes: Sequence[Effect], now: float, held: Held | None = None) -> None:
+        try:
+            with self._lock:
+                table = self._tables.setdefault(user, {})
+                for change in changes:
+                    apply(table, change, now, "", new_pending_sid)
+                if not table:
+                    del self._tables[user]
+                self._writes += 1
+                if self._writes % SWEEP_EVERY_WRITES == 0:
+                    self._sweep(now)
+        finally:
+            if held is not None:
+                self.release(held)
+
+    def _sweep(self, now: float) -> None:
+        for user in list(self._tables):
+            table = self._tables[user]
+            for key in dead_keys(table, now, self.expiry):
+                del table[key]
+            if not table:
+                del self._tables[user]
+        for key in [k for k, r in self._rates.items() if not r.hits or r.hits[-1] <= now - r.per_s]:
+            del self._rates[key]
+
+    # -- operations -----------------------------------------------------------------------
+    def snapshot(self, now: float, user: str | None = None) -> dict[str, UserState]:
+        with self._lock:
+            users = [user] if user is not None else sorted(self._tables)
+            out = {u: live(self._tables.get(u, {}), now, self.expiry) for u in users}
+        return {u: s for u, s in out.items() if s.sessions or s.proxies}
+
+    def rate_counts(self, now: float, prefix: str = "") -> dict[str, int]:
+        with self._lock:
+            return {
+                k: _count(r.hits, now - r.per_s)
+                for k, r in sorted(self._rates.items())
+                if k.startswith(prefix) and r.hits and r.hits[-1] > now - r.per_s
+            }
+
+    def replace_from_frps(self, view: FrpsView, now: float) -> ReconcileResult:
+        with self._lock:
+            result = reconcile_tables(self._tables, view, now, "")
+        self.last_reconcile = result
+        return result
+
+    def preset(self, preset: Preset, now: float) -> None:
+        with self._lock:
+            for user, entries in preset.entries.items():
+                table = self._tables.setdefault(user, {})
+                for key, entry in entries.items():
+                    table[key] = {**entry, "r": ""}
+            for key, count in preset.rates.items():
+                rate = self._rates.setdefault(key, _Rate())
+                rate.per_s = max(rate.per_s, 7 * 86_400.0)
+                rate.keep = max(rate.keep, count)
+                rate.hits.extend([now] * count)
+                rate.hits.sort()
+
+
+def _count(hits: list[float], after: float) -> int:
+    """Hits later than `after` (the list is ascending)."""
+    n = 0
+    for t in reversed(hits):
+        if t <= after:
+            break
+        n += 1
+    return n

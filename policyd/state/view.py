@@ -1,0 +1,119 @@
+"""What one decision's rules read state through: the StateReader the engine puts in the context.
+
+A `DecisionState` reads each user once per decision (the locked user's state comes with the
+lock), leaves out the request being decided (its own proxy, the session a Login replaces), and
+turns a backend that cannot answer into the configured failure. With `recording=False` it is the
+view for evaluations that must not change state (`policyd eval`, the console's playground, the
+shadow policy, `policyd replay`): rate() answers as if it counted, without counting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policyd.errors import StateError
+from policyd.rules.decision import Op
+from policyd.state.backend import Backend, Failure, StateUnavailable
+from policyd.state.tracking import UserState
+
+
+class DecisionState:
+    """The state functions' answers for one decision (one thread; never shared)."""
+
+    __slots__ = (
+        "_dry_hits",
+        "_users",
+        "backend",
+        "failed",
+        "failure",
+        "name",
+        "now",
+        "op",
+        "recording",
+        "run_id",
+        "user",
+    )
+
+    def __init__(
+        self,
+        backend: Backend,
+        op: Op,
+        *,
+        user: str,
+        run_id: str,
+        name: str,
+        now: float,
+        recording: bool,
+        failure: Failure,
+        prefetched: Mapping[str, UserState] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.op = op
+        self.user = user
+        self.run_id = run_id
+        self.name = name  # the proxy being decided (NewProxy)
+        self.now = now
+        self.recording = recording
+        self.failure = failure
+        self.failed = ""  # why the backend failed this decision, if it did
+        self._users: dict[str, UserState] = dict(prefetched or {})
+        self._dry_hits: dict[str, int] = {}
+
+    def _unavailable(self, function: str, error: StateUnavailable) -> None:
+        """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
+        self.failed = str(error)
+        self.backend.stats.failure(self.failure)
+        self.backend.stats.call(function, "unavailable")
+        if self.failure is Failure.CLOSED:
+            raise StateError(f"{function}(): state backend unavailable: {error}") from None
+
+    def _state(self, function: str, user: str) -> UserState | None:
+        state = self._users.get(user)
+        if state is None:
+            try:
+                state = self.backend.read_users([user], self.now)[user]
+            except StateUnavailable as e:
+                self._unavailable(function, e)
+                return None
+            self._users[user] = state
+        return state
+
+    def proxies(self, user: str) -> list[dict[str, Any]]:
+        state = self._state("proxies", user)
+        if state is None:
+            return []
+        self.backend.stats.call("proxies", "ok")
+        skip = self.name if self.op is Op.NEW_PROXY and user == self.user else None
+        return [dict(p, custom_domains=list(p["custom_domains"])) for p in state.proxies if p["name"] != skip]
+
+    def sessions(self, user: str) -> list[dict[str, Any]]:
+        state = self._state("sessions", user)
+        if state is None:
+            return []
+        self.backend.stats.call("sessions", "ok")
+        skip = self.run_id if self.op is Op.LOGIN and user == self.user and self.run_id else None
+        return [dict(s) for s in state.sessions if s["run_id"] != skip]
+
+    def rate(self, key: str, limit: int, per_s: float) -> bool:
+        try:
+            if self.recording:
+                allowed = self.backend.rate(key, limit, per_s, self.now)
+            else:
+                before = self.backend.hits(key, per_s, self.now) + self._dry_hits.get(key, 0)
+                self._dry_hits[key] = self._dry_hits.get(key, 0) + 1
+                allowed = before + 1 <= limit
+        except StateUnavailable as e:
+            self._unavailable("rate", e)
+            return True
+        self.backend.stats.call("rate", "under" if allowed else "over")
+        return allowed
+
+    def hits(self, key: str, per_s: float) -> int:
+        try:
+            count = self.backend.hits(key, per_s, self.now)
+        except StateUnavailable as e:
+            self._unavailable("hits", e)
+            return 0
+        self.backend.stats.call("hits", "ok")
+        return count + self._dry_hits.get(key, 0)
