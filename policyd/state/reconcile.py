@@ -75,7 +75,9 @@ def reconcile_user(
             out.dropped_sessions += 1
     for run_id, address in clients:
         key = SESSION + run_id
-        if key not in table:
+        if key in table:  # frps has it: it is alive now, whatever its heartbeats said
+            out.sets[key] = {**table[key], "last_seen": now}
+        else:
             out.sets[key] = {
                 "run_id": run_id,
                 "client_address": address,
