@@ -70,6 +70,9 @@ class StateBinding:
     backend: Backend
     recording: bool = True
     failure: Failure = Failure.CLOSED
+    # Decide as if the backend were down, without asking it (the service's answer when too
+    # many decisions already wait on it): state functions fail as `failure` says, nothing records.
+    offline: bool = False
 
 
 def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -300,8 +303,9 @@ def decide_with_state(
     reads = rule_file.state_functions if rule_file is not None else frozenset()
     user, run_id = request_user(op, content), request_run_id(op, content)
     held: Held | None = None
+    recording = state.recording and not state.offline
     try:
-        if state.recording and op in _LOCKED_OPS and reads & TRACKING_FUNCTIONS:
+        if recording and op in _LOCKED_OPS and reads & TRACKING_FUNCTIONS:
             scope = "*" if any(f.reads_other_users for f in policy.rules.values()) else "u:" + user
             try:
                 held = backend.acquire(scope, user, at)
@@ -316,14 +320,15 @@ def decide_with_state(
             run_id=run_id,
             name=content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
             now=at,
-            recording=state.recording,
+            recording=recording,
             failure=state.failure,
+            offline=state.offline,
             prefetched={user: held.prefetched} if held is not None and held.prefetched is not None else None,
         )
         decision = _decide(
             policy, op, content, rule_file, reqid=reqid, now=at, options=options, trace=trace, state=reader
         )
-        if state.recording and policy.tracks_sessions:
+        if recording and policy.tracks_sessions:
             _record(
                 backend,
                 state,

@@ -23,6 +23,7 @@ from policyd.rules.decision import OPS, Op, Outcome
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, Metrics
 from policyd.service.store import PolicyStore
+from policyd.state.memory import MemoryBackend
 from policyd.tools.check import Lint
 from policyd.tools.test import run_policy_tests
 from tests.helpers import error_classes
@@ -62,7 +63,9 @@ def test_generated_tables_are_what_the_code_generates(page: str) -> None:
 
 def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> None:
     store = PolicyStore(write_policy(tmp_path, {"Ping.rules": "allow\n"}))
-    text = Metrics(store, handler_path="/handler").render().decode()
+    metrics = Metrics(store, handler_path="/handler")
+    metrics.register_state(MemoryBackend(), lambda: ((0, 0), ""))  # as create_app does
+    text = metrics.render().decode()
     exported = dict(re.findall(r"^# HELP (policyd_\S+) (.*)$", text, re.MULTILINE))
     assert exported == {spec.exported: spec.help for spec in METRICS}
 

@@ -8,9 +8,10 @@ status) lives in its own module; this one only wires them to HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from urllib.parse import parse_qsl
@@ -18,36 +19,43 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policyd.console.app import ConsoleMode, ConsoleServices, create_console
 from policyd.console.rings import ConsoleFeed
 from policyd.console.tokens import TokenFile
 from policyd.engine import decide, fail_unencodable
+from policyd.policy import Policy
 from policyd.protocol import (
     ALLOW_UNCHANGED,
     POLICY_ERROR_ANSWER,
     BadRequest,
+    PluginRequest,
     encode_answer,
     error_body,
     parse_request,
 )
+from policyd.rules.decision import Decision
 from policyd.service.access import Allowlist
 from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.edge import Edge
 from policyd.service.metrics import CONTENT_TYPE, Metrics
 from policyd.service.settings import CONSOLE_PATH, Settings
+from policyd.service.statesvc import StateService
 from policyd.service.status import readiness, status_document
 from policyd.service.store import PolicyStore, pacer
 from policyd.service.watcher import PolicyWatcher
+from policyd.state.backend import StateUnavailable
 
 log = logging.getLogger("policyd")
 JSON = "application/json"
 VERSION_HEADER = "x-policyd-version"  # frps ignores it; people and tests see which policy answered
 
 
-# The plugin route's work once the body is read: the JSON answer and the policy version.
-Answer = Callable[[bytes, "str | None", str], tuple[bytes, str]]
+# The plugin route's work once the body is read: the JSON answer and the policy version, or an
+# awaitable of them when the decision waits on a state backend (in a thread, see statesvc).
+Answer = Callable[[bytes, "str | None", str], "tuple[bytes, str] | Awaitable[tuple[bytes, str]]"]
 
 _JSON_TYPE = (b"content-type", b"application/json")
 _ALLOW_POST = (b"allow", b"POST")
@@ -184,7 +192,8 @@ class _Front:
                 try:
                     reqid = _request_headers(scope, self.limit)
                     raw = await _read_body(receive, self.limit)
-                    body, version = self.answer(raw, _query_op(scope["query_string"]), reqid)
+                    result = self.answer(raw, _query_op(scope["query_string"]), reqid)
+                    body, version = result if isinstance(result, tuple) else await result
                     answer_status = 200
                 except _ClientGone:
                     return
@@ -229,14 +238,20 @@ def create_app(
     *,
     watch: bool = True,
     metrics_dir: str | None = None,
+    state: StateService | None = None,
 ) -> ASGIApp:
     """Build the service around an already loaded store (a broken policy fails before this).
 
-    `metrics_dir` is prometheus-client's multiprocess directory when several workers serve.
+    `metrics_dir` is prometheus-client's multiprocess directory when several workers serve;
+    `state` is the process's state (made from the settings when not given).
     """
     options = settings.eval_options
     decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
+    state = state if state is not None else StateService(settings)
+    binding = state.binding
+    offline = dataclasses.replace(binding, offline=True)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
+    metrics.register_state(state.backend, state.counts)
     started_at = time.time()
     started = False
     console = ConsoleMode(settings.console)
@@ -258,6 +273,7 @@ def create_app(
             watcher.start()
         if feed is not None:
             feed.start()
+        state.start()
         started = True
         try:
             yield
@@ -267,6 +283,7 @@ def create_app(
                 feed.stop()
             if watcher is not None:
                 watcher.stop()
+            state.close()
             decisions.close()
 
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -274,14 +291,34 @@ def create_app(
     app.state.settings = settings
     guards = {settings.handler_path: Allowlist(settings.handler_allow)}
     admin = Allowlist(settings.admin_allow)
-    guards.update({"/status": admin, "/metrics": admin})
+    guards.update({"/status": admin, "/metrics": admin, "/state": admin})
 
-    def answer(body: bytes, query_op: str | None, reqid: str) -> tuple[bytes, str]:
+    def answer(
+        body: bytes, query_op: str | None, reqid: str
+    ) -> tuple[bytes, str] | Awaitable[tuple[bytes, str]]:
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
         plugin_request = parse_request(body, query_op)
+        policy = store.policy
+        if state.needs_thread(policy, plugin_request.op):
+            return _threaded(plugin_request, policy, reqid, body)
         decision = decide(
-            store.policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options
+            policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options, state=binding
         )
+        return finish(plugin_request, decision, reqid, body)
+
+    async def _threaded(
+        plugin_request: PluginRequest, policy: Policy, reqid: str, body: bytes
+    ) -> tuple[bytes, str]:
+        op, content = plugin_request.op, plugin_request.content
+        decision = await state.run(
+            lambda: decide(policy, op, content, reqid=reqid, options=options, state=binding),
+            lambda: decide(policy, op, content, reqid=reqid, options=options, state=offline),
+        )
+        return finish(plugin_request, decision, reqid, body)
+
+    def finish(
+        plugin_request: PluginRequest, decision: Decision, reqid: str, body: bytes
+    ) -> tuple[bytes, str]:
         try:
             encoded = encode_answer(decision)
         except orjson.JSONEncodeError as e:
@@ -314,6 +351,8 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> Response:
         ready, reason = readiness(store, started)
+        if ready:
+            ready, reason = state.readiness(store.policy)
         if not ready:
             return Response(orjson.dumps({"status": "not ready", "reason": reason}), 503, media_type=JSON)
         version = store.policy.version
@@ -326,11 +365,23 @@ def create_app(
     @app.get("/status")
     async def status() -> Response:
         doc = status_document(store, settings, started_at=started_at, now=time.time())
+        # Counting live state may ask Redis: off the event loop.
+        doc["state"] = await run_in_threadpool(state.status, store.policy)
         return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
+
+    @app.get("/state")
+    async def state_endpoint(user: str | None = None, rates: str | None = None) -> Response:
+        """Live sessions and proxies per user, and with `?rates=PREFIX` the hits behind rate():
+        what `policyd state` and the console's live-state page read."""
+        try:
+            doc = await run_in_threadpool(state.listing, user, rates)
+        except StateUnavailable as e:
+            return Response(orjson.dumps({"error": f"state backend unavailable: {e}"}), 503, media_type=JSON)
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     if feed is not None:
         services = ConsoleServices(

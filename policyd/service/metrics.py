@@ -16,7 +16,7 @@ the shared files; the policy's state is that of the worker that answers the scra
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,6 +43,7 @@ from prometheus_client.utils import floatToGoString
 
 from policyd.errors import Location
 from policyd.rules.decision import OUTCOME_LABELS, Decision, Op, outcome_label
+from policyd.state.backend import LATENCY_BUCKETS_S, Backend
 
 # The `reason` labels of CONNECTIONS_REFUSED (policyd.service.edge.Refusal names them).
 REFUSAL_REASONS = ("allowlist", "max_connections", "header_timeout", "header_too_large", "body_timeout")
@@ -147,6 +148,36 @@ LAST_RELOAD_OK = MetricSpec(
     (),
     "alert on 0: an edit did not load and the previous version still serves",
 )
+STATE_CALLS = MetricSpec(
+    "policyd_state_calls",
+    "counter",
+    "State function calls, by function and result.",
+    ("function", "result"),
+    "`result`: `ok`, `under`/`over` (rate()), `unavailable` (the backend failed)",
+)
+STATE_FAILURES = MetricSpec(
+    "policyd_state_failures",
+    "counter",
+    "Decisions the state backend failed, by the failure mode applied.",
+    ("mode",),
+    "`mode`: `closed` (the op failed closed) or `open` (state answered empty)",
+)
+STATE_ERRORS = MetricSpec(
+    "policyd_state_backend_errors",
+    "counter",
+    "State backend operations that failed or timed out.",
+    ("operation",),
+)
+STATE_LATENCY = MetricSpec(
+    "policyd_state_backend_latency_seconds", "histogram", "Time of one state backend round trip."
+)
+STATE_UP = MetricSpec("policyd_state_up", "gauge", "1 while the state backend answers, else 0.")
+STATE_SESSIONS = MetricSpec(
+    "policyd_state_sessions", "gauge", "Live client sessions in the state (all replicas).", (), "cached 5 s"
+)
+STATE_PROXIES = MetricSpec(
+    "policyd_state_proxies", "gauge", "Live proxies in the state (all replicas).", (), "cached 5 s"
+)
 METRICS = (
     DECISIONS,
     RULE_HITS,
@@ -163,6 +194,13 @@ METRICS = (
     RELOADS,
     LAST_RELOAD_SUCCESS,
     LAST_RELOAD_OK,
+    STATE_CALLS,
+    STATE_FAILURES,
+    STATE_ERRORS,
+    STATE_LATENCY,
+    STATE_UP,
+    STATE_SESSIONS,
+    STATE_PROXIES,
 )
 
 # `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
@@ -191,6 +229,45 @@ class _StoreCollector(Collector):
         )
         failed = stats.last is not None and not stats.last.ok
         yield GaugeMetricFamily(LAST_RELOAD_OK.name, LAST_RELOAD_OK.help, value=0 if failed else 1)
+
+
+class _StateCollector(Collector):
+    """The state backend's counts, health and live totals, read when scraped (this process's)."""
+
+    def __init__(self, backend: Backend, counts: Callable[[], tuple[tuple[int, int] | None, str]]) -> None:
+        self.backend = backend
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.backend.stats
+        with stats.lock:
+            calls = dict(stats.calls)
+            failures = dict(stats.failures)
+            errors = dict(stats.errors)
+            latency = list(stats.latency_counts)
+            latency_sum = stats.latency_sum
+        family = CounterMetricFamily(STATE_CALLS.name, STATE_CALLS.help, labels=STATE_CALLS.labels)
+        for (function, result), count in sorted(calls.items()):
+            family.add_metric([function, result], count)
+        yield family
+        family = CounterMetricFamily(STATE_FAILURES.name, STATE_FAILURES.help, labels=STATE_FAILURES.labels)
+        for mode in ("closed", "open"):
+            family.add_metric([mode], failures.get(mode, 0))
+        yield family
+        family = CounterMetricFamily(STATE_ERRORS.name, STATE_ERRORS.help, labels=STATE_ERRORS.labels)
+        for operation, count in sorted(errors.items()):
+            family.add_metric([operation], count)
+        yield family
+        histogram = _Histogram(LATENCY_BUCKETS_S)
+        histogram.counts, histogram.sum = latency, latency_sum
+        family_h = HistogramMetricFamily(STATE_LATENCY.name, STATE_LATENCY.help)
+        family_h.add_metric([], histogram.buckets(), histogram.sum)
+        yield family_h
+        yield GaugeMetricFamily(STATE_UP.name, STATE_UP.help, value=1 if self.backend.health().ok else 0)
+        counts, _ = self.counts()
+        if counts is not None:
+            yield GaugeMetricFamily(STATE_SESSIONS.name, STATE_SESSIONS.help, value=counts[0])
+            yield GaugeMetricFamily(STATE_PROXIES.name, STATE_PROXIES.help, value=counts[1])
 
 
 class _Histogram:
@@ -416,6 +493,12 @@ class Metrics:
         self.request_done = recorder.request_done
         self.connection_refused = recorder.connection_refused
         self._paths = frozenset({handler_path, "/healthz", "/readyz", "/status", "/metrics"})
+
+    def register_state(
+        self, backend: Backend, counts: Callable[[], tuple[tuple[int, int] | None, str]]
+    ) -> None:
+        """Export the state backend's metrics (read at scrape time, like the policy's)."""
+        self.registry.register(_StateCollector(backend, counts))
 
     def path_label(self, path: str) -> str:
         return path if path in self._paths else OTHER_PATH

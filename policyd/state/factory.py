@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from policyd.state.backend import Backend
 from policyd.state.memory import MemoryBackend
 from policyd.state.tracking import Expiry
@@ -33,3 +35,13 @@ def open_backend(spec: str, *, expiry: Expiry, timeout_s: float, replica: str) -
     from policyd.state.redisstore import RedisBackend  # redis-py is imported only when used
 
     return RedisBackend(spec, expiry, timeout_s, replica)
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ***: what /status, logs and workers' env show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -41,6 +40,7 @@ from policyd.state.backend import (
     ReconcileResult,
     StateUnavailable,
 )
+from policyd.state.factory import masked_url
 from policyd.state.reconcile import TableChanges, add_totals, by_user, reconcile_user, result_of
 from policyd.state.tracking import (
     MAX_PENDING_PER_USER,
@@ -156,17 +156,6 @@ end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then redis.call('DEL', KEYS[3]) end
 return 1
 """
-
-
-def masked_url(url: str) -> str:
-    """The URL with its password replaced by ***: what /status and logs show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _decode(raw: Any) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,7 @@ class DecisionState:
         "failure",
         "name",
         "now",
+        "offline",
         "op",
         "recording",
         "run_id",
@@ -47,6 +48,7 @@ class DecisionState:
         recording: bool,
         failure: Failure,
         prefetched: Mapping[str, UserState] | None = None,
+        offline: bool = False,
     ) -> None:
         self.backend = backend
         self.op = op
@@ -59,6 +61,7 @@ class DecisionState:
         self.failed = ""  # why the backend failed this decision, if it did
         self._users: dict[str, UserState] = dict(prefetched or {})
         self._dry_hits: dict[str, int] = {}
+        self.offline = offline
 
     def _unavailable(self, function: str, error: StateUnavailable) -> None:
         """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
@@ -68,10 +71,15 @@ class DecisionState:
         if self.failure is Failure.CLOSED:
             raise StateError(f"{function}(): state backend unavailable: {error}") from None
 
+    def _check_online(self) -> None:
+        if self.offline:
+            raise StateUnavailable("too many decisions are waiting on the state backend")
+
     def _state(self, function: str, user: str) -> UserState | None:
         state = self._users.get(user)
         if state is None:
             try:
+                self._check_online()
                 state = self.backend.read_users([user], self.now)[user]
             except StateUnavailable as e:
                 self._unavailable(function, e)
@@ -97,6 +105,7 @@ class DecisionState:
 
     def rate(self, key: str, limit: int, per_s: float) -> bool:
         try:
+            self._check_online()
             if self.recording:
                 allowed = self.backend.rate(key, limit, per_s, self.now)
             else:
@@ -111,6 +120,7 @@ class DecisionState:
 
     def hits(self, key: str, per_s: float) -> int:
         try:
+            self._check_online()
             count = self.backend.hits(key, per_s, self.now)
         except StateUnavailable as e:
             self._unavailable("hits", e)
