@@ -14,7 +14,8 @@ from tests.support import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server is not installed (Debian package redis-server; .ci/run installs it)"
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (Debian package redis-server; .ci/run installs it)",
 )
 
 

@@ -43,10 +43,18 @@ def policy(tmp_path: Path, **files: str) -> Policy:
 
 
 def login(user: str, run_id: str = "", address: str = "203.0.113.5:40000") -> dict[str, Any]:
-    return {"version": "0.70.0", "user": user, "run_id": run_id, "client_address": address, "privilege_key": "k"}
+    return {
+        "version": "0.70.0",
+        "user": user,
+        "run_id": run_id,
+        "client_address": address,
+        "privilege_key": "k",
+    }
 
 
-def new_proxy(user: str, name: str, run_id: str = "run-a", port: int = 0, type_: str = "tcp") -> dict[str, Any]:
+def new_proxy(
+    user: str, name: str, run_id: str = "run-a", port: int = 0, type_: str = "tcp"
+) -> dict[str, Any]:
     return {
         "user": {"user": user, "metas": {}, "run_id": run_id},
         "proxy_name": f"{user}.{name}",
@@ -64,7 +72,9 @@ def run(p: Policy, b: Backend, op: Op, content: dict[str, Any], at: float, recor
 
 
 QUOTA = 'reject "at most 2 proxies per user" when len(proxies(user.user)) >= 2\n'
-ONE_CLIENT = 'reject "one client per user" when any(s.run_id != content.run_id for s in sessions(user.user))\n'
+ONE_CLIENT = (
+    'reject "one client per user" when any(s.run_id != content.run_id for s in sessions(user.user))\n'
+)
 
 
 def test_a_proxy_quota_holds_and_a_closed_proxy_frees_its_slot(tmp_path: Path, backend: Backend) -> None:
@@ -170,7 +180,9 @@ def test_without_close_proxy_proxies_end_with_their_silent_session(tmp_path: Pat
 
 
 def test_rate_counts_every_evaluation_within_its_window(tmp_path: Path, backend: Backend) -> None:
-    p = policy(tmp_path, Login='reject "slow down" when not rate("login:" + content.client_address, 3, "1m")\n')
+    p = policy(
+        tmp_path, Login='reject "slow down" when not rate("login:" + content.client_address, 3, "1m")\n'
+    )
     outcomes = [run(p, backend, Op.LOGIN, login(f"u{i}"), T0 + i) for i in range(5)]
     assert outcomes == [Outcome.ALLOW] * 3 + [Outcome.REJECT] * 2
     assert backend.hits("login:203.0.113.5:40000", 60, T0 + 5) == 5  # refused ones count too
@@ -207,7 +219,9 @@ def test_the_non_recording_view_changes_nothing_and_rate_answers_as_if_it_counte
 def test_presets_load_proxies_sessions_and_hits(tmp_path: Path, backend: Backend) -> None:
     preset = Preset.parse(
         {
-            "proxies": {"alice": [{"name": "alice.a", "type": "tcp", "remote_port": 6000}, {"name": "alice.b"}]},
+            "proxies": {
+                "alice": [{"name": "alice.a", "type": "tcp", "remote_port": 6000}, {"name": "alice.b"}]
+            },
             "sessions": {"alice": [{"run_id": "r1", "client_address": "1.2.3.4:5"}]},
             "rates": {"login:1.2.3.4": 10},
         },
@@ -222,7 +236,7 @@ def test_presets_load_proxies_sessions_and_hits(tmp_path: Path, backend: Backend
 
 def test_a_held_port_is_refused_with_its_holders_name(tmp_path: Path, backend: Backend) -> None:
     rules = (
-        'let holders = [u for u in data.users if any(p.remote_port == content.remote_port for p in proxies(u))]\n'
+        "let holders = [u for u in data.users if any(p.remote_port == content.remote_port for p in proxies(u))]\n"
         'reject "port {content.remote_port} is held by {holders[0]}" when content.remote_port and holders and holders[0] != user.user\n'
     )
     p = load_policy(write_policy(tmp_path, {"NewProxy.rules": rules, "data/users.json": '["alice", "bob"]'}))
