@@ -192,7 +192,8 @@ def test_rate_counts_every_evaluation_within_its_window(tmp_path: Path, backend:
 def test_hits_reads_without_counting_and_makes_a_lockout(tmp_path: Path, backend: Backend) -> None:
     rules = (
         'reject "locked out" when hits("bad:" + user.user, "15m") >= 2\n'
-        'reject "bad token" when content.privilege_key != "good" and (rate("bad:" + user.user, 2, "15m") or True)\n'
+        'reject "bad token" when content.privilege_key != "good" '
+        'and (rate("bad:" + user.user, 2, "15m") or True)\n'
     )
     p = policy(tmp_path, Login=rules)
     bad, good = {**login("alice"), "privilege_key": "x"}, {**login("alice"), "privilege_key": "good"}
@@ -207,7 +208,7 @@ def test_the_non_recording_view_changes_nothing_and_rate_answers_as_if_it_counte
 ) -> None:
     p = policy(
         tmp_path,
-        Login='reject "slow" when not rate("k", 2, "1m") or not rate("k", 2, "1m") or not rate("k", 2, "1m")\n',
+        Login='reject "slow" when not (rate("k", 2, "1m") and rate("k", 2, "1m") and rate("k", 2, "1m"))\n',
         NewProxy=QUOTA,
     )
     assert run(p, backend, Op.LOGIN, login("alice"), T0, recording=False) is Outcome.REJECT  # third call
@@ -236,8 +237,10 @@ def test_presets_load_proxies_sessions_and_hits(tmp_path: Path, backend: Backend
 
 def test_a_held_port_is_refused_with_its_holders_name(tmp_path: Path, backend: Backend) -> None:
     rules = (
-        "let holders = [u for u in data.users if any(p.remote_port == content.remote_port for p in proxies(u))]\n"
-        'reject "port {content.remote_port} is held by {holders[0]}" when content.remote_port and holders and holders[0] != user.user\n'
+        "let holders = [u for u in data.users if any(p.remote_port == content.remote_port "
+        "for p in proxies(u))]\n"
+        'reject "port {content.remote_port} is held by {holders[0]}" '
+        "when content.remote_port and holders and holders[0] != user.user\n"
     )
     p = load_policy(write_policy(tmp_path, {"NewProxy.rules": rules, "data/users.json": '["alice", "bob"]'}))
     assert p.rules[Op.NEW_PROXY].reads_other_users
