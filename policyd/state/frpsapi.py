@@ -102,7 +102,11 @@ def _proxy(name: str, type_: str, user: Any, conf: Any, run_id: str = "") -> Frp
 
 def parse_old_proxies(type_: str, doc: Any) -> list[FrpsProxy]:
     """`/api/proxy/{type}`: the online proxies of that type."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("proxies"), list | type(None)):
+    if (
+        not isinstance(doc, Mapping)
+        or "proxies" not in doc
+        or not isinstance(doc["proxies"], list | type(None))
+    ):
         raise FrpsApiError(f'/api/proxy/{type_}: expected {{"proxies": [...]}}')
     out = []
     for item in doc.get("proxies") or []:
@@ -113,7 +117,7 @@ def parse_old_proxies(type_: str, doc: Any) -> list[FrpsProxy]:
 
 
 def _items(doc: Any, path: str) -> tuple[list[Any], int]:
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("items"), list | type(None)):
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("items", 0), list | type(None)):
         raise FrpsApiError(f'{path}: expected {{"total", "items": [...]}}')
     total = doc.get("total")
     return list(doc.get("items") or []), total if isinstance(total, int) else 0
