@@ -43,7 +43,7 @@ from policyd.rules.schema import (
 from policyd.rules.statefns import UNAVAILABLE, StateReader
 from policyd.rules.statements import Statement
 from policyd.state.backend import Backend, Failure, Held, StateUnavailable
-from policyd.state.tracking import effects, request_run_id, request_user
+from policyd.state.tracking import effects, request_identity, request_user
 from policyd.state.view import DecisionState
 
 
@@ -301,12 +301,12 @@ def decide_with_state(
     at = time.time() if now is None else now
     backend = state.backend
     reads = rule_file.state_functions if rule_file is not None else frozenset()
-    user, run_id = request_user(op, content), request_run_id(op, content)
+    user, run_id = request_identity(op, content)
     held: Held | None = None
     recording = state.recording and not state.offline
     try:
-        if recording and op in _LOCKED_OPS and reads & TRACKING_FUNCTIONS:
-            scope = "*" if any(f.reads_other_users for f in policy.rules.values()) else "u:" + user
+        if recording and op in _LOCKED_OPS and not reads.isdisjoint(TRACKING_FUNCTIONS):
+            scope = "*" if policy.reads_other_users else "u:" + user
             try:
                 held = backend.acquire(scope, user, at)
             except StateUnavailable as e:

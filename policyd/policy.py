@@ -7,6 +7,7 @@ more). A Policy is immutable and shared by concurrent requests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -80,12 +81,17 @@ class Policy:
     def rule_count(self) -> int:
         return sum(f.rule_count for f in self.rules.values())
 
-    @property
+    @functools.cached_property
     def state_functions(self) -> frozenset[str]:
         """Every state function the policy calls (empty: it keeps no state at all)."""
         return frozenset().union(*(f.state_functions for f in self.rules.values()))
 
-    @property
+    @functools.cached_property
+    def reads_other_users(self) -> bool:
+        """Whether a rule asks proxies()/sessions() about someone else than the request's user."""
+        return any(f.reads_other_users for f in self.rules.values())
+
+    @functools.cached_property
     def tracks_sessions(self) -> bool:
         """Whether a rule reads proxies() or sessions(): then every op's effect is recorded."""
         return bool(self.state_functions & TRACKING_FUNCTIONS)

@@ -32,7 +32,7 @@ from policyd.rules.shapes import (
     positional_call,
     short_method_call,
 )
-from policyd.rules.statefns import STATE_CALL_STEPS, STATE_FUNCTIONS, Param, literal_problem
+from policyd.rules.statefns import STATE_FUNCTIONS, Param, call_cost, literal_problem
 
 _KEYWORDS = frozenset({"key", "reverse", "default"})
 
@@ -397,7 +397,7 @@ class ExpressionCompiler:
 
     def _compile_state_call(self, node: ast.Call, name: str, scope: Scope) -> Compiled:
         """`proxies(u)`, `sessions(u)`, `rate(key, limit, per)`, `hits(key, per)`: arguments checked
-        where the compiler can see them, the call charged, its result charged for its size."""
+        where the compiler can see them, the call charged once it answered (statefns.call_cost)."""
         spec = STATE_FUNCTIONS[name]
         if node.keywords:
             raise self._error(node.keywords[0].value, f"{name}() takes positional arguments only")
@@ -413,9 +413,9 @@ class ExpressionCompiler:
         call = spec.call
 
         def state_call(ctx: Ctx) -> Any:
-            values = [a(ctx) for a in args]
-            ctx.budget.charge(STATE_CALL_STEPS)
-            return sandbox.charge_built(call(ctx.state, *values), ctx.budget)
+            result = call(ctx.state, *[a(ctx) for a in args])
+            ctx.budget.charge(call_cost(result))
+            return result
 
         return state_call
 

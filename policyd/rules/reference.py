@@ -16,7 +16,8 @@ Budget (what a request pays in steps, on top of the wall clock):
   builds: its deep size (`sandbox.deep_size`);
 - a key= function: one step per call, and what a call of it would cost;
 - a method that returns a list: its length;
-- a comprehension: each loop's iterable length, one per item, and the deep size of each element.
+- a comprehension: each loop's iterable length, one per item, and the deep size of each element;
+- a state function: STATE_CALL_STEPS, plus one per item of the list it answers.
 
 One instance per evaluation: simpleeval keeps per-call state on the instance.
 """
@@ -35,7 +36,7 @@ from policyd.rules.context import CONSTANTS
 from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, USER, view
-from policyd.rules.statefns import STATE_CALL_STEPS, STATE_FUNCTIONS, UNAVAILABLE, StateReader
+from policyd.rules.statefns import STATE_FUNCTIONS, UNAVAILABLE, StateReader, call_cost
 
 
 class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
@@ -151,9 +152,9 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
             return self._call_method(node, node.func)
         if isinstance(node.func, ast.Name) and node.func.id in STATE_FUNCTIONS:
             values = [self._eval(a) for a in node.args]
-            self.budget.charge(STATE_CALL_STEPS)
             result = STATE_FUNCTIONS[node.func.id].call(self.state, *values)
-            return sandbox.charge_built(result, self.budget)
+            self.budget.charge(call_cost(result))
+            return result
         if not isinstance(node.func, ast.Name) or node.func.id not in functions.FUNCTIONS:
             raise FeatureNotAvailable("only the policy language's functions can be called")
         name = node.func.id

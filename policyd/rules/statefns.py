@@ -22,9 +22,9 @@ from typing import Any, Protocol
 from policyd.errors import EvaluationError, LimitError
 
 MAX_STATE_KEY_CHARS = 512  # characters in a user name or rate() key passed to a state function
-MAX_RATE_LIMIT = 100_000  # the largest `limit` rate() takes (the backends keep `limit` timestamps)
+MAX_RATE_LIMIT = 10_000  # the largest `limit` rate() takes (the backends keep `limit` hits per key)
 MAX_RATE_PERIOD_S = 7 * 86_400  # the longest `per`: a week, in seconds
-STATE_CALL_STEPS = 10  # steps a state call is charged, on top of the size of what it returns
+STATE_CALL_STEPS = 10  # steps a state call is charged, plus one per item of a list it returns
 
 _PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -33,9 +33,10 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 class StateReader(Protocol):
     """What the state functions read and count; the engine gives each decision one.
 
-    `proxies`/`sessions` answer fresh lists of plain dicts (the proxy or Login being decided is
-    not among them); `rate` counts this evaluation under `key` and answers whether it is at most
-    the `limit`-th in the last `per_s` seconds; `hits` only reads that count.
+    `proxies`/`sessions` answer lists of plain dicts that may be shared with other decisions
+    (rules cannot change them; the proxy or Login being decided is not among them); `rate`
+    counts this evaluation under `key` and answers whether it is at most the `limit`-th in the
+    last `per_s` seconds; `hits` only reads that count.
     """
 
     def proxies(self, user: str) -> list[dict[str, Any]]: ...
@@ -122,6 +123,12 @@ def _rate(state: StateReader, key: Any, limit: Any, per: Any) -> bool:
 
 def _hits(state: StateReader, key: Any, per: Any) -> int:
     return state.hits(check_name("hits", key), parse_period(per))
+
+
+def call_cost(result: Any) -> int:
+    """Steps a state call is charged once it answered: like a `data` value, what it returns is
+    not built by the rule (nor walked to be charged); each item counts once, as reading it."""
+    return STATE_CALL_STEPS + len(result) if type(result) is list else STATE_CALL_STEPS
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ What policyd can know, and what not (docs/state.md says it for operators):
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _request_user(op: Op, content: Mapping[str, Any]) -> tuple[str, str]:
+def request_identity(op: Op, content: Mapping[str, Any]) -> tuple[str, str]:
     """(user name, run_id) of the client a request is about."""
     if op is Op.LOGIN:
         return _text(content.get("user")), _text(content.get("run_id"))
@@ -80,18 +81,18 @@ def _request_user(op: Op, content: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def request_user(op: Op, content: Mapping[str, Any]) -> str:
-    return _request_user(op, content)[0]
+    return request_identity(op, content)[0]
 
 
 def request_run_id(op: Op, content: Mapping[str, Any]) -> str:
-    return _request_user(op, content)[1]
+    return request_identity(op, content)[1]
 
 
 def effects(op: Op, content: Mapping[str, Any], outcome: Outcome, now: float) -> list[Effect]:
     """What one decided request records: `content` is what frps acts on (the rewritten content
     for a rewrite). Rejected requests record nothing, except CloseProxy (frps ignores the
     answer: the proxy is gone either way)."""
-    user, run_id = _request_user(op, content)
+    user, run_id = request_identity(op, content)
     if op is Op.CLOSE_PROXY:
         return [Effect("close", user, name=_text(content.get("proxy_name")))]
     if outcome is Outcome.REJECT:
@@ -125,10 +126,12 @@ def new_pending_sid() -> str:
 
 @dataclass(frozen=True, slots=True)
 class UserState:
-    """One user's live sessions and proxies, as the rules see them (fresh dicts)."""
+    """One user's live sessions and proxies, as the rules see them. Never changed once made
+    (decisions share it); `until` is when the first of them may stop being live."""
 
     sessions: list[dict[str, Any]]
     proxies: list[dict[str, Any]]
+    until: float = math.inf
 
 
 EMPTY = UserState([], [])
@@ -155,12 +158,14 @@ def live(
         elif key.startswith(PROXY):
             proxies.append(entry)
     live_proxies = []
+    until = math.inf
     for proxy in proxies:
         if expiry.proxy_idle_s > 0:
             session = sessions.get(_text(proxy.get("run_id")))
             seen = max(_number(proxy.get("since")), _number(session.get("last_seen")) if session else 0.0)
             if now - seen >= expiry.proxy_idle_s:
                 continue
+            until = min(until, seen + expiry.proxy_idle_s)
         live_proxies.append(proxy)
     with_proxies = {_text(p.get("run_id")) for p in live_proxies}
     live_sessions: list[Mapping[str, Any]] = []
@@ -169,11 +174,14 @@ def live(
             if now - _number(session.get("since")) < expiry.pending_s:
                 # Shown under its sid: no real run_id (nor a fresh Login's "") equals it.
                 live_sessions.append({**session, "run_id": sid})
+                until = min(until, _number(session.get("since")) + expiry.pending_s)
         elif sid in with_proxies or now - _number(session.get("last_seen")) < expiry.idle_s:
             live_sessions.append(session)
+            until = min(until, _number(session.get("last_seen")) + expiry.idle_s)
     return UserState(
         sorted((_shown(s, SESSION_FIELDS) for s in live_sessions), key=lambda s: (s["since"], s["run_id"])),
         sorted((_shown(p, PROXY_FIELDS) for p in live_proxies), key=lambda p: (p["since"], p["name"])),
+        until,
     )
 
 

@@ -92,16 +92,23 @@ class DecisionState:
         if state is None:
             return []
         self.backend.stats.call("proxies", "ok")
-        skip = self.name if self.op is Op.NEW_PROXY and user == self.user else None
-        return [dict(p, custom_domains=list(p["custom_domains"])) for p in state.proxies if p["name"] != skip]
+        proxies = state.proxies
+        if self.op is Op.NEW_PROXY and user == self.user:
+            name = self.name
+            for p in proxies:
+                if p["name"] == name:
+                    return [p for p in proxies if p["name"] != name]
+        return proxies  # shared, never changed: rules have no way to change a list or a map
 
     def sessions(self, user: str) -> list[dict[str, Any]]:
         state = self._state("sessions", user)
         if state is None:
             return []
         self.backend.stats.call("sessions", "ok")
-        skip = self.run_id if self.op is Op.LOGIN and user == self.user and self.run_id else None
-        return [dict(s) for s in state.sessions if s["run_id"] != skip]
+        sessions = state.sessions
+        if self.op is Op.LOGIN and user == self.user and self.run_id:
+            return [s for s in sessions if s["run_id"] != self.run_id]
+        return sessions
 
     def rate(self, key: str, limit: int, per_s: float) -> bool:
         try:
