@@ -26,8 +26,8 @@ import orjson
 from policyd.state.backend import FrpsClient, FrpsProxy, FrpsView
 
 PROXY_TYPES = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
-PAGE_SIZE = 500
-MAX_PAGES = 1_000  # 500,000 proxies: far beyond one frps
+PAGE_SIZE = 200  # frps's largest (maxV2PageSize): a larger one is a 400
+MAX_PAGES = 5_000  # a million proxies: far beyond one frps
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 

@@ -164,7 +164,9 @@ OLD_TCP = {
 
 def fetcher(answers: dict[str, Any]) -> Any:
     def fetch(path: str) -> Any:
-        key = path.split("?")[0]
+        key, _, query = path.partition("?")
+        if key.startswith("/api/v2/"):  # frps answers 400 to a page over 200
+            assert "pageSize=200" in query, path
         if key not in answers:
             raise NotFound(path)
         return answers[key]
@@ -181,6 +183,25 @@ def test_v070_api_lists_online_proxies_and_clients_with_their_run_ids() -> None:
     assert (proxy.user, proxy.name, proxy.type, proxy.remote_port, proxy.run_id) == (
         "alice", "alice.ssh", "tcp", 6022, "run-1"
     )  # fmt: skip
+
+
+def test_v2_pages_are_read_until_the_total() -> None:
+    items = [
+        {"name": f"u.p{i}", "type": "tcp", "user": "u", "status": {"phase": "online"}} for i in range(450)
+    ]
+    pages = {}
+
+    def fetch(path: str) -> Any:
+        key, _, query = path.partition("?")
+        params = dict(p.split("=") for p in query.split("&"))
+        page, size = int(params["page"]), int(params["pageSize"])
+        pages[key] = page
+        chosen = items if key == "/api/v2/proxies" else []
+        return {"total": len(chosen), "page": page, "pageSize": size,
+                "items": chosen[(page - 1) * size : page * size]}  # fmt: skip
+
+    view = read_frps(fetch)
+    assert len(view.proxies) == 450 and pages["/api/v2/proxies"] == 3
 
 
 def test_old_api_lists_proxies_per_type_and_no_clients() -> None:
