@@ -183,9 +183,29 @@ def _redis_rows(quota: Policy, root: Path, seconds: float, base: float) -> list[
     return rows
 
 
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, float, str, float]]:
+    """The issue's targets: no cost without state calls, ~1-2 µs a memory call, at most one
+    Redis round trip for reads plus the record."""
+    by = {r["subject"]: r for r in rows if r["scenario"] == "state" and "skipped" not in r}
+    out = []
+    if "stateless rule, memory state bound" in by:
+        out.append(("state: a rule calling no state function pays (µs)",
+                    by["stateless rule, memory state bound"]["state_call_us"], "<=", 0.5))  # fmt: skip
+    if "memory: proxies(), not recording" in by:
+        out.append(("state: one memory proxies() call (µs)",
+                    by["memory: proxies(), not recording"]["state_call_us"], "<=", 2.0))  # fmt: skip
+    if "redis: proxies() + lock + record" in by:
+        out.append(("state: Redis round trips per locked decision (read with the lock + record)",
+                    by["redis: proxies() + lock + record"]["round_trips"], "<=", 2.0))  # fmt: skip
+    return out
+
+
 def main() -> None:
-    for row in run():
+    rows = run()
+    for row in rows:
         print(row)
+    for name, value, op, bound in targets(rows):
+        print(f"{name}: {value} (target {op} {bound})")
 
 
 if __name__ == "__main__":

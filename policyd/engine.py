@@ -273,7 +273,7 @@ def decide(
             return decide_with_state(
                 policy, op, content, rule_file, state, reqid=reqid, now=now, options=options, trace=trace
             )
-    return _decide(policy, op, content, rule_file, reqid=reqid, now=now, options=options, trace=trace)
+    return _decide(policy, op, content, rule_file, reqid, now, options, trace, UNAVAILABLE)
 
 
 def decide_with_state(
@@ -316,18 +316,17 @@ def decide_with_state(
         reader = DecisionState(
             backend,
             op,
-            user=user,
-            run_id=run_id,
-            name=content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
-            now=at,
-            recording=recording,
-            failure=state.failure,
-            offline=state.offline,
-            prefetched={user: held.prefetched} if held is not None and held.prefetched is not None else None,
+            user,
+            run_id,
+            content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
+            at,
+            recording,
+            state.failure,
+            None if held is None else held.prefetched,
+            state.offline,
         )
-        decision = _decide(
-            policy, op, content, rule_file, reqid=reqid, now=at, options=options, trace=trace, state=reader
-        )
+        decision = _decide(policy, op, content, rule_file, reqid, at, options, trace, reader)
+        reader.flush()
         if recording and policy.tracks_sessions:
             _record(
                 backend,
@@ -397,13 +396,13 @@ def _decide(
     op: Op,
     content: dict[str, Any],
     rule_file: RuleFile | None,
-    *,
-    reqid: str = "",
-    now: float | None = None,
-    options: EvalOptions = DEFAULT_OPTIONS,
-    trace: list[TraceStep] | None = None,
-    state: StateReader = UNAVAILABLE,
+    reqid: str,
+    now: float | None,
+    options: EvalOptions,
+    trace: list[TraceStep] | None,
+    state: StateReader,
 ) -> Decision:
+    """decide() itself: the rules of `rule_file` against one request, state read through `state`."""
     started = time.perf_counter()
     decision = Decision(Outcome.ALLOW, op, policy.version)
     if rule_file is None:

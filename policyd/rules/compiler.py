@@ -411,6 +411,15 @@ class ExpressionCompiler:
             self.reads_other_users = True
         args, _ = self._compile_args(node, scope)
         call = spec.call
+        if len(args) == 1:  # proxies(u), sessions(u): the common calls, without the list
+            (only,) = args
+
+            def state_call1(ctx: Ctx) -> Any:
+                result = call(ctx.state, only(ctx))
+                ctx.budget.charge(call_cost(result))
+                return result
+
+            return state_call1
 
         def state_call(ctx: Ctx) -> Any:
             result = call(ctx.state, *[a(ctx) for a in args])

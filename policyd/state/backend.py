@@ -58,6 +58,12 @@ class StateStats:
         with self.lock:
             self.calls[function, result] = self.calls.get((function, result), 0) + 1
 
+    def calls_made(self, calls: list[tuple[str, str]]) -> None:
+        """One decision's calls, (function, result) each, counted under one lock."""
+        with self.lock:
+            for call in calls:
+                self.calls[call] = self.calls.get(call, 0) + 1
+
     def failure(self, mode: Failure) -> None:
         with self.lock:
             self.failures[mode.value] = self.failures.get(mode.value, 0) + 1

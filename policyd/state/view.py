@@ -5,11 +5,13 @@ lock), leaves out the request being decided (its own proxy, the session a Login 
 turns a backend that cannot answer into the configured failure. With `recording=False` it is the
 view for evaluations that must not change state (`policyd eval`, the console's playground, the
 shadow policy, `policyd replay`): rate() answers as if it counted, without counting.
+
+Its calls are counted here and added to the backend's stats once, by `flush()` at the end of the
+decision: one lock per decision, not one per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from policyd.errors import StateError
@@ -22,6 +24,7 @@ class DecisionState:
     """The state functions' answers for one decision (one thread; never shared)."""
 
     __slots__ = (
+        "_calls",
         "_dry_hits",
         "_users",
         "backend",
@@ -40,34 +43,42 @@ class DecisionState:
         self,
         backend: Backend,
         op: Op,
-        *,
         user: str,
         run_id: str,
         name: str,
         now: float,
         recording: bool,
         failure: Failure,
-        prefetched: Mapping[str, UserState] | None = None,
+        prefetched: UserState | None = None,
         offline: bool = False,
     ) -> None:
+        """`name` is the proxy being decided (NewProxy); `prefetched` is `user`'s state, read
+        with the decision's lock."""
         self.backend = backend
         self.op = op
         self.user = user
         self.run_id = run_id
-        self.name = name  # the proxy being decided (NewProxy)
+        self.name = name
         self.now = now
         self.recording = recording
         self.failure = failure
-        self.failed = ""  # why the backend failed this decision, if it did
-        self._users: dict[str, UserState] = dict(prefetched or {})
-        self._dry_hits: dict[str, int] = {}
         self.offline = offline
+        self.failed = ""  # why the backend failed this decision, if it did
+        self._users: dict[str, UserState] = {} if prefetched is None else {user: prefetched}
+        self._dry_hits: dict[str, int] | None = None
+        self._calls: list[tuple[str, str]] = []
+
+    def flush(self) -> None:
+        """Add this decision's calls to the backend's counts (once, when it is decided)."""
+        if self._calls:
+            self.backend.stats.calls_made(self._calls)
+            self._calls = []
 
     def _unavailable(self, function: str, error: StateUnavailable) -> None:
         """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
         self.failed = str(error)
         self.backend.stats.failure(self.failure)
-        self.backend.stats.call(function, "unavailable")
+        self._calls.append((function, "unavailable"))
         if self.failure is Failure.CLOSED:
             raise StateError(f"{function}(): state backend unavailable: {error}") from None
 
@@ -76,24 +87,23 @@ class DecisionState:
             raise StateUnavailable("too many decisions are waiting on the state backend")
 
     def _state(self, function: str, user: str) -> UserState | None:
-        state = self._users.get(user)
-        if state is None:
-            try:
+        try:
+            if self.offline:
                 self._check_online()
-                state = self.backend.read_users([user], self.now)[user]
-            except StateUnavailable as e:
-                self._unavailable(function, e)
-                return None
-            self._users[user] = state
+            state = self.backend.read_users([user], self.now)[user]
+        except StateUnavailable as e:
+            self._unavailable(function, e)
+            return None
+        self._users[user] = state
         return state
 
     def proxies(self, user: str) -> list[dict[str, Any]]:
-        state = self._state("proxies", user)
+        state = self._users.get(user) or self._state("proxies", user)
         if state is None:
             return []
-        self.backend.stats.call("proxies", "ok")
+        self._calls.append(("proxies", "ok"))
         proxies = state.proxies
-        if self.op is Op.NEW_PROXY and user == self.user:
+        if user == self.user and self.op is Op.NEW_PROXY:
             name = self.name
             for p in proxies:
                 if p["name"] == name:
@@ -101,12 +111,12 @@ class DecisionState:
         return proxies  # shared, never changed: rules have no way to change a list or a map
 
     def sessions(self, user: str) -> list[dict[str, Any]]:
-        state = self._state("sessions", user)
+        state = self._users.get(user) or self._state("sessions", user)
         if state is None:
             return []
-        self.backend.stats.call("sessions", "ok")
+        self._calls.append(("sessions", "ok"))
         sessions = state.sessions
-        if self.op is Op.LOGIN and user == self.user and self.run_id:
+        if user == self.user and self.op is Op.LOGIN and self.run_id:
             return [s for s in sessions if s["run_id"] != self.run_id]
         return sessions
 
@@ -116,13 +126,14 @@ class DecisionState:
             if self.recording:
                 allowed = self.backend.rate(key, limit, per_s, self.now)
             else:
-                before = self.backend.hits(key, per_s, self.now) + self._dry_hits.get(key, 0)
-                self._dry_hits[key] = self._dry_hits.get(key, 0) + 1
+                dry = self._dry_hits = self._dry_hits or {}
+                before = self.backend.hits(key, per_s, self.now) + dry.get(key, 0)
+                dry[key] = dry.get(key, 0) + 1
                 allowed = before + 1 <= limit
         except StateUnavailable as e:
             self._unavailable("rate", e)
             return True
-        self.backend.stats.call("rate", "under" if allowed else "over")
+        self._calls.append(("rate", "under" if allowed else "over"))
         return allowed
 
     def hits(self, key: str, per_s: float) -> int:
@@ -132,5 +143,5 @@ class DecisionState:
         except StateUnavailable as e:
             self._unavailable("hits", e)
             return 0
-        self.backend.stats.call("hits", "ok")
-        return count + self._dry_hits.get(key, 0)
+        self._calls.append(("hits", "ok"))
+        return count + (self._dry_hits.get(key, 0) if self._dry_hits else 0)

@@ -216,3 +216,27 @@ def test_an_unexpected_answer_is_an_error(bad: Any) -> None:
 
     with pytest.raises(FrpsApiError):
         read_frps(fetcher({"/api/v2/clients": bad, "/api/v2/proxies": bad, "/api/proxy/tcp": bad}))
+
+
+def test_the_state_session_in_cli_md_is_what_policyd_state_prints(redis_server: RedisServer) -> None:
+    from policyd.state.redisstore import RedisBackend
+    from policyd.state.tracking import Expiry, Preset
+    from tests.test_docs import session
+
+    redis_server.flush()
+    since, run_id = 1764590000, "3f1c0a7d9e2b4c6a"
+    preset = {
+        "sessions": {"alice": [{"run_id": run_id, "client_address": "203.0.113.5:40000", "since": since}]},
+        "proxies": {
+            "alice": [
+                {"name": "alice.ssh", "type": "tcp", "remote_port": 6022, "run_id": run_id, "since": since},
+                {"name": "alice.web", "type": "http", "run_id": run_id, "since": since + 1},
+            ]
+        },
+    }
+    backend = RedisBackend(redis_server.url, Expiry(), 1.0, "docs")
+    backend.preset(Preset.parse(preset, since), since)
+    backend.renew()  # the writing replica is alive: its entries are live
+    backend.close()
+    result = CliRunner().invoke(main, ["state", "--state", redis_server.url, "--user", "alice"])
+    assert result.stdout.splitlines() == session("cli.md", "policyd state --user alice")
