@@ -7,6 +7,7 @@ reject (or a counted fail-open allow, for ops the operator chose) with the error
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Collection
@@ -43,8 +44,8 @@ from policyd.rules.schema import (
 from policyd.rules.statefns import UNAVAILABLE, StateReader
 from policyd.rules.statements import Statement
 from policyd.state.backend import Backend, Failure, Held, StateUnavailable
-from policyd.state.tracking import effects, request_identity, request_user
-from policyd.state.view import DecisionState
+from policyd.state.tracking import UserState, effects, request_identity, request_user
+from policyd.state.view import DecisionState, UsersWanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +293,9 @@ def decide_with_state(
 
     A Login or NewProxy whose rules read proxies() or sessions() is decided under a lock: the
     user's own (its state is read with the lock, in one round trip), or every user's when some
-    rule reads another user's state. The effect is recorded before the lock is released, so no
+    rule reads another user's state. With a remote backend, rules that ask about other users are
+    first evaluated against an empty state to learn whom they ask about, and those users are
+    read with the lock too: one round trip for every read, then one for the record. The effect is recorded before the lock is released, so no
     racing request reads the state before it. A backend that cannot answer (lock, read or
     record) is the configured failure: closed makes the op fail closed, and an allow whose
     record failed is refused (never allow what was not counted); open answers "empty" and goes on.
@@ -304,15 +307,27 @@ def decide_with_state(
     user, run_id = request_identity(op, content)
     held: Held | None = None
     recording = state.recording and not state.offline
+    prefetched: dict[str, UserState] = {}
     try:
+        wanted = [user]
+        if backend.remote and not state.offline and rule_file is not None and rule_file.reads_other_users:
+            # Rules that ask about other users (a team's sum): a throwaway evaluation against an
+            # empty state names them, so that one round trip reads them all (with the lock).
+            names = UsersWanted()
+            _decide(policy, op, content, rule_file, reqid, at, options, None, names)
+            wanted += sorted(names.users - {user})
         if recording and op in _LOCKED_OPS and not reads.isdisjoint(TRACKING_FUNCTIONS):
             scope = "*" if policy.reads_other_users else "u:" + user
             try:
-                held = backend.acquire(scope, user, at)
+                held = backend.acquire(scope, wanted, at)
+                prefetched = held.prefetched
             except StateUnavailable as e:
                 backend.stats.failure(state.failure)
                 if state.failure is Failure.CLOSED:
                     return _state_failed(policy, op, options, f"state lock unavailable: {e}", started)
+        elif len(wanted) > 1:
+            with contextlib.suppress(StateUnavailable):  # each read then fails as configured
+                prefetched = backend.read_users(wanted, at)
         reader = DecisionState(
             backend,
             op,
@@ -322,7 +337,7 @@ def decide_with_state(
             at,
             recording,
             state.failure,
-            None if held is None else held.prefetched,
+            prefetched,
             state.offline,
         )
         decision = _decide(policy, op, content, rule_file, reqid, at, options, trace, reader)

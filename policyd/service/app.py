@@ -299,7 +299,7 @@ def create_app(
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
         plugin_request = parse_request(body, query_op)
         policy = store.policy
-        if state.needs_thread(policy, plugin_request.op):
+        if state.needs_thread(policy, plugin_request.op, plugin_request.content):
             return _threaded(plugin_request, policy, reqid, body)
         decision = decide(
             policy, plugin_request.op, plugin_request.content, reqid=reqid, options=options, state=binding

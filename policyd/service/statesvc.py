@@ -28,7 +28,7 @@ from policyd.service.settings import Settings
 from policyd.state.backend import Backend, Failure, ReconcileResult, StateUnavailable
 from policyd.state.factory import is_shared, masked_url, open_backend
 from policyd.state.frpsapi import FrpsApiError, http_fetch, read_frps
-from policyd.state.tracking import Expiry, UserState
+from policyd.state.tracking import Expiry, UserState, request_identity
 
 log = logging.getLogger("policyd.state")
 T = TypeVar("T")
@@ -36,6 +36,7 @@ T = TypeVar("T")
 STATE_THREADS = 16  # decisions waiting on Redis at once; the loop stays free for the rest
 MAX_QUEUED_STATE = 256  # decisions queued for those threads; past it, a state failure at once
 COUNTS_CACHE_S = 5.0  # live counts for /metrics and /status are recomputed at most this often
+_HEARTBEATS = frozenset({Op.PING, Op.NEW_WORK_CONN, Op.NEW_USER_CONN})  # ops that only refresh a session
 
 
 def expiry_of(settings: Settings) -> Expiry:
@@ -94,13 +95,21 @@ class StateService:
         self._sync: threading.Thread | None = None
 
     # -- the request path -------------------------------------------------------------------
-    def needs_thread(self, policy: Policy, op: Op) -> bool:
+    def needs_thread(self, policy: Policy, op: Op, content: dict[str, Any]) -> bool:
         """Whether deciding `op` may wait on Redis: its rules call a state function, or the
-        policy tracks sessions (the decision records)."""
+        policy tracks sessions and the decision will record. A heartbeat whose session was
+        written less than a few seconds ago records nothing and is decided on the loop."""
         if self._pool is None:
             return False
         rule_file = policy.rules.get(op)
-        return bool(rule_file is not None and rule_file.state_functions) or policy.tracks_sessions
+        if rule_file is not None and rule_file.state_functions:
+            return True
+        if not policy.tracks_sessions:
+            return False
+        if op in _HEARTBEATS:
+            user, run_id = request_identity(op, content)
+            return bool(run_id) and self.backend.touch_due(user, run_id, time.time())
+        return True
 
     async def run(self, fn: Callable[[], T], overflow: Callable[[], T]) -> T:
         """`fn()` in the pool, or `overflow()` at once when too many wait already."""

@@ -81,11 +81,11 @@ class StateStats:
 
 @dataclass
 class Held:
-    """A decide-and-record lock; `prefetched` is the locked user's state, read with the lock."""
+    """A decide-and-record lock; `prefetched` is the state of the users read with the lock."""
 
     scope: str
     token: str
-    prefetched: UserState | None = None
+    prefetched: dict[str, UserState] = field(default_factory=dict)
     released: bool = False
 
 
@@ -135,6 +135,7 @@ class Backend(ABC):
     """Where state lives. One per process, shared by every decision; thread-safe."""
 
     kind: str = ""
+    remote = False  # whether a read is a round trip (then a decision's reads are read together)
 
     def __init__(self, expiry: Expiry, timeout_s: float) -> None:
         self.expiry = expiry
@@ -145,6 +146,11 @@ class Backend(ABC):
         self._touched: dict[tuple[str, str], float] = {}
         # A quarter of the idle time keeps an active session well away from expiring.
         self._touch_every_s = min(MAX_TOUCH_EVERY_S, expiry.idle_s / 4)
+
+    def touch_due(self, user: str, run_id: str, now: float) -> bool:
+        """Whether should_touch() would write now (without marking it written)."""
+        last = self._touched.get((user, run_id))
+        return last is None or now - last >= self._touch_every_s
 
     def should_touch(self, user: str, run_id: str, now: float) -> bool:
         """Whether a heartbeat of this session must be written: Ping and NewWorkConn are hot
@@ -174,8 +180,8 @@ class Backend(ABC):
 
     # -- decide-and-record ----------------------------------------------------------------
     @abstractmethod
-    def acquire(self, scope: str, prefetch: str | None, now: float) -> Held:
-        """Take the decide-and-record lock of `scope`, reading `prefetch`'s state with it."""
+    def acquire(self, scope: str, prefetch: Sequence[str], now: float) -> Held:
+        """Take the decide-and-record lock of `scope`, reading the `prefetch` users' state with it."""
 
     @abstractmethod
     def release(self, held: Held) -> None:
@@ -186,7 +192,7 @@ class Backend(ABC):
         """Make a request's effects on one user's entries atomically; release `held` with them."""
 
     @contextmanager
-    def locked(self, scope: str, prefetch: str | None, now: float) -> Iterator[Held]:
+    def locked(self, scope: str, prefetch: Sequence[str], now: float) -> Iterator[Held]:
         held = self.acquire(scope, prefetch, now)
         try:
             yield held

@@ -116,7 +116,7 @@ class MemoryBackend(Backend):
             return 0 if rate is None else _count(rate, now - per_s)
 
     # -- decide-and-record ----------------------------------------------------------------
-    def acquire(self, scope: str, prefetch: str | None, now: float) -> Held:
+    def acquire(self, scope: str, prefetch: Sequence[str], now: float) -> Held:
         with self._lock:
             lock = self._scopes.get(scope)
             if lock is None:
@@ -125,8 +125,8 @@ class MemoryBackend(Backend):
             self.stats.error("lock")
             raise StateUnavailable(f"the state lock of {scope!r} was not free within {self.timeout_s:g}s")
         held = Held(scope, "")
-        if prefetch is not None:
-            held.prefetched = self.read_users([prefetch], now)[prefetch]
+        if prefetch:
+            held.prefetched = self.read_users(prefetch, now)
         return held
 
     def release(self, held: Held) -> None:

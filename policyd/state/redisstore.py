@@ -172,6 +172,7 @@ def _decode(raw: Any) -> dict[str, dict[str, Any]]:
 
 class RedisBackend(Backend):
     kind = "redis"
+    remote = True
 
     def __init__(self, url: str, expiry: Expiry, timeout_s: float, replica: str) -> None:
         super().__init__(expiry, timeout_s)
@@ -257,17 +258,17 @@ class RedisBackend(Backend):
         )
 
     # -- decide-and-record ----------------------------------------------------------------
-    def acquire(self, scope: str, prefetch: str | None, now: float) -> Held:
+    def acquire(self, scope: str, prefetch: Sequence[str], now: float) -> Held:
         token = secrets.token_hex(8)
-        users = [prefetch] if prefetch is not None else []
+        users = list(prefetch)
         deadline = time.monotonic() + self.timeout_s
         tries = 0
         while True:
             results = self._pipeline_users(users, now, (scope, token))
             if results[0]:
                 held = Held(scope, token)
-                if prefetch is not None:
-                    held.prefetched = self._states(users, results[1:-1], results[-1], now)[prefetch]
+                if users:
+                    held.prefetched = self._states(users, results[1:-1], results[-1], now)
                 return held
             if tries == 0:
                 self.stats.lock_waits += 1

@@ -12,6 +12,7 @@ decision: one lock per decision, not one per call.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from policyd.errors import StateError
@@ -49,11 +50,11 @@ class DecisionState:
         now: float,
         recording: bool,
         failure: Failure,
-        prefetched: UserState | None = None,
+        prefetched: Mapping[str, UserState] | None = None,
         offline: bool = False,
     ) -> None:
-        """`name` is the proxy being decided (NewProxy); `prefetched` is `user`'s state, read
-        with the decision's lock."""
+        """`name` is the proxy being decided (NewProxy); `prefetched` holds the state of users
+        read before the rules ran (with the decision's lock, in one round trip)."""
         self.backend = backend
         self.op = op
         self.user = user
@@ -64,7 +65,7 @@ class DecisionState:
         self.failure = failure
         self.offline = offline
         self.failed = ""  # why the backend failed this decision, if it did
-        self._users: dict[str, UserState] = {} if prefetched is None else {user: prefetched}
+        self._users: dict[str, UserState] = {} if not prefetched else dict(prefetched)
         self._dry_hits: dict[str, int] | None = None
         self._calls: list[tuple[str, str]] = []
 
@@ -145,3 +146,28 @@ class DecisionState:
             return 0
         self._calls.append(("hits", "ok"))
         return count + (self._dry_hits.get(key, 0) if self._dry_hits else 0)
+
+
+class UsersWanted:
+    """A StateReader that answers empty and notes whom it was asked about: a first, throwaway
+    evaluation of rules that ask about other users, so that one round trip reads them all.
+    It counts nothing and records nothing."""
+
+    __slots__ = ("users",)
+
+    def __init__(self) -> None:
+        self.users: set[str] = set()
+
+    def proxies(self, user: str) -> list[dict[str, Any]]:
+        self.users.add(user)
+        return []
+
+    def sessions(self, user: str) -> list[dict[str, Any]]:
+        self.users.add(user)
+        return []
+
+    def rate(self, key: str, limit: int, per_s: float) -> bool:
+        return True
+
+    def hits(self, key: str, per_s: float) -> int:
+        return 0

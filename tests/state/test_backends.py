@@ -262,3 +262,26 @@ def test_reconcile_drops_what_frps_lacks_and_adds_what_it_has(tmp_path: Path, ba
     snap = backend.snapshot(T0 + 61)
     assert snap["alice"].proxies == [] and [s["run_id"] for s in snap["alice"].sessions] == ["r1"]
     assert snap["bob"].proxies[0]["name"] == "bob.web" and snap["bob"].sessions[0]["run_id"] == "r2"
+
+
+def test_a_team_sum_over_redis_reads_every_member_in_the_locks_round_trip(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    redis_server.flush()
+    backend = RedisBackend(redis_server.url, EXPIRY, 1.0, "test-replica")
+    rules = (
+        "let team = user.metas.team\n"
+        'reject "team {team} is full" when sum(len(proxies(u)) for u in data.teams[team]) >= 3\n'
+    )
+    files = {"NewProxy.rules": rules, "data/teams.json": '{"red": ["alice", "bob", "carol", "dave"]}'}
+    p = load_policy(write_policy(tmp_path, files))
+
+    def ask(user: str, name: str) -> Outcome:
+        content = {**new_proxy(user, name), "user": {"user": user, "metas": {"team": "red"}, "run_id": "r"}}
+        before = sum(backend.stats.latency_counts)
+        outcome = decide(p, Op.NEW_PROXY, content, now=T0, state=StateBinding(backend)).outcome
+        assert sum(backend.stats.latency_counts) - before == 2  # lock + every read; record + unlock
+        return outcome
+
+    assert [ask(u, "a") for u in ("alice", "bob", "carol", "dave")] == [Outcome.ALLOW] * 3 + [Outcome.REJECT]
+    backend.close()
