@@ -114,3 +114,32 @@ def test_redis_killed_under_load_fails_closed_fast_and_recovers(
         time.sleep(0.1)
     assert httpx.get(a.url + "/readyz").status_code == 200
     assert outcome(a.post(new_proxy("after"))) == "allow"  # recovered by itself (Redis came back empty)
+
+
+def test_a_frozen_redis_never_holds_the_event_loop(
+    replicas: list[PolicydProcess], redis_server: RedisServer
+) -> None:
+    """Redis accepts but never answers (SIGSTOP): decisions waiting on it run in the thread pool
+    and fail after the timeout; the loop keeps answering everything else meanwhile."""
+    import os
+    import signal
+
+    a = replicas[0]
+    assert outcome(a.post(new_proxy("p0"))) == "allow"
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(33) as pool:
+            started = time.monotonic()
+            waiting = [pool.submit(a.post, new_proxy(f"q{i}"), timeout=10) for i in range(32)]
+            time.sleep(0.05)
+            health_started = time.monotonic()
+            health = httpx.get(a.url + "/healthz", timeout=5)
+            health_s = time.monotonic() - health_started
+            answers = [f.result() for f in waiting]
+            elapsed = time.monotonic() - started
+        assert health.status_code == 200 and health_s < 0.15, health_s  # the loop was free
+        assert [outcome(r) for r in answers] == ["reject"] * 32
+        assert elapsed < 3, elapsed  # one 200 ms timeout, then the breaker answers at once
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
