@@ -293,12 +293,13 @@ def decide_with_state(
 
     A Login or NewProxy whose rules read proxies() or sessions() is decided under a lock: the
     user's own (its state is read with the lock, in one round trip), or every user's when some
-    rule reads another user's state. With a remote backend, rules that ask about other users are
-    first evaluated against an empty state to learn whom they ask about, and those users are
-    read with the lock too: one round trip for every read, then one for the record. The effect is recorded before the lock is released, so no
-    racing request reads the state before it. A backend that cannot answer (lock, read or
-    record) is the configured failure: closed makes the op fail closed, and an allow whose
-    record failed is refused (never allow what was not counted); open answers "empty" and goes on.
+    rule reads another user's state. With a remote backend, rules that ask about other users
+    are first evaluated against an empty state to learn whom they ask about, and those users
+    are read with the lock too: one round trip for every read, then one for the record. The
+    effect is recorded before the lock is released, so no racing request reads the state
+    before it. A backend that cannot answer (lock, read or record) is the configured failure:
+    closed makes the op fail closed, and an allow whose record failed is refused (never allow
+    what was not counted); open answers "empty" and goes on.
     """
     started = time.perf_counter()
     at = time.time() if now is None else now
@@ -371,8 +372,8 @@ def _record(
     read_state: bool,
 ) -> None:
     """Record what frps will do; a failed record of an allow that read state fails it closed."""
-    outcome = Outcome.REJECT if decision.outcome is Outcome.REJECT else Outcome.ALLOW
-    changes = effects(op, final, outcome, at)
+    allowed = decision.outcome is not Outcome.REJECT
+    changes = effects(op, final, allowed, at)
     if not changes:
         return
     user = request_user(op, final)
@@ -382,7 +383,7 @@ def _record(
         backend.record(user, changes, at, held)
     except StateUnavailable as e:
         backend.stats.failure(state.failure)
-        if read_state and state.failure is Failure.CLOSED and outcome is Outcome.ALLOW:
+        if read_state and state.failure is Failure.CLOSED and allowed:
             error = StateError(f"state record failed: {e}")
             if decision.rule is not None:
                 error.at(decision.rule)

@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.rules.decision import Op, Outcome
-
+# The ops by the names frps sends (policyd.rules.decision.Op is a StrEnum of them; the state
+# layer sits beside the rules and imports nothing of them).
+LOGIN, NEW_PROXY, CLOSE_PROXY = "Login", "NewProxy", "CloseProxy"
 SESSION, PROXY = "s:", "p:"
 PENDING = "pending:"
 MAX_PENDING_PER_USER = 64  # pending sessions one user may have; the oldest goes first
@@ -70,9 +71,9 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def request_identity(op: Op, content: Mapping[str, Any]) -> tuple[str, str]:
+def request_identity(op: str, content: Mapping[str, Any]) -> tuple[str, str]:
     """(user name, run_id) of the client a request is about."""
-    if op is Op.LOGIN:
+    if op == LOGIN:
         return _text(content.get("user")), _text(content.get("run_id"))
     user = content.get("user")
     if not isinstance(user, dict):
@@ -80,28 +81,28 @@ def request_identity(op: Op, content: Mapping[str, Any]) -> tuple[str, str]:
     return _text(user.get("user")), _text(user.get("run_id"))
 
 
-def request_user(op: Op, content: Mapping[str, Any]) -> str:
+def request_user(op: str, content: Mapping[str, Any]) -> str:
     return request_identity(op, content)[0]
 
 
-def request_run_id(op: Op, content: Mapping[str, Any]) -> str:
+def request_run_id(op: str, content: Mapping[str, Any]) -> str:
     return request_identity(op, content)[1]
 
 
-def effects(op: Op, content: Mapping[str, Any], outcome: Outcome, now: float) -> list[Effect]:
-    """What one decided request records: `content` is what frps acts on (the rewritten content
-    for a rewrite). Rejected requests record nothing, except CloseProxy (frps ignores the
-    answer: the proxy is gone either way)."""
+def effects(op: str, content: Mapping[str, Any], allowed: bool, now: float) -> list[Effect]:
+    """What one decided request of `op` (its name) records: `content` is what frps acts on (the
+    rewritten content for a rewrite). Requests not `allowed` record nothing, except CloseProxy
+    (frps ignores the answer: the proxy is gone either way)."""
     user, run_id = request_identity(op, content)
-    if op is Op.CLOSE_PROXY:
+    if op == CLOSE_PROXY:
         return [Effect("close", user, name=_text(content.get("proxy_name")))]
-    if outcome is Outcome.REJECT:
+    if not allowed:
         return []
-    if op is Op.LOGIN:
+    if op == LOGIN:
         address = _text(content.get("client_address"))
         record = {"run_id": run_id, "client_address": address, "since": now, "last_seen": now}
         return [Effect("login", user, run_id=run_id, record=record)]
-    if op is Op.NEW_PROXY:
+    if op == NEW_PROXY:
         name = _text(content.get("proxy_name"))
         port = content.get("remote_port")
         domains = content.get("custom_domains")

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from policyd.errors import StateError
-from policyd.rules.decision import Op
 from policyd.state.backend import Backend, Failure, StateUnavailable
-from policyd.state.tracking import UserState
+from policyd.state.tracking import LOGIN, NEW_PROXY, UserState
 
 
 class DecisionState:
@@ -43,7 +42,7 @@ class DecisionState:
     def __init__(
         self,
         backend: Backend,
-        op: Op,
+        op: str,
         user: str,
         run_id: str,
         name: str,
@@ -104,7 +103,7 @@ class DecisionState:
             return []
         self._calls.append(("proxies", "ok"))
         proxies = state.proxies
-        if user == self.user and self.op is Op.NEW_PROXY:
+        if user == self.user and self.op == NEW_PROXY:
             name = self.name
             for p in proxies:
                 if p["name"] == name:
@@ -117,7 +116,7 @@ class DecisionState:
             return []
         self._calls.append(("sessions", "ok"))
         sessions = state.sessions
-        if user == self.user and self.op is Op.LOGIN and self.run_id:
+        if user == self.user and self.op == LOGIN and self.run_id:
             return [s for s in sessions if s["run_id"] != self.run_id]
         return sessions
 
