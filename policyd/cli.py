@@ -368,8 +368,8 @@ def state_(
             click.echo(f"  session {s['run_id']} from {s['client_address'] or '?'} since {s['since']}")
         for p in state["proxies"]:
             click.echo(f"  proxy {p['name']} {p['type']} port={p['remote_port']} run_id={p['run_id']}")
-    for key, count in doc.get("rates", {}).items():
-        click.echo(f"rate {key}: {count}")
+    for key, rate in doc.get("rates", {}).items():
+        click.echo(f"rate {key}: {rate['count']} in {rate['per_s']:g}s")
     if not doc["users"] and not doc.get("rates"):
         click.echo("no live state")
 

@@ -395,6 +395,9 @@ def create_app(
             hosts=(settings.host,),
             pause=pacer,
             workers=settings.workers,
+            # The Live state page shows "not in use" for a policy that keeps no state (as at
+            # start-up; a reload that adds state rules shows there after a restart).
+            state=state if store.policy.state_functions else None,
         )
         app.mount(CONSOLE_PATH, create_console(services))
 

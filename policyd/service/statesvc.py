@@ -230,8 +230,29 @@ class StateService:
         snapshot = self.backend.snapshot(now, user)
         out: dict[str, Any] = {"backend": self.backend.kind, "at": now, "users": users_json(snapshot)}
         if rates is not None:
-            out["rates"] = self.backend.rate_counts(now, rates)
+            counts = self.backend.rate_counts(now, rates)
+            out["rates"] = {k: {"count": c.count, "per_s": c.per_s} for k, c in counts.items()}
         return out
+
+    def snapshot(self, limit: int) -> dict[str, Any]:
+        """What the console's Live state page reads (policyd.console.app.LiveState): at most
+        `limit` users and rate keys, JSON-ready."""
+        now = time.time()
+        health = self.backend.health()
+        snapshot = self.backend.snapshot(now)
+        users = sorted(snapshot)
+        rates = self.backend.rate_counts(now, "", limit + 1)
+        return {
+            "backend": self.backend.kind,
+            "healthy": health.ok,
+            "detail": "" if health.ok else health.detail,
+            "users": [
+                {"user": u, "sessions": snapshot[u].sessions, "proxies": snapshot[u].proxies}
+                for u in users[:limit]
+            ],
+            "rates": [{"key": k, "count": c.count, "per_s": c.per_s} for k, c in list(rates.items())[:limit]],
+            "truncated": len(users) > limit or len(rates) > limit,
+        }
 
 
 def users_json(snapshot: dict[str, UserState]) -> dict[str, Any]:

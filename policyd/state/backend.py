@@ -90,6 +90,14 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
+class RateCount:
+    """The hits behind a rate() key: how many are kept within `per_s`, its longest period."""
+
+    count: int
+    per_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReconcileResult:
     """What one reconciliation with frps's API changed."""
 
@@ -205,8 +213,9 @@ class Backend(ABC):
         """Every user with live state (or just `user`), for `policyd state` and the console."""
 
     @abstractmethod
-    def rate_counts(self, now: float, prefix: str = "") -> dict[str, int]:
-        """The hits kept under each rate() key (starting with `prefix`) that is still counting."""
+    def rate_counts(self, now: float, prefix: str = "", limit: int = 0) -> dict[str, RateCount]:
+        """Each rate() key (starting with `prefix`; at most `limit` of them, 0: all) that is
+        still counting: the hits it keeps in its longest period."""
 
     @abstractmethod
     def replace_from_frps(self, view: FrpsView, now: float) -> ReconcileResult:

@@ -19,6 +19,7 @@ from policyd.state.backend import (
     Backend,
     FrpsView,
     Held,
+    RateCount,
     ReconcileResult,
     StateUnavailable,
 )
@@ -171,13 +172,15 @@ class MemoryBackend(Backend):
             out = {u: self._read(u, now) for u in users}
         return {u: s for u, s in out.items() if s.sessions or s.proxies}
 
-    def rate_counts(self, now: float, prefix: str = "") -> dict[str, int]:
+    def rate_counts(self, now: float, prefix: str = "", limit: int = 0) -> dict[str, RateCount]:
         with self._lock:
-            return {
-                k: _count(r, now - r.per_s)
-                for k, r in sorted(self._rates.items())
+            out = {
+                k: RateCount(_count(r, now - r.per_s), r.per_s)
+                for k, r in self._rates.items()
                 if k.startswith(prefix) and r.hits and r.hits[-1] > now - r.per_s
             }
+        keys = sorted(out)[:limit] if limit else sorted(out)
+        return {k: out[k] for k in keys}
 
     def replace_from_frps(self, view: FrpsView, now: float) -> ReconcileResult:
         with self._lock:

@@ -37,6 +37,7 @@ from policyd.state.backend import (
     Backend,
     FrpsView,
     Held,
+    RateCount,
     ReconcileResult,
     StateUnavailable,
 )
@@ -244,7 +245,7 @@ class RedisBackend(Backend):
         return self._states(users, results[:-1], results[-1], now)
 
     def rate(self, key: str, limit: int, per_s: float, now: float) -> bool:
-        member = f"{now!r}:{secrets.token_hex(4)}"
+        member = f"{now!r}:{per_s!r}:{secrets.token_hex(4)}"  # the period, for rate_counts()
         keep = max(limit, RATE_MIN_KEEP)
         args: list[str | int] = [repr(now), repr(now - per_s), int(per_s * 1000) + 1, keep, member]
         before = self._call("rate", lambda: self._rate(keys=[PREFIX + "rate:" + key], args=args))
@@ -320,19 +321,25 @@ class RedisBackend(Backend):
             out.update(self.read_users(users[start : start + SNAPSHOT_BATCH], now))
         return {u: s for u, s in out.items() if s.sessions or s.proxies}
 
-    def rate_counts(self, now: float, prefix: str = "") -> dict[str, int]:
-        def run() -> dict[str, int]:
+    def rate_counts(self, now: float, prefix: str = "", limit: int = 0) -> dict[str, RateCount]:
+        def run() -> dict[str, RateCount]:
             keys = sorted(
                 self.client.scan_iter(match=PREFIX + "rate:" + _glob_escape(prefix) + "*", count=1000)
             )
+            if limit:
+                keys = keys[:limit]
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
+                pipe.zrange(k, -1, -1)  # the newest hit names its period (see rate())
                 pipe.zcard(k)
-            counts = pipe.execute()
+            answers = pipe.execute()
             skip = len(PREFIX + "rate:")
-            return {
-                k.decode("utf-8", "replace")[skip:]: int(n) for k, n in zip(keys, counts, strict=True) if n
-            }
+            out = {}
+            for k, newest, count in zip(keys, answers[::2], answers[1::2], strict=True):
+                if count:
+                    per = _member_period(newest[0]) if newest else 0.0
+                    out[k.decode("utf-8", "replace")[skip:]] = RateCount(int(count), per)
+            return out
 
         return self._call("rate_counts", run)  # type: ignore[no-any-return]
 
@@ -446,6 +453,15 @@ class RedisBackend(Backend):
         if self._upkeep is not None:
             self._upkeep.join(timeout=2 * self.timeout_s + 1)
         self.client.close()
+
+
+def _member_period(member: bytes) -> float:
+    """The period a rate() hit was counted for, from its member `time:period:token`."""
+    parts = member.decode("ascii", "replace").split(":")
+    try:
+        return float(parts[1]) if len(parts) == 3 else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _glob_escape(text: str) -> str:

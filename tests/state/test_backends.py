@@ -285,3 +285,16 @@ def test_a_team_sum_over_redis_reads_every_member_in_the_locks_round_trip(
 
     assert [ask(u, "a") for u in ("alice", "bob", "carol", "dave")] == [Outcome.ALLOW] * 3 + [Outcome.REJECT]
     backend.close()
+
+
+def test_rate_counts_show_each_keys_hits_and_period(tmp_path: Path, backend: Backend) -> None:
+    p = policy(tmp_path, Login='reject "slow" when not rate("login:" + content.user, 5, "1m")\n')
+    for i in range(3):
+        run(p, backend, Op.LOGIN, login("alice"), T0 + i)
+    run(p, backend, Op.LOGIN, login("bob"), T0 + 3)
+    counts = backend.rate_counts(T0 + 4, "login:")
+    assert {k: (c.count, c.per_s) for k, c in counts.items()} == {
+        "login:alice": (3, 60.0),
+        "login:bob": (1, 60.0),
+    }
+    assert list(backend.rate_counts(T0 + 4, "login:", limit=1)) == ["login:alice"]

@@ -240,3 +240,29 @@ def test_the_state_session_in_cli_md_is_what_policyd_state_prints(redis_server: 
     backend.close()
     result = CliRunner().invoke(main, ["state", "--state", redis_server.url, "--user", "alice"])
     assert result.stdout.splitlines() == session("cli.md", "policyd state --user alice")
+
+
+def test_the_consoles_live_state_snapshot_has_the_shape_it_documents(tmp_path: Path) -> None:
+    import time
+
+    from policyd.service.settings import Settings
+    from policyd.service.statesvc import StateService
+    from policyd.state.tracking import Preset
+
+    service = StateService(Settings(policies=tmp_path))
+    now = time.time()
+    service.backend.preset(
+        Preset.parse(
+            {"proxies": {u: [{"name": f"{u}.ssh", "remote_port": 6022}] for u in ("alice", "bob")}}, now
+        ),
+        now,
+    )
+    for _ in range(3):
+        service.backend.rate("login:203.0.113.7", 10, 60, now)
+    doc = service.snapshot(1)
+    assert set(doc) == {"backend", "healthy", "detail", "users", "rates", "truncated"}
+    assert (doc["backend"], doc["healthy"], doc["truncated"]) == ("memory", True, True)
+    (user,) = doc["users"]
+    assert user["user"] == "alice" and user["proxies"][0]["name"] == "alice.ssh" and user["sessions"] == []
+    assert doc["rates"] == [{"key": "login:203.0.113.7", "count": 3, "per_s": 60}]
+    assert json.loads(json.dumps(doc)) == doc
