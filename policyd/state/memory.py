@@ -69,6 +69,11 @@ class MemoryBackend(Backend):
 
     # -- reads ----------------------------------------------------------------------------
     def read_users(self, users: Sequence[str], now: float) -> dict[str, UserState]:
+        if len(users) == 1:  # the common read: a cached state needs no lock (the entry is immutable)
+            (user,) = users
+            cached = self._live.get(user)
+            if cached is not None and cached[0] <= now < cached[1].until:
+                return {user: cached[1]}
         with self._lock:
             return {u: self._read(u, now) for u in users}
 
