@@ -36,7 +36,7 @@ ROOT = HERE.parent
 BODY = HERE / "newproxy.json"
 URL_PATH = "/handler?version=0.1.0&op=NewProxy"  # as frps sends it
 CONNECTIONS = 32
-SCENARIOS = ("inproc", "peers", "http", "reload", "shadow", "swap", "storm", "frps")
+SCENARIOS = ("inproc", "peers", "http", "reload", "shadow", "swap", "storm", "frps", "state")
 WRK_SCENARIOS = {"http", "reload", "shadow", "swap", "storm"}
 
 
@@ -513,6 +513,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from benchmarks import frps
 
         out += [_target(*goal) for goal in frps.targets(rows)]
+    if any(r["scenario"] == "state" for r in rows):
+        from benchmarks import state
+
+        out += [_target(*goal) for goal in state.targets(rows)]
     reload_row = next((r for r in rows if "p99_ratio" in r), None)
     if reload_row:
         out.append(_target("reload every second: p99 ratio", reload_row["p99_ratio"], "<=", 1.2))
@@ -561,6 +565,9 @@ COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its
     ("shadowed", "shadowed", 8),
     ("shadow_errors", "errors", 7),
     ("shadow_skipped", "skipped", 7),
+    ("state_call_us", "µs/state call", 13),
+    ("round_trips", "round trips", 11),
+    ("round_trip_us", "µs/trip", 8),
     ("answered", "answered", 8),
     ("failed", "failed", 6),
 ]
@@ -648,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import frps
 
             rows += frps.scenario(args.rounds, log_dir)
+        if "state" in wanted:
+            from benchmarks import state
+
+            rows += state.run(max(1.0, args.duration / 2))
     goals = targets(rows)
     print_table(rows, goals)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,19 @@ def check(directory: Path, output: str) -> None:
 @click.argument("stdin", required=False, type=click.File("rb"), metavar="[-]")
 @click.option("--reqid", default="", help="The X-Frp-Reqid rules see as `reqid`.")
 @click.option("--now", type=float, default=None, help="Unix time rules see as `now` (default: the clock).")
+@click.option(
+    "--state",
+    "state_spec",
+    metavar="SPEC",
+    default=None,
+    help="State the state functions read, unchanged: 'memory' (empty; the default) or a redis:// URL.",
+)
+@click.option(
+    "--state-preset",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A TOML file of {proxies, sessions, rates} to decide with (memory state).",
+)
 @_FORMAT
 def eval_(
     config: Path | None,
@@ -224,6 +237,8 @@ def eval_(
     stdin: BinaryIO | None,
     reqid: str,
     now: float | None,
+    state_spec: str | None,
+    state_preset: Path | None,
     output: str,
 ) -> None:
     """Decide one request and print the answer frps would get, with an explanation.
@@ -248,6 +263,7 @@ def eval_(
         sys.exit(2)
     settings = _serve_settings(config)
     directory = policies or settings.policies
+    binding = _eval_state(settings, state_spec, state_preset, now)
     try:
         evaluate(
             directory,
@@ -257,9 +273,108 @@ def eval_(
             reqid=reqid,
             now=now,
             options=settings.eval_options,
+            state=binding,
         )
     except PolicyLoadError as e:
         _exit_not_loaded(directory, e)
+
+
+def _eval_state(settings: Any, spec: str | None, preset: Path | None, now: float | None) -> Any:
+    """The non-recording state `eval` decides with: a backend from --state, maybe preset."""
+    import time
+    import tomllib
+
+    from policyd.engine import StateBinding
+    from policyd.service.statesvc import expiry_of, replica_of
+    from policyd.state.factory import MEMORY, check_spec, open_backend
+    from policyd.state.tracking import Preset, PresetError
+
+    spec = spec or MEMORY
+    try:
+        check_spec(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--state") from None
+    if preset is not None and spec != MEMORY:
+        raise click.UsageError("--state-preset goes with memory state: a preset never writes into Redis")
+    backend = open_backend(
+        spec,
+        expiry=expiry_of(settings),
+        timeout_s=settings.state_timeout_ms / 1000,
+        replica=replica_of(settings),
+    )
+    if preset is not None:
+        try:
+            at = now if now is not None else time.time()
+            backend.preset(Preset.parse(tomllib.loads(preset.read_text()), at), at)
+        except (tomllib.TOMLDecodeError, PresetError) as e:
+            raise click.BadParameter(f"{preset}: {e}", param_hint="--state-preset") from None
+    return StateBinding(backend, recording=False)
+
+
+@main.command("state")
+@_CONFIG
+@click.option(
+    "--state", "state_spec", metavar="SPEC", default=None, help="The backend (default: serve's setting)."
+)
+@click.option(
+    "--url", default=None, help="The running service, for memory state (default: serve's host and port)."
+)
+@click.option("--user", default=None, help="Only this user.")
+@click.option(
+    "--rates", default=None, metavar="PREFIX", help="Also the hits behind rate() keys starting with PREFIX."
+)
+@_FORMAT
+def state_(
+    config: Path | None,
+    state_spec: str | None,
+    url: str | None,
+    user: str | None,
+    rates: str | None,
+    output: str,
+) -> None:
+    """List live sessions and proxies per user (and rate() counts), for debugging a refusal.
+
+    Reads Redis directly; memory state lives in the service, so it asks its /state endpoint.
+    Exits 2 when the backend or the service cannot be reached.
+    """
+    import dataclasses
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from policyd.service.statesvc import StateService
+    from policyd.state.backend import StateUnavailable
+    from policyd.state.factory import MEMORY
+
+    settings = _serve_settings(config)
+    spec = state_spec or settings.state
+    try:
+        if spec == MEMORY:
+            base = url or f"http://{settings.host}:{settings.port}"
+            query = urllib.parse.urlencode(
+                {k: v for k, v in (("user", user), ("rates", rates)) if v is not None}
+            )
+            with urllib.request.urlopen(f"{base}/state?{query}", timeout=10) as response:
+                doc = json.loads(response.read())
+        else:
+            service = StateService(dataclasses.replace(settings, state=spec))
+            doc = service.listing(user, rates)
+    except (OSError, StateUnavailable) as e:
+        click.echo(f"policyd: cannot read state: {e}", err=True)
+        sys.exit(2)
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for name, state in doc["users"].items():
+        click.echo(f"{name}: {len(state['sessions'])} session(s), {len(state['proxies'])} proxy(ies)")
+        for s in state["sessions"]:
+            click.echo(f"  session {s['run_id']} from {s['client_address'] or '?'} since {s['since']}")
+        for p in state["proxies"]:
+            click.echo(f"  proxy {p['name']} {p['type']} port={p['remote_port']} run_id={p['run_id']}")
+    for key, rate in doc.get("rates", {}).items():
+        click.echo(f"rate {key}: {rate['count']} in {rate['per_s']:g}s")
+    if not doc["users"] and not doc.get("rates"):
+        click.echo("no live state")
 
 
 @main.command("test")

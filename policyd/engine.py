@@ -7,14 +7,15 @@ reject (or a counted fail-open allow, for ops the operator chose) with the error
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.errors import EvaluationError, PolicyError
-from policyd.policy import Policy
+from policyd.errors import EvaluationError, PolicyError, StateError
+from policyd.policy import TRACKING_FUNCTIONS, Policy, RuleFile
 from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.decision import (
     GENERIC_ERROR_REASON,
@@ -40,7 +41,11 @@ from policyd.rules.schema import (
     type_matches,
     view,
 )
+from policyd.rules.statefns import UNAVAILABLE, StateReader
 from policyd.rules.statements import Statement
+from policyd.state.backend import Backend, Failure, Held, StateUnavailable
+from policyd.state.tracking import UserState, effects, request_identity, request_user
+from policyd.state.view import DecisionState, UsersWanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,22 @@ class EvalOptions:
 
 
 DEFAULT_OPTIONS = EvalOptions()
+# Ops whose record a rule's reads must not race: a Login starts a session, a NewProxy a proxy.
+_LOCKED_OPS = frozenset({Op.LOGIN, Op.NEW_PROXY})
+
+
+@dataclass(frozen=True, slots=True)
+class StateBinding:
+    """The state decisions read and record: the backend, whether they record (False: the view
+    for `policyd eval`, a shadow policy, a replay: nothing changes, rate() does not count), and
+    what a rule gets when the backend cannot answer."""
+
+    backend: Backend
+    recording: bool = True
+    failure: Failure = Failure.CLOSED
+    # Decide as if the backend were down, without asking it (the service's answer when too
+    # many decisions already wait on it): state functions fail as `failure` says, nothing records.
+    offline: bool = False
 
 
 def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
@@ -71,6 +92,7 @@ def new_context(
     budget: Budget,
     reqid: str = "",
     now: float | None = None,
+    state: StateReader = UNAVAILABLE,
 ) -> Ctx:
     """The evaluation context decide() gives one request's rules (tools and tests use it too).
 
@@ -84,7 +106,7 @@ def new_context(
         USER,
         _raw_user(op, content),
     )
-    return Ctx(names, budget)
+    return Ctx(names, budget, None, state)
 
 
 def _apply_set(work: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -235,20 +257,175 @@ def decide(
     now: float | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
     trace: list[TraceStep] | None = None,
+    state: StateBinding | None = None,
 ) -> Decision:
     """Decide one request with `policy`. `content` is not modified.
 
     The rules run as their rule file's program; with `trace` (a list) they run one by one
-    instead, and every rule reached is appended to it with the values it computed.
+    instead, and every rule reached is appended to it with the values it computed. With
+    `state`, the state functions read it and the decision's effect is recorded in it (see
+    decide_with_state); a rule file that calls no state function, under a policy that tracks
+    nothing, pays nothing for it.
+    """
+    rule_file = policy.rules.get(op)
+    if state is not None:
+        reads = rule_file.state_functions if rule_file is not None else frozenset()
+        if reads or (state.recording and policy.tracks_sessions):
+            return decide_with_state(
+                policy, op, content, rule_file, state, reqid=reqid, now=now, options=options, trace=trace
+            )
+    return _decide(policy, op, content, rule_file, reqid, now, options, trace, UNAVAILABLE)
+
+
+def decide_with_state(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    rule_file: RuleFile | None,
+    state: StateBinding,
+    *,
+    reqid: str = "",
+    now: float | None = None,
+    options: EvalOptions = DEFAULT_OPTIONS,
+    trace: list[TraceStep] | None = None,
+) -> Decision:
+    """Decide and record, exactly under concurrency.
+
+    A Login or NewProxy whose rules read proxies() or sessions() is decided under a lock: the
+    user's own (its state is read with the lock, in one round trip), or every user's when some
+    rule reads another user's state. With a remote backend, rules that ask about other users
+    are first evaluated against an empty state to learn whom they ask about, and those users
+    are read with the lock too: one round trip for every read, then one for the record. The
+    effect is recorded before the lock is released, so no racing request reads the state
+    before it. A backend that cannot answer (lock, read or record) is the configured failure:
+    closed makes the op fail closed, and an allow whose record failed is refused (never allow
+    what was not counted); open answers "empty" and goes on.
     """
     started = time.perf_counter()
+    at = time.time() if now is None else now
+    backend = state.backend
+    reads = rule_file.state_functions if rule_file is not None else frozenset()
+    user, run_id = request_identity(op, content)
+    held: Held | None = None
+    recording = state.recording and not state.offline
+    prefetched: dict[str, UserState] = {}
+    try:
+        wanted = [user]
+        if backend.remote and not state.offline and rule_file is not None and rule_file.reads_other_users:
+            # Rules that ask about other users (a team's sum): a throwaway evaluation against an
+            # empty state names them, so that one round trip reads them all (with the lock).
+            names = UsersWanted()
+            _decide(policy, op, content, rule_file, reqid, at, options, None, names)
+            wanted += sorted(names.users - {user})
+        if recording and op in _LOCKED_OPS and not reads.isdisjoint(TRACKING_FUNCTIONS):
+            scope = "*" if policy.reads_other_users else "u:" + user
+            try:
+                held = backend.acquire(scope, wanted, at)
+                prefetched = held.prefetched
+            except StateUnavailable as e:
+                backend.stats.failure(state.failure)
+                if state.failure is Failure.CLOSED:
+                    return _state_failed(policy, op, options, f"state lock unavailable: {e}", started)
+        elif len(wanted) > 1:
+            with contextlib.suppress(StateUnavailable):  # each read then fails as configured
+                prefetched = backend.read_users(wanted, at)
+        reader = DecisionState(
+            backend,
+            op,
+            user,
+            run_id,
+            content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
+            at,
+            recording,
+            state.failure,
+            prefetched,
+            state.offline,
+        )
+        decision = _decide(policy, op, content, rule_file, reqid, at, options, trace, reader)
+        reader.flush()
+        if recording and policy.tracks_sessions:
+            _record(
+                backend,
+                state,
+                op,
+                content if decision.content is None else decision.content,
+                decision,
+                at,
+                held,
+                bool(reads),
+            )
+    finally:
+        if held is not None:
+            backend.release(held)
+    decision.eval_us = (time.perf_counter() - started) * 1e6
+    return decision
+
+
+def _record(
+    backend: Backend,
+    state: StateBinding,
+    op: Op,
+    final: dict[str, Any],
+    decision: Decision,
+    at: float,
+    held: Held | None,
+    read_state: bool,
+) -> None:
+    """Record what frps will do; a failed record of an allow that read state fails it closed."""
+    allowed = decision.outcome is not Outcome.REJECT
+    changes = effects(op, final, allowed, at)
+    if not changes:
+        return
+    user = request_user(op, final)
+    if changes[0].kind == "touch" and not backend.should_touch(user, changes[0].run_id, at):
+        return
+    try:
+        backend.record(user, changes, at, held)
+    except StateUnavailable as e:
+        backend.stats.failure(state.failure)
+        if read_state and state.failure is Failure.CLOSED and allowed:
+            error = StateError(f"state record failed: {e}")
+            if decision.rule is not None:
+                error.at(decision.rule)
+            decision.error = error
+            decision.content = None
+            decision.changes = []
+            decision.failed_open = False
+            decision.outcome = Outcome.REJECT
+            decision.reason = GENERIC_ERROR_REASON
+
+
+def _state_failed(policy: Policy, op: Op, options: EvalOptions, message: str, started: float) -> Decision:
+    """The decision when the state backend failed before any rule ran (state failure closed)."""
+    decision = Decision(Outcome.REJECT, op, policy.version, GENERIC_ERROR_REASON)
+    decision.error = StateError(message)
+    if op in options.fail_open_ops:
+        decision.outcome = Outcome.ALLOW
+        decision.failed_open = True
+        decision.reason = ""
+    decision.eval_us = (time.perf_counter() - started) * 1e6
+    return decision
+
+
+def _decide(
+    policy: Policy,
+    op: Op,
+    content: dict[str, Any],
+    rule_file: RuleFile | None,
+    reqid: str,
+    now: float | None,
+    options: EvalOptions,
+    trace: list[TraceStep] | None,
+    state: StateReader,
+) -> Decision:
+    """decide() itself: the rules of `rule_file` against one request, state read through `state`."""
+    started = time.perf_counter()
     decision = Decision(Outcome.ALLOW, op, policy.version)
-    rule_file = policy.rules.get(op)
     if rule_file is None:
         decision.eval_us = (time.perf_counter() - started) * 1e6
         return decision
     budget = Budget(options.max_steps, options.eval_seconds)
-    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now)
+    ctx = new_context(op, content, data=policy.data, budget=budget, reqid=reqid, now=now, state=state)
     names = ctx.names
     assert isinstance(names, RequestNames)
     statements = rule_file.statements

@@ -99,6 +99,13 @@ class LimitError(EvaluationError):
     code = "limit_error"
 
 
+class StateError(EvaluationError):
+    """Raised when a state function's backend cannot answer in time (`--state-failure closed`):
+    the rule fails, so the op fails closed unless it is a fail-open op."""
+
+    code = "state_error"
+
+
 class PolicyLoadError(PolicydError):
     """Raised when a policy directory does not load; carries every error found, not just one.
 

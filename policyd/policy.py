@@ -7,6 +7,7 @@ more). A Policy is immutable and shared by concurrent requests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -25,6 +26,7 @@ from policyd.rules.decision import OPS, Op
 from policyd.rules.language import Action
 from policyd.rules.program import Chunk, build_program
 from policyd.rules.schema import SCHEMAS, USER
+from policyd.rules.statefns import STATE_FUNCTIONS
 from policyd.rules.statements import CacheKey, Statement, compile_rules
 
 RULES_SUFFIX = ".rules"
@@ -32,6 +34,8 @@ DATA_DIR = "data"
 DATA_SUFFIXES = (".toml", ".json")
 MAX_POLICY_FILE_BYTES = 16 * 1024 * 1024  # one rules or data file
 MAX_LOAD_ATTEMPTS = 5  # reads of a directory that keeps changing while it is read
+# State functions that need the op stream tracked (proxies and sessions); rate() and hits() do not.
+TRACKING_FUNCTIONS = frozenset(name for name, f in STATE_FUNCTIONS.items() if f.reads_tracking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,10 @@ class RuleFile:
     statements: tuple[Statement, ...]
     # The statements as generated functions (policyd.rules.program); None runs them one by one.
     program: tuple[Chunk, ...] | None = field(default=None, repr=False, compare=False)
+    # The state functions its rules call, and whether any asks proxies()/sessions() about
+    # someone other than the request's user (the engine's lock then covers every user).
+    state_functions: frozenset[str] = frozenset()
+    reads_other_users: bool = False
 
     @property
     def rule_count(self) -> int:
@@ -75,6 +83,21 @@ class Policy:
     @property
     def rule_count(self) -> int:
         return sum(f.rule_count for f in self.rules.values())
+
+    @functools.cached_property
+    def state_functions(self) -> frozenset[str]:
+        """Every state function the policy calls (empty: it keeps no state at all)."""
+        return frozenset().union(*(f.state_functions for f in self.rules.values()))
+
+    @functools.cached_property
+    def reads_other_users(self) -> bool:
+        """Whether a rule asks proxies()/sessions() about someone else than the request's user."""
+        return any(f.reads_other_users for f in self.rules.values())
+
+    @functools.cached_property
+    def tracks_sessions(self) -> bool:
+        """Whether a rule reads proxies() or sessions(): then every op's effect is recorded."""
+        return bool(self.state_functions & TRACKING_FUNCTIONS)
 
 
 def _policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
@@ -273,7 +296,15 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
             keep=compiled,
         )
         program = build_program(statements, pause) if not errors else None
-        rules[op] = RuleFile(op, shown, hashlib.sha256(raw).hexdigest(), tuple(statements), program)
+        rules[op] = RuleFile(
+            op,
+            shown,
+            hashlib.sha256(raw).hexdigest(),
+            tuple(statements),
+            program,
+            frozenset().union(*(s.state_functions for s in statements)),
+            any(s.reads_other_users for s in statements),
+        )
 
     if errors:
         raise PolicyLoadError(errors)

@@ -34,6 +34,7 @@ from policyd.service.shadow import (
     open_shadow,
 )
 from policyd.service.store import PolicyStore
+from policyd.state.memory import MemoryBackend
 from policyd.tools.check import Lint
 from policyd.tools.history import (
     DEFAULT_MAX_BYTES,
@@ -85,6 +86,7 @@ def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> 
     policies = write_policy(tmp_path, {"Ping.rules": "allow\n"})
     store = PolicyStore(policies)
     metrics = Metrics(store, handler_path="/handler")
+    metrics.register_state(MemoryBackend(), lambda: ((0, 0), ""))  # as create_app does
 
     def exported() -> dict[str, str]:
         return dict(re.findall(r"^# HELP (policyd_\S+) (.*)$", metrics.render().decode(), re.MULTILINE))

@@ -32,6 +32,7 @@ from policyd.rules.shapes import (
     positional_call,
     short_method_call,
 )
+from policyd.rules.statefns import STATE_FUNCTIONS, Param, call_cost, literal_problem
 
 _KEYWORDS = frozenset({"key", "reverse", "default"})
 
@@ -71,6 +72,10 @@ class ExpressionCompiler:
         # the nodes it does not inline.
         self.closures: dict[int, Compiled] | None = {} if record else None
         self.any_all: dict[int, Callable[[Ctx, Any], Any]] = {}  # any()/all() calls, by id(node)
+        # The state functions this expression calls, and whether proxies()/sessions() is ever
+        # asked about anyone but the request's own user (the engine then locks more widely).
+        self.state_functions: set[str] = set()
+        self.reads_other_users = False
 
     # -- entry -----------------------------------------------------------------------------
     def compile(self, tree: ast.expr) -> Compiled:
@@ -122,6 +127,8 @@ class ExpressionCompiler:
             return lambda ctx: ctx.bound[name]
         if name in scope.lets or name in BUILTIN_NAMES:
             return lambda ctx: ctx.names[name]
+        if name in STATE_FUNCTIONS:
+            raise self._error(node, f"{name}() is a state function: call it, e.g. {name}(user.user)")
         if name in functions.FUNCTIONS:
             # A function as a value, e.g. sorted(xs, key=lower).
             fn = functions.FUNCTIONS[name][0]
@@ -349,8 +356,10 @@ class ExpressionCompiler:
         if not isinstance(func, ast.Name) or func.id in scope.locals or func.id in scope.lets:
             raise self._error(node, "only the functions listed in the policy language can be called")
         name = func.id
+        if name in STATE_FUNCTIONS:
+            return self._compile_state_call(node, name, scope)
         if name not in functions.FUNCTIONS:
-            hint = did_you_mean(name, functions.FUNCTIONS)
+            hint = did_you_mean(name, {**functions.FUNCTIONS, **STATE_FUNCTIONS})
             raise self._error(func, f"unknown function '{name}'", hint)
         fn, iterable_first = functions.FUNCTIONS[name]
         if (
@@ -385,6 +394,62 @@ class ExpressionCompiler:
             return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
 
         return call
+
+    def _compile_state_call(self, node: ast.Call, name: str, scope: Scope) -> Compiled:
+        """`proxies(u)`, `sessions(u)`, `rate(key, limit, per)`, `hits(key, per)`: arguments checked
+        where the compiler can see them, the call charged once it answered (statefns.call_cost)."""
+        spec = STATE_FUNCTIONS[name]
+        if node.keywords:
+            raise self._error(node.keywords[0].value, f"{name}() takes positional arguments only")
+        signature = f"{name}({', '.join(p.name.lower() for p in spec.params)})"
+        if len(node.args) != len(spec.params):
+            raise self._error(node, f"{signature} takes {len(spec.params)} argument(s), not {len(node.args)}")
+        for param, arg in zip(spec.params, node.args, strict=True):
+            self._check_state_argument(name, param, arg, scope)
+        self.state_functions.add(name)
+        if spec.reads_tracking and not _is_request_user(node.args[0], scope):
+            self.reads_other_users = True
+        args, _ = self._compile_args(node, scope)
+        call = spec.call
+        if len(args) == 1:  # proxies(u), sessions(u): the common calls, without the list
+            (only,) = args
+
+            def state_call1(ctx: Ctx) -> Any:
+                result = call(ctx.state, only(ctx))
+                ctx.budget.charge(call_cost(result))
+                return result
+
+            return state_call1
+
+        def state_call(ctx: Ctx) -> Any:
+            result = call(ctx.state, *[a(ctx) for a in args])
+            ctx.budget.charge(call_cost(result))
+            return result
+
+        return state_call
+
+    def _check_state_argument(self, name: str, param: Param, arg: ast.expr, scope: Scope) -> None:
+        """A literal or a field of a known kind that cannot be this parameter is a load error."""
+        if isinstance(arg, ast.Starred):
+            raise self._error(arg, "*arguments are not available in rules")
+        is_literal, value = _literal(arg)
+        if is_literal:
+            problem = literal_problem(name, param, value)
+            if problem is not None:
+                raise self._error(arg, problem if problem.startswith(name) else f"{name}(): {problem}")
+            return
+        if isinstance(arg, ast.List | ast.Tuple | ast.Set | ast.Dict | ast.ListComp | ast.SetComp):
+            raise self._error(arg, f"{name}() takes {param.value} here, not a collection")
+        field = self._static_schema(arg, scope)
+        if field is None:
+            return
+        accepted = {Param.NAME: (Kind.STR,), Param.COUNT: (Kind.INT,), Param.PERIOD: (Kind.STR, Kind.INT)}
+        if field.kind not in accepted[param]:
+            kind = field.kind.value
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise self._error(
+                arg, f"{name}() takes {param.value} here, and '{ast.unparse(arg)}' is {article} {kind}"
+            )
 
     def _compile_method_call(self, node: ast.Call, func: ast.Attribute, scope: Scope) -> Compiled:
         name = func.attr
@@ -504,7 +569,7 @@ def _comprehend(plan: _Loops, ctx: Ctx, items: Iterable[Any]) -> Any:
     results: list[Any] = []
     pairs: dict[Any, Any] = {}
     if len(items):  # type: ignore[arg-type]
-        _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound)), results, pairs, items)
+        _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound), ctx.state), results, pairs, items)
     if plan.kind is ast.DictComp:
         return pairs
     if plan.kind is ast.SetComp:
@@ -584,6 +649,39 @@ def _budgeted_key(fn: Callable[[Any], Any], budget: Budget) -> Callable[[Any], A
         return sandbox.charge_built(sandbox.check_length(fn(value)), budget)
 
     return key
+
+
+def _literal(node: ast.AST) -> tuple[bool, Any]:
+    """(True, value) for a scalar literal (a negative number too), else (False, None)."""
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Constant)
+    ):
+        value = node.operand.value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, -value
+    return False, None
+
+
+def _is_request_user(node: ast.AST, scope: Scope) -> bool:
+    """`user.user` (or `content.user.user`; Login's `content.user`): the request's own user."""
+    if not isinstance(node, ast.Attribute) or node.attr != "user":
+        return False
+    inner = node.value
+    if isinstance(inner, ast.Name):
+        if inner.id in scope.locals or inner.id in scope.lets:
+            return False
+        return inner.id == "user" or (inner.id == "content" and scope.op == "Login")
+    return (
+        isinstance(inner, ast.Attribute)
+        and inner.attr == "user"
+        and isinstance(inner.value, ast.Name)
+        and inner.value.id == "content"
+        and "content" not in scope.locals | scope.lets
+    )
 
 
 def _is_singleton(node: ast.AST) -> bool:

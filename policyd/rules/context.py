@@ -14,6 +14,7 @@ from typing import Any
 from policyd.rules import functions
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import Field, view
+from policyd.rules.statefns import STATE_FUNCTIONS, UNAVAILABLE, StateReader
 
 
 class RequestNames(dict[str, Any]):
@@ -62,16 +63,24 @@ class Ctx:
     """One request's evaluation state: the names rules see and the budget they spend.
 
     `bound` holds the variables of the comprehensions being evaluated; `raw` is `names` when it
-    is a RequestNames, which lets field reads skip building views.
+    is a RequestNames, which lets field reads skip building views; `state` is what the state
+    functions (policyd.rules.statefns) read and count.
     """
 
-    __slots__ = ("bound", "budget", "names", "raw")
+    __slots__ = ("bound", "budget", "names", "raw", "state")
 
-    def __init__(self, names: dict[str, Any], budget: Budget, bound: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        names: dict[str, Any],
+        budget: Budget,
+        bound: dict[str, Any] | None = None,
+        state: StateReader = UNAVAILABLE,
+    ) -> None:
         self.names = names
         self.budget = budget
         self.bound = {} if bound is None else bound
         self.raw = names if type(names) is RequestNames else None
+        self.state = state
 
 
 # A compiled expression: its value for one request.
@@ -94,4 +103,4 @@ class Scope:
     locals: frozenset[str] = frozenset()
 
     def known_names(self) -> set[str]:
-        return {*BUILTIN_NAMES, *CONSTANTS, *functions.FUNCTIONS, *self.lets, *self.locals}
+        return {*BUILTIN_NAMES, *CONSTANTS, *functions.FUNCTIONS, *STATE_FUNCTIONS, *self.lets, *self.locals}

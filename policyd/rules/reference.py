@@ -16,7 +16,8 @@ Budget (what a request pays in steps, on top of the wall clock):
   builds: its deep size (`sandbox.deep_size`);
 - a key= function: one step per call, and what a call of it would cost;
 - a method that returns a list: its length;
-- a comprehension: each loop's iterable length, one per item, and the deep size of each element.
+- a comprehension: each loop's iterable length, one per item, and the deep size of each element;
+- a state function: STATE_CALL_STEPS, plus one per item of the list it answers.
 
 One instance per evaluation: simpleeval keeps per-call state on the instance.
 """
@@ -35,12 +36,14 @@ from policyd.rules.context import CONSTANTS
 from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, USER, view
+from policyd.rules.statefns import STATE_FUNCTIONS, UNAVAILABLE, StateReader, call_cost
 
 
 class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
-    """Evaluates one validated expression tree against `names`, charging `budget`."""
+    """Evaluates one validated expression tree against `names`, charging `budget`; the state
+    functions read and count through `state`."""
 
-    def __init__(self, names: Mapping[str, Any], budget: Budget) -> None:
+    def __init__(self, names: Mapping[str, Any], budget: Budget, state: StateReader = UNAVAILABLE) -> None:
         operators: dict[type[ast.AST], Any] = {}
         for table in (sandbox.BINARY_OPERATORS, sandbox.UNARY_OPERATORS, sandbox.COMPARISONS):
             operators.update(table.items())
@@ -48,6 +51,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         # EvalWithCompoundTypes adds tuple() and dict(); the language has exactly functions.FUNCTIONS.
         self.functions = {name: fn for name, (fn, _) in functions.FUNCTIONS.items()}
         self.budget = budget
+        self.state = state
         self.bound: dict[str, Any] = {}  # comprehension variables in scope
         self.nodes = {
             ast.Constant: self._eval_constant,
@@ -146,6 +150,11 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
     def _eval_call(self, node: ast.Call) -> Any:
         if isinstance(node.func, ast.Attribute):
             return self._call_method(node, node.func)
+        if isinstance(node.func, ast.Name) and node.func.id in STATE_FUNCTIONS:
+            values = [self._eval(a) for a in node.args]
+            result = STATE_FUNCTIONS[node.func.id].call(self.state, *values)
+            self.budget.charge(call_cost(result))
+            return result
         if not isinstance(node.func, ast.Name) or node.func.id not in functions.FUNCTIONS:
             raise FeatureNotAvailable("only the policy language's functions can be called")
         name = node.func.id
@@ -269,9 +278,11 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         return results
 
 
-def evaluate(tree: ast.expr, names: Mapping[str, Any], budget: Budget) -> Any:
+def evaluate(
+    tree: ast.expr, names: Mapping[str, Any], budget: Budget, state: StateReader = UNAVAILABLE
+) -> Any:
     """Evaluate a validated expression tree with a fresh ReferenceEvaluator."""
-    return ReferenceEvaluator(names, budget).evaluate(tree)
+    return ReferenceEvaluator(names, budget, state).evaluate(tree)
 
 
 def request_names(

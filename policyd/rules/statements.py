@@ -24,6 +24,7 @@ from policyd.rules.language import Action, Expression, Key, ParsedRule, logical_
 from policyd.rules.reads import NO_READS, FieldRead, Reads, reads_of, union
 from policyd.rules.sandbox import MAX_FILE_RULES, join_texts, to_text
 from policyd.rules.schema import Field, Kind, field_of_other_ops
+from policyd.rules.statefns import STATE_FUNCTIONS
 
 # Characters of a rule's id: a hash of its text, so it names the rule wherever the rule moves.
 RULE_ID_CHARS = 12
@@ -81,6 +82,10 @@ class Statement:
     direct: Reads = NO_READS
     reads: tuple[FieldRead, ...] = ()
     rule_id: str = ""  # a short hash of the rule's text: the same rule wherever it moves
+    # The state functions it calls (policyd.rules.statefns); whether it asks proxies() or
+    # sessions() about anyone but the request's own user.
+    state_functions: frozenset[str] = frozenset()
+    reads_other_users: bool = False
 
 
 def rule_id(source: str) -> str:
@@ -110,22 +115,41 @@ def resolve_lets(statements: Sequence[Statement]) -> list[Statement]:
     return out
 
 
-def _expression(expression: Expression, scope: Scope) -> tuple[Compiled, Fragment]:
+@dataclass(slots=True)
+class _StateUse:
+    """The state functions one rule calls, gathered from each expression's compiler."""
+
+    functions: set[str] = dataclasses.field(default_factory=set)
+    reads_other_users: bool = False
+
+    def add(self, compiler: ExpressionCompiler) -> None:
+        self.functions |= compiler.state_functions
+        self.reads_other_users = self.reads_other_users or compiler.reads_other_users
+
+
+def _expression(expression: Expression, scope: Scope, use: _StateUse) -> tuple[Compiled, Fragment]:
     """The expression's closure and its source for the rule file's program."""
     compiler = ExpressionCompiler(scope, expression.locate, record=True)
     compiled = compiler.compile(expression.tree)
+    use.add(compiler)
     return compiled, emit(expression.tree, compiler)
 
 
-def _condition(rule: ParsedRule, scope: Scope) -> tuple[Compiled | None, Fragment | None]:
-    return (None, None) if rule.condition is None else _expression(rule.condition, scope)
+def _condition(rule: ParsedRule, scope: Scope, use: _StateUse) -> tuple[Compiled | None, Fragment | None]:
+    return (None, None) if rule.condition is None else _expression(rule.condition, scope, use)
 
 
-def _template(parts: tuple[str | Expression, ...], scope: Scope) -> Template:
+def _template(parts: tuple[str | Expression, ...], scope: Scope, use: _StateUse) -> Template:
+    compiled: list[str | Compiled] = []
+    for p in parts:
+        if isinstance(p, str):
+            compiled.append(p)
+            continue
+        compiler = ExpressionCompiler(scope, p.locate)
+        compiled.append(compiler.compile(p.tree))
+        use.add(compiler)
     return Template(
-        tuple(
-            p if isinstance(p, str) else ExpressionCompiler(scope, p.locate).compile(p.tree) for p in parts
-        ),
+        tuple(compiled),
         tuple(Part.TEXT if isinstance(p, str) else Part.VALUE for p in parts),
         tuple(NO_READS if isinstance(p, str) else reads_of(p.tree, scope) for p in parts),
     )
@@ -161,7 +185,9 @@ def _set_target(keys: tuple[Key, ...], scope: Scope) -> tuple[tuple[str, ...], F
 
 def _let_name(key: Key) -> str:
     name = key.name
-    if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name == "when":
+    if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name in STATE_FUNCTIONS:
+        raise ParseError(f"'{name}' is a built-in name and cannot be redefined", key.location)
+    if name == "when":
         raise ParseError(f"'{name}' is a built-in name and cannot be redefined", key.location)
     if name.startswith("_"):
         raise ParseError("names starting with '_' are not available in rules", key.location)
@@ -170,30 +196,37 @@ def _let_name(key: Key) -> str:
 
 def compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
     """Validate one parsed rule against `scope` and compile it; raise the first PolicyError."""
-    statement = _compile_rule(rule, scope)
+    use = _StateUse()
+    statement = _compile_rule(rule, scope, use)
     reads = _reads(rule, scope, statement.message)
-    return dataclasses.replace(statement, direct=reads, rule_id=rule_id(rule.source))
+    return dataclasses.replace(
+        statement,
+        direct=reads,
+        rule_id=rule_id(rule.source),
+        state_functions=frozenset(use.functions),
+        reads_other_users=use.reads_other_users,
+    )
 
 
-def _compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
+def _compile_rule(rule: ParsedRule, scope: Scope, use: _StateUse) -> Statement:
     action, location, source = rule.action, rule.location, rule.source
     if action is Action.LET:
         name = _let_name(rule.target[0])
         assert rule.value is not None
-        value, code = _expression(rule.value, scope)
+        value, code = _expression(rule.value, scope, use)
         return Statement(action, location, source, value=value, value_code=code, path=(name,))
     if action is Action.REJECT or action is Action.WARN:
         assert rule.message is not None
-        message = _template(rule.message, scope)
-        cond, cond_code = _condition(rule, scope)
+        message = _template(rule.message, scope, use)
+        cond, cond_code = _condition(rule, scope, use)
         return Statement(action, location, source, cond, message=message, condition_code=cond_code)
     if action is Action.ALLOW:
-        cond, cond_code = _condition(rule, scope)
+        cond, cond_code = _condition(rule, scope, use)
         return Statement(action, location, source, cond, condition_code=cond_code)
     path, f = _set_target(rule.target, scope)
     assert rule.value is not None
-    value, code = _expression(rule.value, scope)
-    cond, cond_code = _condition(rule, scope)
+    value, code = _expression(rule.value, scope, use)
+    cond, cond_code = _condition(rule, scope, use)
     return Statement(
         action,
         location,

@@ -8,9 +8,10 @@ status) lives in its own module; this one only wires them to HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from urllib.parse import parse_qsl
@@ -18,20 +19,24 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policyd.console.app import ConsoleMode, ConsoleServices, create_console
 from policyd.console.rings import ConsoleFeed
 from policyd.console.tokens import TokenFile
 from policyd.engine import decide, fail_unencodable
+from policyd.policy import Policy
 from policyd.protocol import (
     ALLOW_UNCHANGED,
     POLICY_ERROR_ANSWER,
     BadRequest,
+    PluginRequest,
     encode_answer,
     error_body,
     parse_request,
 )
+from policyd.rules.decision import Decision
 from policyd.service.access import Allowlist
 from policyd.service.decisionlog import DecisionLog, decision_record
 from policyd.service.edge import Edge
@@ -39,10 +44,12 @@ from policyd.service.metrics import CONTENT_TYPE, Metrics
 from policyd.service.recorder import RequestRecorder
 from policyd.service.settings import CONSOLE_PATH, Settings
 from policyd.service.shadow import open_shadow
+from policyd.service.statesvc import StateService
 from policyd.service.status import readiness, status_document
 from policyd.service.store import PolicyStore, pacer
 from policyd.service.versions import ServedVersions, open_history
 from policyd.service.watcher import PolicyWatcher
+from policyd.state.backend import StateUnavailable
 from policyd.tools.history import HistoryError, files_document, versions_document
 
 log = logging.getLogger("policyd")
@@ -51,8 +58,9 @@ VERSION_HEADER = "x-policyd-version"  # frps ignores it; people and tests see wh
 VERSIONS_PATH = "/versions"  # the version history: GET /versions and /versions/{version}
 
 
-# The plugin route's work once the body is read: the JSON answer and the policy version.
-Answer = Callable[[bytes, "str | None", str], tuple[bytes, str]]
+# The plugin route's work once the body is read: the JSON answer and the policy version, or an
+# awaitable of them when the decision waits on a state backend (in a thread, see statesvc).
+Answer = Callable[[bytes, "str | None", str], "tuple[bytes, str] | Awaitable[tuple[bytes, str]]"]
 
 _JSON_TYPE = (b"content-type", b"application/json")
 _ALLOW_POST = (b"allow", b"POST")
@@ -191,7 +199,8 @@ class _Front:
                 try:
                     reqid = _request_headers(scope, self.limit)
                     raw = await _read_body(receive, self.limit)
-                    body, version = self.answer(raw, _query_op(scope["query_string"]), reqid)
+                    result = self.answer(raw, _query_op(scope["query_string"]), reqid)
+                    body, version = result if isinstance(result, tuple) else await result
                     answer_status = 200
                 except _ClientGone:
                     return
@@ -236,17 +245,23 @@ def create_app(
     *,
     watch: bool = True,
     metrics_dir: str | None = None,
+    state: StateService | None = None,
 ) -> ASGIApp:
     """Build the service around an already loaded store (a broken policy fails before this).
 
-    `metrics_dir` is prometheus-client's multiprocess directory when several workers serve.
+    `metrics_dir` is prometheus-client's multiprocess directory when several workers serve;
+    `state` is the process's state (made from the settings when not given).
     """
     options = settings.eval_options
     history = open_history(settings)
     versions = ServedVersions(history, store)
     decisions = DecisionLog.open(settings.decision_log, settings.decision_log_sample)
+    state = state if state is not None else StateService(settings)
+    binding = state.binding
+    offline = dataclasses.replace(binding, offline=True)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
-    shadow = open_shadow(settings, store, decisions, metrics)
+    metrics.register_state(state.backend, state.counts)
+    shadow = open_shadow(settings, store, decisions, metrics, state)
     recorder = RequestRecorder.open(settings, metrics)
     started_at = time.time()
     started = False
@@ -272,6 +287,7 @@ def create_app(
             watcher.start()
         if feed is not None:
             feed.start()
+        state.start()
         started = True
         try:
             yield
@@ -286,6 +302,7 @@ def create_app(
             versions.stop()
             if recorder is not None:
                 recorder.close()
+            state.close()
             decisions.close()
 
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -294,16 +311,41 @@ def create_app(
     guards = {settings.handler_path: Allowlist(settings.handler_allow)}
     admin = Allowlist(settings.admin_allow)
     # /versions holds every version's rule text and data: it is as private as /status.
-    guards.update({"/status": admin, "/metrics": admin, VERSIONS_PATH: admin})
+    guards.update({"/status": admin, "/metrics": admin, "/state": admin, VERSIONS_PATH: admin})
 
-    def answer(body: bytes, query_op: str | None, reqid: str) -> tuple[bytes, str]:
+    def answer(
+        body: bytes, query_op: str | None, reqid: str
+    ) -> tuple[bytes, str] | Awaitable[tuple[bytes, str]]:
         """One plugin request: the JSON answer and the policy version; BadRequest for 4xx."""
         plugin_request = parse_request(body, query_op)
         now = time.time()
-        policy = store.policy  # read once: one version decides, and is recorded
+        policy = store.policy  # read once: one version decides, is recorded and is shadowed
+        if state.needs_thread(policy, plugin_request.op, plugin_request.content):
+            return _threaded(plugin_request, policy, reqid, body, now)
         decision = decide(
-            policy, plugin_request.op, plugin_request.content, reqid=reqid, now=now, options=options
+            policy,
+            plugin_request.op,
+            plugin_request.content,
+            reqid=reqid,
+            now=now,
+            options=options,
+            state=binding,
         )
+        return finish(plugin_request, decision, reqid, body, policy, now)
+
+    async def _threaded(
+        plugin_request: PluginRequest, policy: Policy, reqid: str, body: bytes, now: float
+    ) -> tuple[bytes, str]:
+        op, content = plugin_request.op, plugin_request.content
+        decision = await state.run(
+            lambda: decide(policy, op, content, reqid=reqid, now=now, options=options, state=binding),
+            lambda: decide(policy, op, content, reqid=reqid, now=now, options=options, state=offline),
+        )
+        return finish(plugin_request, decision, reqid, body, policy, now)
+
+    def finish(
+        plugin_request: PluginRequest, decision: Decision, reqid: str, body: bytes, policy: Policy, now: float
+    ) -> tuple[bytes, str]:
         try:
             encoded = encode_answer(decision)
         except orjson.JSONEncodeError as e:
@@ -341,6 +383,8 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> Response:
         ready, reason = readiness(store, started)
+        if ready:
+            ready, reason = state.readiness(store.policy)
         if not ready:
             return Response(orjson.dumps({"status": "not ready", "reason": reason}), 503, media_type=JSON)
         version = store.policy.version
@@ -353,6 +397,8 @@ def create_app(
     @app.get("/status")
     async def status() -> Response:
         doc = status_document(store, settings, started_at=started_at, now=time.time())
+        # Counting live state may ask Redis: off the event loop.
+        doc["state"] = await run_in_threadpool(state.status, store.policy)
         doc["history"] = {"persistent": history.directory is not None, "last_error": history.last_error}
         if shadow is not None:
             doc["shadow"] = shadow.status()
@@ -362,7 +408,17 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await run_in_threadpool(metrics.render), media_type=CONTENT_TYPE)
+
+    @app.get("/state")
+    async def state_endpoint(user: str | None = None, rates: str | None = None) -> Response:
+        """Live sessions and proxies per user, and with `?rates=PREFIX` the hits behind rate():
+        what `policyd state` and the console's live-state page read."""
+        try:
+            doc = await run_in_threadpool(state.listing, user, rates)
+        except StateUnavailable as e:
+            return Response(orjson.dumps({"error": f"state backend unavailable: {e}"}), 503, media_type=JSON)
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2), media_type=JSON)
 
     # Plain functions: FastAPI runs them in its thread pool, so reading a history directory
     # never holds up the event loop that answers frps.
@@ -391,6 +447,9 @@ def create_app(
             hosts=(settings.host,),
             pause=pacer,
             workers=settings.workers,
+            # The Live state page shows "not in use" for a policy that keeps no state (as at
+            # start-up; a reload that adds state rules shows there after a restart).
+            state=state if store.policy.state_functions else None,
         )
         app.mount(CONSOLE_PATH, create_console(services))
 

@@ -16,7 +16,7 @@ the shared files; the policy's state is that of the worker that answers the scra
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,6 +43,7 @@ from prometheus_client.utils import floatToGoString
 
 from policyd.errors import Location
 from policyd.rules.decision import OUTCOME_LABELS, Decision, Op, outcome_label
+from policyd.state.backend import LATENCY_BUCKETS_S, Backend
 
 # The `reason` labels of CONNECTIONS_REFUSED (policyd.service.edge.Refusal names them).
 REFUSAL_REASONS = ("allowlist", "max_connections", "header_timeout", "header_too_large", "body_timeout")
@@ -163,7 +164,8 @@ SHADOW_SKIPPED = MetricSpec(
     "Requests answered without a shadow decision, by why.",
     ("reason",),
     "`queue_full`: more were waiting than the shadow keeps; `time_share`: the shadow had used its "
-    "share of the serving thread; `not_loaded`: no shadow policy has loaded yet",
+    "share of the serving thread; `not_loaded`: no shadow policy has loaded yet; `state_busy`: "
+    "its decisions waiting on a shared state backend were at their limit",
 )
 SHADOW_POLICY_INFO = MetricSpec(
     "policyd_shadow_policy",
@@ -183,6 +185,36 @@ RECORDED = MetricSpec(
     ("result",),
     "`written`; `too_large`: the line would pass a quarter of record_max_bytes; `failed`: it could "
     "not be made or written (see the log)",
+)
+STATE_CALLS = MetricSpec(
+    "policyd_state_calls",
+    "counter",
+    "State function calls, by function and result.",
+    ("function", "result"),
+    "`result`: `ok`, `under`/`over` (rate()), `unavailable` (the backend failed)",
+)
+STATE_FAILURES = MetricSpec(
+    "policyd_state_failures",
+    "counter",
+    "Decisions the state backend failed, by the failure mode applied.",
+    ("mode",),
+    "`mode`: `closed` (the op failed closed) or `open` (state answered empty)",
+)
+STATE_ERRORS = MetricSpec(
+    "policyd_state_backend_errors",
+    "counter",
+    "State backend operations that failed or timed out.",
+    ("operation",),
+)
+STATE_LATENCY = MetricSpec(
+    "policyd_state_backend_latency_seconds", "histogram", "Time of one state backend round trip."
+)
+STATE_UP = MetricSpec("policyd_state_up", "gauge", "1 while the state backend answers, else 0.")
+STATE_SESSIONS = MetricSpec(
+    "policyd_state_sessions", "gauge", "Live client sessions in the state (all replicas).", (), "cached 5 s"
+)
+STATE_PROXIES = MetricSpec(
+    "policyd_state_proxies", "gauge", "Live proxies in the state (all replicas).", (), "cached 5 s"
 )
 METRICS = (
     DECISIONS,
@@ -205,10 +237,17 @@ METRICS = (
     SHADOW_POLICY_INFO,
     SHADOW_LAST_RELOAD_OK,
     RECORDED,
+    STATE_CALLS,
+    STATE_FAILURES,
+    STATE_ERRORS,
+    STATE_LATENCY,
+    STATE_UP,
+    STATE_SESSIONS,
+    STATE_PROXIES,
 )
 SHADOW_METRICS = frozenset({SHADOW_DECISIONS, SHADOW_SKIPPED, SHADOW_POLICY_INFO, SHADOW_LAST_RELOAD_OK})
 AGREEMENTS = ("same", "different", "error")
-SKIP_REASONS = ("queue_full", "time_share", "not_loaded")
+SKIP_REASONS = ("queue_full", "time_share", "not_loaded", "state_busy")
 RECORD_RESULTS = ("written", "too_large", "failed")
 
 # `*_created` series double every scrape's size and tell nothing process_start_time_seconds does not.
@@ -253,6 +292,45 @@ class _ShadowCollector(Collector):
         yield info
         ok = 1 if self.shadow.last_attempt_ok else 0
         yield GaugeMetricFamily(SHADOW_LAST_RELOAD_OK.name, SHADOW_LAST_RELOAD_OK.help, value=ok)
+
+
+class _StateCollector(Collector):
+    """The state backend's counts, health and live totals, read when scraped (this process's)."""
+
+    def __init__(self, backend: Backend, counts: Callable[[], tuple[tuple[int, int] | None, str]]) -> None:
+        self.backend = backend
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.backend.stats
+        with stats.lock:
+            calls = dict(stats.calls)
+            failures = dict(stats.failures)
+            errors = dict(stats.errors)
+            latency = list(stats.latency_counts)
+            latency_sum = stats.latency_sum
+        family = CounterMetricFamily(STATE_CALLS.name, STATE_CALLS.help, labels=STATE_CALLS.labels)
+        for (function, result), count in sorted(calls.items()):
+            family.add_metric([function, result], count)
+        yield family
+        family = CounterMetricFamily(STATE_FAILURES.name, STATE_FAILURES.help, labels=STATE_FAILURES.labels)
+        for mode in ("closed", "open"):
+            family.add_metric([mode], failures.get(mode, 0))
+        yield family
+        family = CounterMetricFamily(STATE_ERRORS.name, STATE_ERRORS.help, labels=STATE_ERRORS.labels)
+        for operation, count in sorted(errors.items()):
+            family.add_metric([operation], count)
+        yield family
+        histogram = _Histogram(LATENCY_BUCKETS_S)
+        histogram.counts, histogram.sum = latency, latency_sum
+        family_h = HistogramMetricFamily(STATE_LATENCY.name, STATE_LATENCY.help)
+        family_h.add_metric([], histogram.buckets(), histogram.sum)
+        yield family_h
+        yield GaugeMetricFamily(STATE_UP.name, STATE_UP.help, value=1 if self.backend.health().ok else 0)
+        counts, _ = self.counts()
+        if counts is not None:
+            yield GaugeMetricFamily(STATE_SESSIONS.name, STATE_SESSIONS.help, value=counts[0])
+            yield GaugeMetricFamily(STATE_PROXIES.name, STATE_PROXIES.help, value=counts[1])
 
 
 class _Histogram:
@@ -548,6 +626,12 @@ class Metrics:
             self._tally.shadow = True
         else:
             self._client.watch_shadow()
+
+    def register_state(
+        self, backend: Backend, counts: Callable[[], tuple[tuple[int, int] | None, str]]
+    ) -> None:
+        """Export the state backend's metrics (read at scrape time, like the policy's)."""
+        self.registry.register(_StateCollector(backend, counts))
 
     def path_label(self, path: str) -> str:
         if path in self._paths:

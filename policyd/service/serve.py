@@ -24,6 +24,7 @@ from policyd import __version__
 from policyd.service.edge import EdgeProtocol, ensure_fd_headroom
 from policyd.service.logs import logging_config
 from policyd.service.settings import Layer, Settings, build_settings
+from policyd.service.statesvc import workers_problem
 from policyd.service.store import PolicyStore
 from policyd.service.versions import open_history
 
@@ -81,7 +82,8 @@ def run(settings: Settings) -> None:
 
     log_config = logging_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
-    store = PolicyStore(settings.policies)  # raises PolicyLoadError: nothing is bound yet
+    # Raises PolicyLoadError: nothing is bound yet.
+    store = PolicyStore(settings.policies, check=lambda policy: workers_problem(settings, policy))
     open_history(settings)  # raises HistoryError for a history_dir that cannot be made
     scheme = "https" if settings.tls else "http"
     log.info(
@@ -104,7 +106,7 @@ def run(settings: Settings) -> None:
         return
     metrics_dir = tempfile.mkdtemp(prefix="policyd-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir
-    os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(settings.to_dict()).decode()
+    os.environ[WORKER_SETTINGS_ENV] = orjson.dumps(settings.unmasked()).decode()
     try:
         uvicorn.run(
             f"{__name__}:worker_app",
@@ -121,5 +123,5 @@ def worker_app() -> ASGIApp:
     from policyd.service.app import create_app
 
     settings = build_settings([Layer("worker", orjson.loads(os.environ[WORKER_SETTINGS_ENV]))])
-    store = PolicyStore(settings.policies)
+    store = PolicyStore(settings.policies, check=lambda policy: workers_problem(settings, policy))
     return create_app(settings, store, metrics_dir=os.environ[METRICS_DIR_ENV])

@@ -27,6 +27,7 @@ from policyd.errors import PolicydError, did_you_mean
 from policyd.rules.decision import OPS, Op
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS
 from policyd.service.access import Network
+from policyd.state.factory import check_spec, masked_url
 from policyd.tools.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_VERSIONS, MEMORY_MAX_VERSIONS
 from policyd.tools.recording import KEY_MIN_BYTES, RecordingError, RecordKey
 
@@ -36,6 +37,7 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CONSOLE_MODES = ("off", "read", "edit")
+STATE_FAILURES = ("closed", "open")
 
 
 class SettingsError(PolicydError):
@@ -205,6 +207,61 @@ class Settings:
         default=DEFAULT_MAX_BYTES,
         metadata=_doc("Bytes history_dir may hold (files and index); pruned as history_max_versions."),
     )
+    state: str = field(
+        default="memory",
+        metadata=_doc(
+            "Where state lives (proxies(), sessions(), rate()): 'memory' (this process) or "
+            "'redis://[:password@]host:port/db' / 'unix:///path.sock' (shared by replicas).",
+            metavar="SPEC",
+        ),
+    )
+    state_failure: str = field(
+        default="closed",
+        metadata=_doc(
+            "When the state backend cannot answer: 'closed' (a rule calling a state function "
+            "errors, the op fails closed) or 'open' (it answers empty / under the limit).",
+            choices=STATE_FAILURES,
+        ),
+    )
+    state_timeout_ms: float = field(
+        default=250.0, metadata=_doc("Timeout of every state backend call (and lock wait), in milliseconds.")
+    )
+    state_idle_s: float = field(
+        default=120.0,
+        metadata=_doc("A session with no live proxy ends after this long without an op of it, in seconds."),
+    )
+    state_pending_s: float = field(
+        default=10.0,
+        metadata=_doc("A Login's session ends after this long if frps never confirms it, in seconds."),
+    )
+    state_proxy_idle_s: float = field(
+        default=0.0,
+        metadata=_doc(
+            "For frps < 0.40 (no CloseProxy): a proxy ends after its session sent no op for this "
+            "long, in seconds; 0: proxies live until CloseProxy."
+        ),
+    )
+    state_replica: str = field(
+        default="",
+        metadata=_doc(
+            "This replica's id in shared state (keep it across restarts); empty: host name and port."
+        ),
+    )
+    frps_api_url: str = field(
+        default="",
+        metadata=_doc(
+            "frps's API (webServer), e.g. http://127.0.0.1:7500: state is reconciled with it; "
+            "empty: state is best effort.",
+            metavar="URL",
+        ),
+    )
+    frps_api_user: str = field(default="", metadata=_doc("User for frps's API (basic auth)."))
+    frps_api_password_file: Path | None = field(
+        default=None, metadata=_doc("File holding the password for frps's API.", metavar="FILE")
+    )
+    frps_api_sync_s: float = field(
+        default=60.0, metadata=_doc("Seconds between reconciliations with frps's API.")
+    )
 
     def __post_init__(self) -> None:
         if not self.handler_path.startswith("/"):
@@ -225,9 +282,16 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values in the spelling every source accepts: for /status and the workers.
 
-        No setting holds a secret (TLS is configured by file paths), so nothing needs masking.
+        Secrets are given by file paths (TLS, frps's API), except a password in the `state`
+        URL, which is masked: workers read the real one from `unmasked` (serve.py).
         """
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["state"] = masked_url(self.state)
+        return out
+
+    def unmasked(self) -> dict[str, Any]:
+        """to_dict() with the state URL as given: for the worker processes only."""
+        return {**self.to_dict(), "state": self.state}
 
 
 def _plain(value: Any) -> Any:
@@ -458,6 +522,18 @@ def _check(s: Settings) -> None:
         problems.append(f"history_max_versions must be at least 1, got {s.history_max_versions}")
     if s.history_max_bytes < 1:
         problems.append(f"history_max_bytes must be positive, got {s.history_max_bytes}")
+    try:
+        check_spec(s.state)
+    except ValueError as e:
+        problems.append(f"state: {e}")
+    if s.state_timeout_ms <= 0:
+        problems.append(f"state_timeout_ms must be positive, got {s.state_timeout_ms}")
+    if s.state_idle_s <= 0 or s.state_pending_s <= 0 or s.state_proxy_idle_s < 0:
+        problems.append("state_idle_s and state_pending_s must be positive, state_proxy_idle_s at least 0")
+    if s.frps_api_sync_s <= 0:
+        problems.append(f"frps_api_sync_s must be positive, got {s.frps_api_sync_s}")
+    if s.frps_api_url and not s.frps_api_url.startswith(("http://", "https://")):
+        problems.append(f"frps_api_url must start with http:// or https://, got {s.frps_api_url!r}")
     if s.handler_path in RESERVED_PATHS or s.handler_path.startswith((CONSOLE_PATH + "/", "/versions/")):
         problems.append(f"handler_path {s.handler_path} is one of policyd's own endpoints")
     if s.console == "edit" and s.console_token_file is None:
@@ -473,4 +549,6 @@ def _check(s: Settings) -> None:
 
 MIN_RECORD_BYTES = 8192  # the smallest record_max_bytes
 CONSOLE_PATH = "/ui"
-RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/status", "/metrics", "/versions", CONSOLE_PATH})
+RESERVED_PATHS = frozenset(
+    {"/healthz", "/readyz", "/status", "/metrics", "/state", "/versions", CONSOLE_PATH}
+)

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,8 +48,9 @@ from policyd.policy import Policy
 from policyd.rules.decision import Decision, Op
 from policyd.rules.secrets import scrub, secrets_in
 from policyd.service.decisionlog import DecisionLog, decision_record
-from policyd.service.metrics import Metrics
+from policyd.service.metrics import SKIP_REASONS, Metrics
 from policyd.service.settings import Settings
+from policyd.service.statesvc import StateService
 from policyd.service.status import policy_summary, reload_summary
 from policyd.service.store import PolicyStore, ReloadAttempt, ReloadStats
 from policyd.service.watcher import PolicyWatcher
@@ -60,6 +62,7 @@ SHADOW_QUEUE_MAX = 1024  # answered requests waiting for their shadow decision
 SHADOW_QUEUE_MAX_BYTES = 16 * 1024 * 1024  # request bodies those hold
 SHADOW_MAX_SHARE = 0.1  # of the serving thread's time the shadow may use, over time
 SHADOW_BURST_S = 0.05  # shadow time that may be used at once before the share applies
+SHADOW_STATE_THREADS = 4  # shadow decisions waiting on a shared state backend at once
 SHADOW_SLICE_S = 0.00025  # the longest the shadow decides before letting requests run again
 # A shadow decision that raised (a bug, not a rule error): the log has the traceback.
 SHADOW_FAILED = {"code": "shadow_failed", "message": "the shadow decision failed; see the diagnostic log"}
@@ -163,6 +166,7 @@ class ShadowRunner:
         options: EvalOptions,
         decisions: DecisionLog,
         metrics: Metrics,
+        state: StateService | None = None,
         *,
         queue_max: int = SHADOW_QUEUE_MAX,
         queue_max_bytes: int = SHADOW_QUEUE_MAX_BYTES,
@@ -174,6 +178,7 @@ class ShadowRunner:
         self.options = options
         self.decisions = decisions
         self.metrics = metrics
+        self.state = state
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
         self.max_share = max_share
@@ -186,7 +191,11 @@ class ShadowRunner:
         self._refilled = time.perf_counter()
         self.counts = {a.value: 0 for a in Agreement}
         self.spent_s = 0.0  # time the shadow held the serving thread, in seconds
-        self.skipped = {"queue_full": 0, "time_share": 0, "not_loaded": 0}
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        # Shadow decisions that wait on a shared state backend run in threads of their own, so
+        # they never take the serving decisions' threads or their queue.
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_threads = 0
         self._alike: tuple[Policy | None, Policy | None, frozenset[Op]] = (None, None, frozenset())
 
     # -- the serving path -------------------------------------------------------------------
@@ -225,6 +234,9 @@ class ShadowRunner:
     async def stop(self) -> None:
         """Stop, and log every request still waiting as if there were no shadow."""
         self.shadow.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            await asyncio.sleep(0)  # the done callbacks write their lines
         task, self._task, self._wake = self._task, None, None
         if task is not None:
             task.cancel()
@@ -266,6 +278,9 @@ class ShadowRunner:
                 self._skip("not_loaded" if policy is None else "time_share")
                 self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
                 continue
+            if self._waits_on_state(item, policy):
+                self._decide_in_thread(item, policy)
+                continue
             before = time.perf_counter()
             shadow_line = self._decide(item, policy)
             after = time.perf_counter()
@@ -278,31 +293,78 @@ class ShadowRunner:
     def _decide(self, item: _Waiting, policy: Policy) -> dict[str, Any] | None:
         """Decide one request with the shadow policy and count how it compares; its decision
         log `shadow` object when the two disagree, else None."""
+        if self._decided_alike(item.decision, policy):
+            return self._compared(item, item.decision)
+        return self._compared(item, self._shadow_decision(item, policy))
+
+    def _shadow_decision(self, item: _Waiting, policy: Policy) -> Decision | None:
+        """The shadow's decision, state read through its non-recording view; None if it raised."""
+        binding = None if self.state is None else self.state.binding
+        try:
+            return decide_again(
+                policy,
+                item.decision.op,
+                item.content,
+                reqid=item.reqid,
+                now=item.now,
+                options=self.options,
+                state=binding,
+            )
+        except Exception:  # a shadow must never fail what the serving path does next
+            log.exception("shadow decision of %s %s failed", item.decision.op.value, item.reqid)
+            return None
+
+    def _compared(self, item: _Waiting, decision: Decision | None) -> dict[str, Any] | None:
+        """Count how the shadow's decision compares with the main one (None: it raised); the
+        line's `shadow` object when they disagree."""
         main = item.decision
-        if self._decided_alike(main, policy):
-            result, shadow_line = Agreement.SAME, None
+        shadow_line = None
+        if decision is None:
+            result = Agreement.ERROR
+            shadow_line = {"outcome": "error", "error": SHADOW_FAILED}
         else:
-            try:
-                decision = decide_again(
-                    policy, main.op, item.content, reqid=item.reqid, now=item.now, options=self.options
-                )
-                result = agreement(main, decision)
-                shadow_line = None
-                if result is not Agreement.SAME:
-                    shadow_line = shadow_record(decision, item.content, item.reqid, item.at)
-                if decision.error is not None:
-                    message = scrub(str(decision.error), secrets_in(decision, item.content))
-                    log.warning("shadow %s: rule error (%s): %s", main.op.value, decision.error.code, message)
-            except Exception:  # a shadow must never fail what the serving path does next
-                log.exception("shadow decision of %s %s failed", main.op.value, item.reqid)
-                result = Agreement.ERROR
-                shadow_line = {
-                    "outcome": "error",
-                    "error": {"code": "shadow_failed", "message": "see the log"},
-                }
+            result = agreement(main, decision)
+            if result is not Agreement.SAME:
+                shadow_line = shadow_record(decision, item.content, item.reqid, item.at)
+            if decision.error is not None and decision is not main:
+                message = scrub(str(decision.error), secrets_in(decision, item.content))
+                log.warning("shadow %s: rule error (%s): %s", main.op.value, decision.error.code, message)
         self.counts[result.value] += 1
         self.metrics.shadow_decided(main.op, result.value)
         return shadow_line
+
+    def _waits_on_state(self, item: _Waiting, policy: Policy) -> bool:
+        """Whether the shadow's decision would ask a shared state backend (Redis): its op's
+        rules call a state function (a shadow records nothing, so nothing else would)."""
+        if self.state is None or not self.state.shared:
+            return False
+        rule_file = policy.rules.get(item.decision.op)
+        return (
+            rule_file is not None
+            and bool(rule_file.state_functions)
+            and not self._decided_alike(item.decision, policy)
+        )
+
+    def _decide_in_thread(self, item: _Waiting, policy: Policy) -> None:
+        """A shadow decision that waits on a shared state backend: in a thread of the shadow's
+        own, at most SHADOW_STATE_THREADS at once (more are skipped: `state_busy`); its line is
+        written once it is done, on the loop."""
+        if self._in_threads >= SHADOW_STATE_THREADS:
+            self._skip("state_busy")
+            self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(SHADOW_STATE_THREADS, thread_name_prefix="policyd-shadow")
+        self._in_threads += 1
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._shadow_decision, item, policy)
+
+        def done(future: asyncio.Future[Decision | None]) -> None:
+            self._in_threads -= 1
+            decision = None if future.cancelled() or future.exception() else future.result()
+            shadow_line = self._compared(item, decision)
+            self.decisions.write(item.decision, item.content, item.reqid, at=item.at, shadow=shadow_line)
+
+        future.add_done_callback(done)
 
     def _decided_alike(self, main: Decision, shadow: Policy) -> bool:
         """Whether the shadow would repeat `main`: the op's files are the same in both policies
@@ -336,11 +398,16 @@ def shadow_options(settings: Settings) -> EvalOptions:
 
 
 def open_shadow(
-    settings: Settings, main: PolicyStore, decisions: DecisionLog, metrics: Metrics
+    settings: Settings,
+    main: PolicyStore,
+    decisions: DecisionLog,
+    metrics: Metrics,
+    state: StateService | None = None,
 ) -> ShadowRunner | None:
-    """The shadow of `settings.shadow_policies`, or None when there is none."""
+    """The shadow of `settings.shadow_policies`, or None when there is none. Its decisions read
+    `state` without recording anything."""
     if settings.shadow_policies is None:
         return None
     shadow = ShadowPolicy(settings.shadow_policies, settings)
     metrics.watch_shadow(shadow)
-    return ShadowRunner(main, shadow, shadow_options(settings), decisions, metrics)
+    return ShadowRunner(main, shadow, shadow_options(settings), decisions, metrics, state)

@@ -45,13 +45,23 @@ class ReloadStats:
 class PolicyStore:
     """Holds the serving policy; `reload()` is safe to call from any thread."""
 
-    def __init__(self, directory: str | Path, *, label: str = "policy") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        check: Callable[[Policy], list[PolicyError]] | None = None,
+        *,
+        label: str = "policy",
+    ) -> None:
+        """`check` refuses a policy the service cannot serve as configured (its errors make the
+        load fail, at start-up and on every reload): e.g. state functions under memory state
+        with several workers. `label` is how the log names it: "policy", or "shadow policy"."""
         self.directory = Path(directory)
         self.label = label  # how the log names it: "policy", or "shadow policy"
         self._lock = threading.Lock()
         self.stats = ReloadStats()
+        self._check = check
         # Raises PolicyLoadError: a broken policy at start-up is a start-up error.
-        self.policy: Policy = _load_out_of_gc(self.directory)
+        self.policy: Policy = self._checked(_load_out_of_gc(self.directory))
         self._replaced: Policy | None = None
         self.stats.last_success_at = self.policy.loaded_at
         log.info(
@@ -70,7 +80,9 @@ class PolicyStore:
             what = ", ".join(changed_paths) or "(poll)"
             self._release_replaced()
             try:
-                candidate = _load_out_of_gc(self.directory, pause=_Pacer(), previous=self.policy)
+                candidate = self._checked(
+                    _load_out_of_gc(self.directory, pause=_Pacer(), previous=self.policy)
+                )
             except PolicyLoadError as e:
                 attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors), e.omitted)
                 self.stats.failures += 1
@@ -101,6 +113,13 @@ class PolicyStore:
                 attempt = ReloadAttempt(now, True, self.policy.version, changed=changed)
             self.stats.last = attempt
             return attempt
+
+    def _checked(self, policy: Policy) -> Policy:
+        if self._check is not None:
+            errors = self._check(policy)
+            if errors:
+                raise PolicyLoadError(errors)
+        return policy
 
     def _release_replaced(self) -> None:
         """Free the policy replaced by the last reload a few hundred rules at a time.

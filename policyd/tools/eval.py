@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from policyd.engine import DEFAULT_OPTIONS, EvalOptions, decide
+from policyd.engine import DEFAULT_OPTIONS, EvalOptions, StateBinding, decide
 from policyd.policy import Policy, load_policy
 from policyd.protocol import PluginRequest, encode_answer
 from policyd.rules.decision import Decision, Op, Outcome, TraceStep
@@ -31,6 +31,7 @@ from policyd.rules.secrets import (
     secrets_in,
 )
 from policyd.rules.statements import Statement
+from policyd.state.memory import MemoryBackend
 
 MAX_SHOWN_CHARS = 200  # a value in the pretty explanation; JSON output is never shortened
 
@@ -104,10 +105,14 @@ def explain(
     reqid: str = "",
     now: float | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
+    state: StateBinding | None = None,
 ) -> Explanation:
-    """Decide `content` for `op` as the service would, keeping the trace."""
+    """Decide `content` for `op` as the service would, keeping the trace. State functions
+    read `state` (default: an empty memory state) without changing it."""
     trace: list[TraceStep] = []
-    decision = decide(policy, op, content, reqid=reqid, now=now, options=options, trace=trace)
+    if state is None:
+        state = StateBinding(MemoryBackend(), recording=False)
+    decision = decide(policy, op, content, reqid=reqid, now=now, options=options, trace=trace, state=state)
     rule_file = policy.rules.get(op)
     not_reached, source = 0, ""
     if rule_file is not None and decision.rule is not None:
@@ -206,13 +211,16 @@ def evaluate(
     reqid: str = "",
     now: float | None = None,
     options: EvalOptions = DEFAULT_OPTIONS,
+    state: StateBinding | None = None,
 ) -> Explanation:
     """`policyd eval`: load the policy, decide `request`, write the answer and its explanation.
 
     Raises PolicyLoadError when the policy does not load.
     """
     policy = load_policy(policies)
-    explanation = explain(policy, request.op, request.content, reqid=reqid, now=now, options=options)
+    explanation = explain(
+        policy, request.op, request.content, reqid=reqid, now=now, options=options, state=state
+    )
     if output is OutputFormat.JSON:
         out.write(to_json(explanation.to_dict()) + "\n")
     else:

@@ -3,7 +3,10 @@ answers would change. A deploy gate: exit 1 when any would.
 
 Every request of the recordings (policyd.tools.recording) is decided with the directory's
 policy as the service would have decided it then: its recorded time as `now`, its reqid, serve's
-options, nothing recorded in state (policyd.tools.rollout.decide_again). The new answer is
+options. The live state of then (proxies(), sessions(), rate()) is not recorded: state functions
+answer from an empty state, and record nothing (policyd.tools.rollout.decide_again); a request
+whose answer differs and whose rules reached a state function is listed apart, as depending on
+live state. The new answer is
 compared with the recorded one as frps sees answers: outcome, reason, rewritten content.
 
 Recordings hold secrets as keyed hashes. A rule comparing two secrets still decides the same (the
@@ -23,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from policyd.engine import DEFAULT_OPTIONS, EvalOptions
+from policyd.engine import DEFAULT_OPTIONS, EvalOptions, StateBinding
 from policyd.policy import Policy, load_policy
 from policyd.rules.decision import Decision, Op, TraceStep
 from policyd.rules.diagnostics import OutputFormat, counted, to_json
 from policyd.rules.language import Action, ParsedRule, logical_lines, parse_rule
 from policyd.rules.schema import SCHEMAS, USER, Field, Kind
 from policyd.rules.secrets import is_secret_key, mask
+from policyd.state.memory import MemoryBackend
 from policyd.tools.recording import (
     RecordedRequest,
     RecordingError,
@@ -46,6 +50,7 @@ class Replay(enum.StrEnum):
     UNCHANGED = "unchanged"
     CHANGED = "changed"
     SECRET = "depends_on_secret"  # it differs, but a rule reached read a hashed secret
+    STATE = "depends_on_state"  # it differs, but a rule reached asked the live state
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class Replayed:
     result: Replay
     decision: Decision
     secret_reads: tuple[str, ...] = ()  # the credential fields the rules reached read
+    state_calls: tuple[str, ...] = ()  # the state functions the rules reached call
 
     def to_dict(self) -> dict[str, Any]:
         r, d, old = self.request, self.decision, self.request.answer
@@ -75,6 +81,7 @@ class Replayed:
             },
             "new": {"outcome": outcome, "reason": reason, "rule": d.rule.rule if d.rule else ""},
             "secret_reads": list(self.secret_reads),
+            "state_calls": list(self.state_calls),
         }
 
 
@@ -260,6 +267,8 @@ class _Replayer:
         self.policy = policy
         self.key = key
         self.options = options
+        # No live state here: state functions answer from an empty state, and record nothing.
+        self.state = StateBinding(MemoryBackend(), recording=False)
         self._reads: dict[Op, dict[int, tuple[str, ...]]] = {}
         self._decided_by: dict[Op, str] = {}
 
@@ -273,36 +282,53 @@ class _Replayer:
     def replay(self, request: RecordedRequest) -> Replayed | None:
         """None when the answer would be the recorded one."""
         now = request.at.timestamp()
-        decision = decide_again(
-            self.policy, request.op, request.content, reqid=request.reqid, now=now, options=self.options
-        )
+        decision = self._decide(request, now)
         outcome, reason, content = verdict(decision)
         old = request.answer
         same_answer = (outcome, reason) == (old.get("outcome"), old.get("reason", ""))
         if same_answer and _compared(content, self.key) == _compared(old.get("content"), self.key):
             return None
-        reads = self._secret_reads(request, now) if _holds_hashed(request.content) else ()
-        return Replayed(request, Replay.SECRET if reads else Replay.CHANGED, decision, reads)
+        reads, calls = self._unknowable(request, now)
+        result = Replay.SECRET if reads else Replay.STATE if calls else Replay.CHANGED
+        return Replayed(request, result, decision, reads, calls)
 
-    def _secret_reads(self, request: RecordedRequest, now: float) -> tuple[str, ...]:
-        """The credential fields the rules this request reached may read."""
-        by_line = self._reads.get(request.op)
-        if by_line is None:
-            by_line = self._reads[request.op] = secret_reads(self.policy, request.op)
-        trace: list[TraceStep] = []
-        decide_again(
+    def _decide(self, request: RecordedRequest, now: float, trace: list[TraceStep] | None = None) -> Decision:
+        return decide_again(
             self.policy,
             request.op,
             request.content,
             reqid=request.reqid,
             now=now,
             options=self.options,
+            state=self.state,
             trace=trace,
         )
-        found: dict[str, None] = {}
+
+    def _unknowable(self, request: RecordedRequest, now: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What the rules this request reached depend on that the recording does not hold: the
+        credential fields they read (when the request carried a hashed value) and the state
+        functions they call."""
+        rule_file = self.policy.rules.get(request.op)
+        if rule_file is None:
+            return (), ()
+        hashed = _holds_hashed(request.content)
+        if not hashed and not rule_file.state_functions:
+            return (), ()
+        by_line = self._reads.get(request.op)
+        if by_line is None:
+            by_line = self._reads[request.op] = secret_reads(self.policy, request.op)
+        statements = {s.location.line: s for s in rule_file.statements}
+        trace: list[TraceStep] = []
+        self._decide(request, now, trace)
+        reads: dict[str, None] = {}
+        calls: dict[str, None] = {}
         for step in trace:
-            found.update(dict.fromkeys(by_line.get(step.rule.line, ())))
-        return tuple(found)
+            if hashed:
+                reads.update(dict.fromkeys(by_line.get(step.rule.line, ())))
+            statement = statements.get(step.rule.line)
+            if statement is not None:
+                calls.update(dict.fromkeys(sorted(statement.state_functions)))
+        return tuple(reads), tuple(f"{name}()" for name in calls)
 
 
 def replay(
@@ -358,10 +384,12 @@ def render(report: ReplayReport, policies: Path) -> str:
         f"{report.policy_version}): {counts[Replay.UNCHANGED.value]} unchanged"
         f"{f' ({report.same_files} decided by the same files)' if report.same_files else ''}, "
         f"{counts[Replay.CHANGED.value]} changed, {counts[Replay.SECRET.value]} depend on a masked secret"
+        + (f", {counts[Replay.STATE.value]} on live state" if counts[Replay.STATE.value] else "")
     ]
     for kind, title in (
         (Replay.CHANGED, "changed:"),
         (Replay.SECRET, "depend on a masked secret (the replay cannot know it; not counted as changed):"),
+        (Replay.STATE, "depend on live state (the replay has none; not counted as changed):"),
     ):
         shown = [r for r in report.replayed if r.result is kind]
         if not shown:
@@ -377,6 +405,10 @@ def render(report: ReplayReport, policies: Path) -> str:
             lines.append(f"      now: {_answer_text(new['outcome'], new['reason'], new['rule'])}")
             if r.secret_reads:
                 lines.append(f"      reads: {', '.join(r.secret_reads)} (hashed in the recording)")
+            if r.state_calls and not r.secret_reads:
+                lines.append(
+                    f"      calls: {', '.join(r.state_calls)} (the state it answered from is not recorded)"
+                )
     if report.keyless:
         lines.append("note: no --key: secret values a rule sets were compared masked")
     for u in report.unreadable:

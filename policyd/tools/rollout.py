@@ -9,11 +9,12 @@ as its own outcome), the reject reason and the rewritten content.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 from typing import Any
 
-from policyd.engine import EvalOptions, decide
+from policyd.engine import EvalOptions, StateBinding, decide
 from policyd.policy import Policy
 from policyd.rules.decision import Decision, Op, Outcome, TraceStep, outcome_label
 
@@ -68,14 +69,15 @@ def decide_again(
     reqid: str,
     now: float,
     options: EvalOptions,
+    state: StateBinding | None = None,
     trace: list[TraceStep] | None = None,
 ) -> Decision:
     """Decide a request that was already answered, with another policy: for the shadow policy
     and for replays.
 
-    The seam for state (issue 15): a rule's state functions (`proxies()`, `sessions()`,
-    `rate()`) must answer from the state layer's non-recording view here, so that a shadow or
-    a replay decision never counts, registers or forgets anything. Until that layer exists
-    no rule can change state, and this is decide() with the serving options.
+    Its state functions (`proxies()`, `sessions()`, `rate()`) read `state` through the state
+    layer's non-recording view, whatever `state` says: a shadow or replay decision never
+    counts, registers or forgets anything (`rate()` answers as if it counted, without counting).
     """
-    return decide(policy, op, content, reqid=reqid, now=now, options=options, trace=trace)
+    view = None if state is None else dataclasses.replace(state, recording=False)
+    return decide(policy, op, content, reqid=reqid, now=now, options=options, trace=trace, state=view)

@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import difflib
 import re
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,13 +39,15 @@ from typing import Any, TextIO
 
 import orjson
 
-from policyd.engine import decide
+from policyd.engine import StateBinding, decide
 from policyd.errors import Location, PolicydError, did_you_mean
 from policyd.policy import Policy, load_policy
 from policyd.protocol import BadRequest, split_request
 from policyd.rules.decision import OPS, Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, to_json
 from policyd.rules.language import Action
+from policyd.state.memory import MemoryBackend
+from policyd.state.tracking import Preset, PresetError
 
 TESTS_DIR = "tests"
 TEST_SUFFIX = ".toml"
@@ -66,6 +69,7 @@ _CASE_KEYS = frozenset(
         "warn",
         "reqid",
         "now",
+        "state",
     }
 )
 _CASE_HEADER = re.compile(r"^\s*\[\[\s*case\s*\]\]")
@@ -92,6 +96,7 @@ class Case:
     reason: str | None = None
     reason_pattern: re.Pattern[str] | None = None
     rewrite: dict[str, Any] | None = None
+    state: Preset | None = None  # sessions, proxies and rate() hits to decide with
     warn: tuple[str, ...] | None = None
     reqid: str = ""
     now: float | None = None
@@ -294,6 +299,12 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
     now = raw.get("now")
     if now is not None and (not isinstance(now, int | float) or isinstance(now, bool)):
         raise CaseError("'now' must be a number (unix seconds)")
+    try:
+        state = (
+            Preset.parse(raw["state"], now if now is not None else time.time()) if "state" in raw else None
+        )
+    except PresetError as e:
+        raise CaseError(str(e)) from None
     return Case(
         file=file,
         line=line,
@@ -308,6 +319,7 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
         warn=tuple(warn) if warn is not None else None,
         reqid=_string(raw, "reqid") or "",
         now=now,
+        state=state,
     )
 
 
@@ -408,7 +420,14 @@ def run_case(policy: Policy, case: Case, trace: list[TraceStep] | None = None) -
                 f"invalid test case: data: no data file named '{unknown[0]}'" + (f" ({hint})" if hint else "")
             ]
         policy = dataclasses.replace(policy, data=merged(policy.data, case.data))
-    decision = decide(policy, case.op, case.content, reqid=case.reqid, now=case.now, trace=trace)
+    # Every case decides with a state of its own: empty, or what it presets (nothing records).
+    backend = MemoryBackend()
+    if case.state is not None:
+        backend.preset(case.state, case.now if case.now is not None else time.time())
+    binding = StateBinding(backend, recording=False)
+    decision = decide(
+        policy, case.op, case.content, reqid=case.reqid, now=case.now, trace=trace, state=binding
+    )
     return compare(case, decision)
 
 

@@ -519,6 +519,12 @@ class FrpClient(LoggedProcess):
         )
         assert reload.returncode == 0, f"frpc reload failed: {reload.stdout}{reload.stderr}"
 
+    def remove_proxies(self, names: Sequence[str]) -> None:
+        """Close proxies of the running session: rewrite the config without them, `frpc reload`."""
+        kept = {name: proxy for name, proxy in self.settings.proxies.items() if name not in names}
+        self.settings = dataclasses.replace(self.settings, proxies={})
+        self.add_proxies(kept)
+
 
 class _EchoServer(socketserver.ThreadingTCPServer):
     daemon_threads = True  # a connection left open must not keep the test run alive

@@ -1,0 +1,172 @@
+"""What one decision's rules read state through: the StateReader the engine puts in the context.
+
+A `DecisionState` reads each user once per decision (the locked user's state comes with the
+lock), leaves out the request being decided (its own proxy, the session a Login replaces), and
+turns a backend that cannot answer into the configured failure. With `recording=False` it is the
+view for evaluations that must not change state (`policyd eval`, the console's playground, the
+shadow policy, `policyd replay`): rate() answers as if it counted, without counting.
+
+Its calls are counted here and added to the backend's stats once, by `flush()` at the end of the
+decision: one lock per decision, not one per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from policyd.errors import StateError
+from policyd.state.backend import Backend, Failure, StateUnavailable
+from policyd.state.tracking import LOGIN, NEW_PROXY, UserState
+
+
+class DecisionState:
+    """The state functions' answers for one decision (one thread; never shared)."""
+
+    __slots__ = (
+        "_calls",
+        "_dry_hits",
+        "_users",
+        "backend",
+        "failed",
+        "failure",
+        "name",
+        "now",
+        "offline",
+        "op",
+        "recording",
+        "run_id",
+        "user",
+    )
+
+    def __init__(
+        self,
+        backend: Backend,
+        op: str,
+        user: str,
+        run_id: str,
+        name: str,
+        now: float,
+        recording: bool,
+        failure: Failure,
+        prefetched: Mapping[str, UserState] | None = None,
+        offline: bool = False,
+    ) -> None:
+        """`name` is the proxy being decided (NewProxy); `prefetched` holds the state of users
+        read before the rules ran (with the decision's lock, in one round trip)."""
+        self.backend = backend
+        self.op = op
+        self.user = user
+        self.run_id = run_id
+        self.name = name
+        self.now = now
+        self.recording = recording
+        self.failure = failure
+        self.offline = offline
+        self.failed = ""  # why the backend failed this decision, if it did
+        self._users: dict[str, UserState] = {} if not prefetched else dict(prefetched)
+        self._dry_hits: dict[str, int] | None = None
+        self._calls: list[tuple[str, str]] = []
+
+    def flush(self) -> None:
+        """Add this decision's calls to the backend's counts (once, when it is decided)."""
+        if self._calls:
+            self.backend.stats.calls_made(self._calls)
+            self._calls = []
+
+    def _unavailable(self, function: str, error: StateUnavailable) -> None:
+        """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
+        self.failed = str(error)
+        self.backend.stats.failure(self.failure)
+        self._calls.append((function, "unavailable"))
+        if self.failure is Failure.CLOSED:
+            raise StateError(f"{function}(): state backend unavailable: {error}") from None
+
+    def _check_online(self) -> None:
+        if self.offline:
+            raise StateUnavailable("too many decisions are waiting on the state backend")
+
+    def _state(self, function: str, user: str) -> UserState | None:
+        try:
+            if self.offline:
+                self._check_online()
+            state = self.backend.read_users([user], self.now)[user]
+        except StateUnavailable as e:
+            self._unavailable(function, e)
+            return None
+        self._users[user] = state
+        return state
+
+    def proxies(self, user: str) -> list[dict[str, Any]]:
+        state = self._users.get(user) or self._state("proxies", user)
+        if state is None:
+            return []
+        self._calls.append(("proxies", "ok"))
+        proxies = state.proxies
+        if user == self.user and self.op == NEW_PROXY:
+            name = self.name
+            for p in proxies:
+                if p["name"] == name:
+                    return [p for p in proxies if p["name"] != name]
+        return proxies  # shared, never changed: rules have no way to change a list or a map
+
+    def sessions(self, user: str) -> list[dict[str, Any]]:
+        state = self._users.get(user) or self._state("sessions", user)
+        if state is None:
+            return []
+        self._calls.append(("sessions", "ok"))
+        sessions = state.sessions
+        if user == self.user and self.op == LOGIN and self.run_id:
+            return [s for s in sessions if s["run_id"] != self.run_id]
+        return sessions
+
+    def rate(self, key: str, limit: int, per_s: float) -> bool:
+        try:
+            self._check_online()
+            if self.recording:
+                allowed = self.backend.rate(key, limit, per_s, self.now)
+            else:
+                dry = self._dry_hits = self._dry_hits or {}
+                before = self.backend.hits(key, per_s, self.now) + dry.get(key, 0)
+                dry[key] = dry.get(key, 0) + 1
+                allowed = before + 1 <= limit
+        except StateUnavailable as e:
+            self._unavailable("rate", e)
+            return True
+        self._calls.append(("rate", "under" if allowed else "over"))
+        return allowed
+
+    def hits(self, key: str, per_s: float) -> int:
+        try:
+            self._check_online()
+            count = self.backend.hits(key, per_s, self.now)
+        except StateUnavailable as e:
+            self._unavailable("hits", e)
+            return 0
+        self._calls.append(("hits", "ok"))
+        return count + (self._dry_hits.get(key, 0) if self._dry_hits else 0)
+
+
+class UsersWanted:
+    """A StateReader that answers empty and notes whom it was asked about: a first, throwaway
+    evaluation of rules that ask about other users, so that one round trip reads them all.
+    It counts nothing and records nothing."""
+
+    __slots__ = ("users",)
+
+    def __init__(self) -> None:
+        self.users: set[str] = set()
+
+    def proxies(self, user: str) -> list[dict[str, Any]]:
+        self.users.add(user)
+        return []
+
+    def sessions(self, user: str) -> list[dict[str, Any]]:
+        self.users.add(user)
+        return []
+
+    def rate(self, key: str, limit: int, per_s: float) -> bool:
+        return True
+
+    def hits(self, key: str, per_s: float) -> int:
+        return 0
