@@ -406,9 +406,7 @@ def render(report: ReplayReport, policies: Path) -> str:
             if r.secret_reads:
                 lines.append(f"      reads: {', '.join(r.secret_reads)} (hashed in the recording)")
             if r.state_calls and not r.secret_reads:
-                lines.append(
-                    f"      calls: {', '.join(r.state_calls)} (the state it answered from is not recorded)"
-                )
+                lines.append(f"      calls: {', '.join(r.state_calls)} (the state then is not recorded)")
     if report.keyless:
         lines.append("note: no --key: secret values a rule sets were compared masked")
     for u in report.unreadable:

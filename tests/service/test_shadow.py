@@ -323,3 +323,22 @@ def test_a_shadow_decision_that_raises_is_an_error_and_the_line_is_still_written
     [line] = [orjson.loads(line) for batch in lines for line in batch.splitlines()]
     assert line["outcome"] == "allow" and line["shadow"]["error"]["code"] == "shadow_failed"
     assert runner.counts["error"] == 1
+
+
+def test_the_shadow_reads_state_and_never_changes_it(policyd_server: Start, tmp_path: Path) -> None:
+    """rate() in the shadow answers as if it counted, without counting: the main policy's limit
+    of 3 holds exactly, and no shadow-only key is ever stored."""
+    main, candidate = policies(
+        tmp_path,
+        'reject "slow down" when not rate("ping:" + user.user, 3, "1m")\n',
+        'reject "slow down" when not rate("ping:" + user.user, 100, "1m")'
+        ' or not rate("shadow:" + user.user, 1, "1m")\n',
+    )
+    server = policyd_server(main, "--shadow-policies", str(candidate))
+    answers = [server.post(ping("alice")).json() for _ in range(5)]
+    assert [a["reject"] for a in answers] == [False, False, False, True, True]
+    wait_until(lambda: sum(shadow_counts(server).values()) == 5, "five shadow decisions")
+    # The shadow allows all five (limit 100, and its own key never passes 0 counted hits).
+    assert shadow_counts(server) == {"same": 3, "different": 2, "error": 0}
+    rates = server.client.get("/state", params={"rates": ""}).json()["rates"]
+    assert {key: hits["count"] for key, hits in rates.items()} == {"ping:alice": 5}

@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from policyd.cli import main
-from policyd.engine import decide
+from policyd.engine import StateBinding, decide
 from policyd.policy import load_policy
-from policyd.rules.decision import OPS
+from policyd.rules.decision import OPS, Op
+from policyd.state.memory import MemoryBackend
 from policyd.tools.recording import HASH_PREFIX, RecordKey, hash_content, header, is_hashed, record_of
 from policyd.tools.rollout import decided_by
 from tests.support import SHIPPED_POLICIES, fixture, write_policy
@@ -246,3 +247,30 @@ def test_hashing_keeps_no_secret_and_is_stable(tmp_path: Path) -> None:
     assert hash_content(content, RecordKey(b"x" * 32))["privilege_key"] != hashed["privilege_key"]
     with pytest.raises(Exception, match="at least 16 bytes"):
         RecordKey(b"short")
+
+
+def test_an_answer_that_depended_on_live_state_is_listed_apart(tmp_path: Path) -> None:
+    """The recording holds no state: a rate() limit that rejected the second request then
+    allows it in a replay (state is empty there, and a replay counts nothing)."""
+    rules = 'reject "one a minute" when not rate("ping:" + user.user, 1, "1m")\n'
+    policies = write_policy(tmp_path / "p", {"Ping.rules": rules})
+    policy, record_key = load_policy(policies), RecordKey(KEY)
+    backend = MemoryBackend()
+    lines = [header(record_key, AT)]
+    for n in range(2):
+        decision = decide(
+            policy, Op.PING, fixture("Ping-basic")["content"], now=AT.timestamp(), state=StateBinding(backend)
+        )
+        lines.append(
+            record_of(
+                Op.PING, "0.1.0", fixture("Ping-basic")["content"], f"r{n}", decision, AT, record_key, "x"
+            )
+        )
+    recording = tmp_path / "r.jsonl"
+    recording.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    assert [line["answer"]["outcome"] for line in lines[1:]] == ["allow", "reject"]
+    code, output = replay(str(recording), "--policies", str(policies))
+    assert code == 0, output
+    assert "1 unchanged, 0 changed, 0 depend on a masked secret, 1 on live state" in output
+    assert "depend on live state (the replay has none; not counted as changed):" in output
+    assert "calls: rate() (the state then is not recorded)" in output
