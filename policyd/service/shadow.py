@@ -168,6 +168,7 @@ class ShadowRunner:
         metrics: Metrics,
         state: StateService | None = None,
         *,
+        thread_options: EvalOptions | None = None,
         queue_max: int = SHADOW_QUEUE_MAX,
         queue_max_bytes: int = SHADOW_QUEUE_MAX_BYTES,
         max_share: float = SHADOW_MAX_SHARE,
@@ -179,6 +180,9 @@ class ShadowRunner:
         self.decisions = decisions
         self.metrics = metrics
         self.state = state
+        # Off the event loop, a shadow decision waiting on Redis holds no one up: it gets the
+        # serving decisions' budget, as the round trips count against it.
+        self.thread_options = thread_options or options
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
         self.max_share = max_share
@@ -297,7 +301,9 @@ class ShadowRunner:
             return self._compared(item, item.decision)
         return self._compared(item, self._shadow_decision(item, policy))
 
-    def _shadow_decision(self, item: _Waiting, policy: Policy) -> Decision | None:
+    def _shadow_decision(
+        self, item: _Waiting, policy: Policy, options: EvalOptions | None = None
+    ) -> Decision | None:
         """The shadow's decision, state read through its non-recording view; None if it raised."""
         binding = None if self.state is None else self.state.binding
         try:
@@ -307,7 +313,7 @@ class ShadowRunner:
                 item.content,
                 reqid=item.reqid,
                 now=item.now,
-                options=self.options,
+                options=options or self.options,
                 state=binding,
             )
         except Exception:  # a shadow must never fail what the serving path does next
@@ -356,7 +362,9 @@ class ShadowRunner:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(SHADOW_STATE_THREADS, thread_name_prefix="policyd-shadow")
         self._in_threads += 1
-        future = asyncio.get_running_loop().run_in_executor(self._pool, self._shadow_decision, item, policy)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, self._shadow_decision, item, policy, self.thread_options
+        )
 
         def done(future: asyncio.Future[Decision | None]) -> None:
             self._in_threads -= 1
@@ -410,4 +418,12 @@ def open_shadow(
         return None
     shadow = ShadowPolicy(settings.shadow_policies, settings)
     metrics.watch_shadow(shadow)
-    return ShadowRunner(main, shadow, shadow_options(settings), decisions, metrics, state)
+    return ShadowRunner(
+        main,
+        shadow,
+        shadow_options(settings),
+        decisions,
+        metrics,
+        state,
+        thread_options=settings.eval_options,
+    )
