@@ -160,7 +160,7 @@ def _check_type(statement: Statement, value: Any) -> Any:
                 f"{where} must fit frps's Go {f.go_type.value} ({GO_INT_MIN} to {GO_INT_MAX}), "
                 f"not {value!r:.60}"
             )
-        raise EvaluationError(f"{where} must be a {f.kind.value}, not {type(value).__name__} ({value!r:.60})")
+        raise EvaluationError(f"{where} must be {f.kind.phrase}, not {type(value).__name__} ({value!r:.60})")
     return value
 
 

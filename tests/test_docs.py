@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from policyd.cli import main
 from policyd.engine import decide
 from policyd.errors import PolicydError
-from policyd.policy import load_policy
+from policyd.policy import LoadWarning, load_policy
 from policyd.rules.decision import OPS, Op, Outcome
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, Metrics
@@ -187,7 +187,8 @@ def test_the_test_case_example_passes_on_the_shipped_policy(tmp_path: Path) -> N
 # -- codes, the code map, links --------------------------------------------------------------
 def test_errors_md_has_one_entry_per_code() -> None:
     documented = re.findall(r"^### (\w+)$", (DOCS / "errors.md").read_text(), re.MULTILINE)
-    codes = {cls.code for cls in error_classes() if cls is not PolicydError} | {code.value for code in Lint}
+    codes = {cls.code for cls in error_classes() if cls is not PolicydError}
+    codes |= {code.value for enum in (Lint, LoadWarning) for code in enum}
     assert sorted(documented) == sorted(codes)
 
 

@@ -33,6 +33,7 @@ from policyd.rules.shapes import (
     short_method_call,
 )
 from policyd.rules.statefns import STATE_FUNCTIONS, Param, call_cost, literal_problem
+from policyd.rules.suggestions import function_hint, method_hint
 
 _KEYWORDS = frozenset({"key", "reverse", "default"})
 
@@ -183,7 +184,7 @@ class ExpressionCompiler:
             hint = did_you_mean(key, scope.data_names) or (
                 f"data files: {', '.join(sorted(scope.data_names))}"
                 if scope.data_names
-                else "policies/data/ is empty"
+                else "data/ holds no .toml or .json files"
             )
             raise self._key_error(node, f"no data file named '{key}'", hint)
 
@@ -359,7 +360,7 @@ class ExpressionCompiler:
         if name in STATE_FUNCTIONS:
             return self._compile_state_call(node, name, scope)
         if name not in functions.FUNCTIONS:
-            hint = did_you_mean(name, {**functions.FUNCTIONS, **STATE_FUNCTIONS})
+            hint = function_hint(name, node, functions.FUNCTIONS) or did_you_mean(name, STATE_FUNCTIONS)
             raise self._error(func, f"unknown function '{name}'", hint)
         fn, iterable_first = functions.FUNCTIONS[name]
         if (
@@ -454,7 +455,7 @@ class ExpressionCompiler:
     def _compile_method_call(self, node: ast.Call, func: ast.Attribute, scope: Scope) -> Compiled:
         name = func.attr
         if name.startswith("_") or name not in sandbox.ALL_METHOD_NAMES:
-            hint = did_you_mean(name, sandbox.ALL_METHOD_NAMES)
+            hint = method_hint(name, sandbox.ALL_METHOD_NAMES)
             raise self._error(func, f"method '{name}' is not available in rules", hint)
         if node.keywords:
             raise self._error(node.keywords[0].value, "methods take positional arguments only")

@@ -268,6 +268,7 @@ def create_app(
                 store.directory,
                 store.reload,
                 debounce=settings.reload_debounce_s,
+                max_wait=settings.reload_max_wait_s,
                 poll=settings.reload_poll_s,
             )
             watcher.start()

@@ -55,6 +55,7 @@ LOAD_REFUSED: list[tuple[str, str, str]] = [
     # str.format and format-spec attribute walks
     ("str-format", '"{0.__class__}".format(1)', "method 'format'"),
     ("str-format-map", '"{a.__class__}".format_map(data)', "method 'format_map'"),
+    ("percent-format", "'%*s' % (10**10, '')", "%-formatting is not available"),
     ("fstring-spec-width", 'f"{content.proxy_name:>{10**9}}"', "format specs"),
     ("fstring-conversion", 'f"{content!r}"', "format specs and conversions"),
     ("fstring-dunder", 'f"{content.__class__}"', PRIVATE),
@@ -162,7 +163,6 @@ EVAL_FAILS: list[tuple[str, str, str]] = [
     ("repeat-of-containers", "[[0]*10]*10", "only lists of plain values"),
     ("string-add", "'a' * 99999 + 'bc'", "exceeds 100000"),
     ("list-add", "[0] * 10000 + [0] * 10000", "exceeds 10000"),
-    ("percent-format", "'%*s' % (10**10, '')", "'%' formatting"),
     # ranges and iteration
     ("range-comprehension", "[x for x in range(10**12)]", "iterating"),
     ("max-range", "max(range(10**12))", "iterating"),

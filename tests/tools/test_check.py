@@ -223,7 +223,7 @@ def test_set_of_the_user_object_outside_login_is_flagged(tmp_path: Path) -> None
 
 def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
     warnings = lint(load_policy(tmp_path))
-    assert [w.code for w in warnings] == ["lint_warning"]
+    assert [w.code for w in warnings] == ["empty_policy"]
     assert "no rule files" in warnings[0].message
 
 
