@@ -22,7 +22,7 @@ from policyd.policy import LoadWarning, load_policy
 from policyd.rules.decision import OPS, Op, Outcome
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, Metrics
-from policyd.service.store import PolicyStore
+from policyd.service.store import PolicyStore, ReloadNotice
 from policyd.state.memory import MemoryBackend
 from policyd.tools.check import Lint
 from policyd.tools.test import run_policy_tests
@@ -188,7 +188,7 @@ def test_the_test_case_example_passes_on_the_shipped_policy(tmp_path: Path) -> N
 def test_errors_md_has_one_entry_per_code() -> None:
     documented = re.findall(r"^### (\w+)$", (DOCS / "errors.md").read_text(), re.MULTILINE)
     codes = {cls.code for cls in error_classes() if cls is not PolicydError}
-    codes |= {code.value for enum in (Lint, LoadWarning) for code in enum}
+    codes |= {code.value for enum in (Lint, LoadWarning, ReloadNotice) for code in enum}
     assert sorted(documented) == sorted(codes)
 
 
