@@ -11,6 +11,7 @@ import configparser
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,36 @@ def test_storm_rows_give_time_and_p99_against_raw_and_count_a_wrong_reject_tally
     assert (policyd["seconds"], policyd["time_vs_raw"], policyd["p99_vs_raw"]) == (5.5, 2.62, 2.89)
     assert policyd["failed"] == 1, "one round answered 203 rejects instead of 204"
     assert (stuck["seconds"], stuck["time_vs_raw"], stuck["rps"]) == (None, None, None)
+
+
+def test_the_limits_cases_sit_at_the_totals_they_are_named_for() -> None:
+    """benchmarks/limits.py reports loads at and past each total: check where they stand (by
+    counting, without the seconds-long loads)."""
+    from benchmarks import limits
+    from policyd.policy import MAX_DATA_BYTES, MAX_DATA_FILES, MAX_TOML_BYTES
+    from policyd.rules.sandbox import MAX_FILE_RULES, MAX_POLICY_NODES
+
+    def nodes(files: dict[str, str], rule: Callable[[int], str]) -> int:
+        count = sum(len(text.splitlines()) for name, text in files.items() if name.endswith(".rules"))
+        assert all(len(t.splitlines()) <= MAX_FILE_RULES for n, t in files.items() if n.endswith(".rules"))
+        return count * limits._cost(rule)
+
+    def data_bytes(files: dict[str, str], suffix: str = "") -> int:
+        return sum(len(t) for n, t in files.items() if n.startswith("data/") and n.endswith(suffix))
+
+    medium = limits.CASES["rules-at-total-medium"]()
+    assert (
+        MAX_POLICY_NODES - limits._cost(limits._medium_rule)
+        < nodes(medium, limits._medium_rule)
+        <= MAX_POLICY_NODES
+    )
+    wide = limits.CASES["rules-at-total-wide"]()
+    assert MAX_POLICY_NODES - 492 < nodes(wide, limits._wide_rule) <= MAX_POLICY_NODES
+    assert nodes(limits.CASES["rules-past-total"](), limits._medium_rule) > MAX_POLICY_NODES
+    json_data = limits.CASES["data-at-total-json"]()
+    assert MAX_DATA_BYTES - 4096 < data_bytes(json_data) <= MAX_DATA_BYTES
+    assert len([n for n in json_data if n.startswith("data/")]) == MAX_DATA_FILES
+    assert MAX_TOML_BYTES - 4096 < data_bytes(limits.CASES["data-at-toml-total"](), ".toml") <= MAX_TOML_BYTES
+    assert data_bytes(limits.CASES["data-past-total"]()) > MAX_DATA_BYTES
+    everything = limits.CASES["everything-at-total"]()
+    assert data_bytes(everything) <= MAX_DATA_BYTES and data_bytes(everything, ".toml") <= MAX_TOML_BYTES

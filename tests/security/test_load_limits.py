@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.run import big_policy
 from policyd.errors import LoadLimitError, ParseError, PolicyLoadError
-from policyd.policy import MAX_DATA_BYTES, MAX_DATA_FILES, load_policy
+from policyd.policy import MAX_DATA_BYTES, MAX_DATA_FILES, MAX_TOML_BYTES, load_policy
 from policyd.rules import statements
 from policyd.rules.decision import Op
 from policyd.rules.language import Line, parse_rule
@@ -125,6 +125,17 @@ def test_data_files_over_the_total_size_are_a_load_error(tmp_path: Path) -> None
         f"the data files come to {2 * half + 4} bytes with this one; "
         f"all data files together may hold at most {MAX_DATA_BYTES} bytes (8 MiB)"
     )
+
+
+def test_toml_data_files_over_their_total_are_a_load_error(tmp_path: Path) -> None:
+    rows = MAX_TOML_BYTES // 2 // 12 + 1
+    files = {f"data/{n}.toml": "".join(f"k{i:07d} = 1\n" for i in range(rows)) for n in "ab"}
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(write_policy(tmp_path / "p", {**files, "Ping.rules": 'reject "x"'}))
+    [error] = info.value.errors
+    assert isinstance(error, LoadLimitError) and str(error.location) == "data/b.toml"
+    assert error.message.startswith("the TOML data files come to")
+    assert error.hint == "write large data as JSON: it loads about 100 times faster"
 
 
 def test_data_files_inside_the_total_load(tmp_path: Path) -> None:
