@@ -85,11 +85,6 @@ class PolicyStore:
         )
         _log_all(self.policy.warnings)
 
-    @property
-    def warnings(self) -> tuple[Diagnostic, ...]:
-        """The serving policy directory's warnings (policy.LoadWarning), as of the last load."""
-        return self.policy.warnings
-
     def reload(self, changed_paths: tuple[str, ...] = ()) -> ReloadAttempt:
         """Load the directory again; swap it in if valid and new, else keep the current one.
 
