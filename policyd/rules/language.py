@@ -499,20 +499,25 @@ def parse_rule(path: str, line: Line) -> ParsedRule:
 def _format_spec_at(src: str) -> int:
     """Where a `:` or `!` at the top level of a `{...}` part starts a format spec or a
     conversion, as in an f-string (`{x:05d}`, `{x!r}`); -1 when there is none."""
+    for i, ch, depth in _unquoted(src):
+        if depth == 0 and (ch == ":" or (ch == "!" and src[i + 1 : i + 2] != "=")):
+            return i
+    return -1
+
+
+def _unquoted(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, brackets open after it) of each character of `text` outside quotes."""
     depth, quote = 0, ""
-    for i, ch in enumerate(src):
+    for i in range(start, len(text)):
+        ch = text[i]
         if quote:
             if ch == quote:
                 quote = ""
         elif ch in "'\"":
             quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0 and (ch == ":" or (ch == "!" and src[i + 1 : i + 2] != "=")):
-            return i
-    return -1
+        else:
+            depth += (ch in "([{") - (ch in ")]}")
+            yield i, ch, depth
 
 
 def _syntax_message(msg: str, src: str, lineno: int, col: int) -> str:
@@ -570,19 +575,7 @@ def _string_literal(text: str, at: Location) -> object:
 
 
 def _matching_brace(body: str, start: int) -> int:
-    depth = 0
-    quote = ""
-    for j in range(start, len(body)):
-        ch = body[j]
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "{[(":
-            depth += 1
-        elif ch in "}])":
-            depth -= 1
-            if depth == 0:
-                return j if ch == "}" else -1
+    for j, ch, depth in _unquoted(body, start):
+        if depth == 0 and ch in "}])":
+            return j if ch == "}" else -1
     return -1
