@@ -162,14 +162,20 @@ def _policy_files(directory: Path) -> tuple[list[Path], list[Path]]:
     return rule_files, data_files
 
 
+# The directories a policy file may resolve into: the policy directory, and for a console
+# candidate (a directory of links to the serving one) the serving directory too.
+Inside = Path | tuple[Path, ...]
+
+
 def read_policy_file(
-    path: Path, shown: str, root: Path | None = None, *, limit: int = MAX_POLICY_FILE_BYTES
+    path: Path, shown: str, root: Inside | None = None, *, limit: int = MAX_POLICY_FILE_BYTES
 ) -> bytes:
     """The bytes of one policy file; every file of a policy is read through here.
 
     - With `root`, a path that resolves outside it (a symlink out of the policy directory) is
       refused before it is opened, and again by the opened file's own path where the system
-      tells it (/proc): a ConfigMap's `..data` links resolve inside the directory.
+      tells it (/proc): a ConfigMap's `..data` links resolve inside the directory. `root` may
+      name several directories (the first is the one messages name).
     - Opened with O_NONBLOCK: a FIFO swapped in between listing and reading cannot block.
     - fstat of the opened file: anything but a regular file is refused.
     - At most `limit` + 1 bytes are read: a file that grows while it is read cannot pass it.
@@ -214,9 +220,10 @@ def read_policy_file(
     return raw
 
 
-def _inside(real: str, root: Path, where: Location) -> None:
-    base = os.path.realpath(root)
-    if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+def _inside(real: str, root: Inside, where: Location) -> None:
+    bases = [os.path.realpath(r) for r in (root if isinstance(root, tuple) else (root,))]
+    if not any(real == b or real.startswith(b.rstrip(os.sep) + os.sep) for b in bases):
+        base = bases[0]
         raise UnsafeFileError(
             f"resolves to {real}, outside the policy directory {base}",
             where,
@@ -243,10 +250,10 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def policy_sources(directory: Path) -> SourceFiles:
+def policy_sources(directory: Path, links_into: tuple[Path, ...] = ()) -> SourceFiles:
     """The source lines diagnostics quote, read as the loader reads them (read_policy_file)."""
-    root = Path(directory)
-    return SourceFiles(root, lambda path, shown: read_policy_file(path, shown, root))
+    roots = (Path(directory), *links_into)
+    return SourceFiles(Path(directory), lambda path, shown: read_policy_file(path, shown, roots))
 
 
 def _utf8(raw: bytes, shown: str) -> str:
@@ -361,6 +368,7 @@ def load_policy(
     *,
     pause: Callable[[], None] | None = None,
     previous: Policy | None = None,
+    links_into: tuple[Path, ...] = (),
 ) -> Policy:
     """Load and validate the whole policy directory; raise PolicyLoadError with every error.
 
@@ -368,20 +376,22 @@ def load_policy(
     reading data/ and the rules) would mix two versions into one that never existed. The files'
     identities are compared before and after; a load that saw the directory change is retried.
     `pause` is called between rules (see `compile_rules`); the rules of `previous` that did not
-    change are reused instead of compiled again.
+    change are reused instead of compiled again. Files must resolve inside the directory, or
+    inside one of `links_into` (the console's candidates link to the serving directory).
     """
     root = Path(directory)
+    roots = (root, *links_into)
     for _ in range(MAX_LOAD_ATTEMPTS - 1):
         before = _identity(root)
         try:
-            policy = _load(root, pause, previous)
+            policy = _load(root, roots, pause, previous)
         except PolicyLoadError:
             if _identity(root) == before:
                 raise
             continue
         if _identity(root) == before:
             return policy
-    return _load(root, pause, previous)
+    return _load(root, roots, pause, previous)
 
 
 def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
@@ -400,7 +410,9 @@ def _identity(root: Path) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
-def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None) -> Policy:
+def _load(
+    root: Path, roots: tuple[Path, ...], pause: Callable[[], None] | None, previous: Policy | None
+) -> Policy:
     if not root.is_dir():
         raise PolicyLoadError(
             [PolicyError(f"policy directory {str(root)!r} does not exist or is not a directory")]
@@ -423,7 +435,7 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
     for p in data_paths[:MAX_DATA_FILES]:
         shown = f"{DATA_DIR}/{p.name}"
         try:
-            raw = read_policy_file(p, shown, root)
+            raw = read_policy_file(p, shown, roots)
             data_bytes += len(raw)
             if data_bytes > MAX_DATA_BYTES:
                 raise LoadLimitError(
@@ -475,7 +487,7 @@ def _load(root: Path, pause: Callable[[], None] | None, previous: Policy | None)
             )
             continue
         try:
-            raw = read_policy_file(p, shown, root)
+            raw = read_policy_file(p, shown, roots)
             source = _utf8(raw, shown)
         except PolicyError as e:
             errors.append(e)

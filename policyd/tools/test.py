@@ -41,7 +41,7 @@ import orjson
 
 from policyd.engine import StateBinding, decide
 from policyd.errors import Location, PolicydError, did_you_mean
-from policyd.policy import Policy, load_policy, read_policy_file
+from policyd.policy import Inside, Policy, load_policy, read_policy_file
 from policyd.protocol import BadRequest, split_request
 from policyd.rules.decision import OPS, Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, to_json
@@ -260,7 +260,7 @@ def _check_path(path: str, schema: Field, op: Op) -> None:
         node = node.fields[key]
 
 
-def _request(raw: Mapping[str, Any], base: Path, root: Path | None) -> tuple[dict[str, Any], Op | None]:
+def _request(raw: Mapping[str, Any], base: Path, root: Inside | None) -> tuple[dict[str, Any], Op | None]:
     """The case's request content, and the op its frps body names (if it is a body).
 
     A request file is read as the loader reads policy files (inside `root`, regular files only).
@@ -281,7 +281,7 @@ def _request(raw: Mapping[str, Any], base: Path, root: Path | None) -> tuple[dic
 
 
 def read_case(
-    raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str, line: int, root: Path | None = None
+    raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str, line: int, root: Inside | None = None
 ) -> Case:
     """Check one `[[case]]` table and resolve its request; raise CaseError saying what is wrong.
 
@@ -365,7 +365,7 @@ def read_case(
     )
 
 
-def read_test_file(path: Path, shown: str, root: Path | None = None) -> list[Case | CaseResult]:
+def read_test_file(path: Path, shown: str, root: Inside | None = None) -> list[Case | CaseResult]:
     """Every case of one test file; a malformed case comes back as a failed CaseResult."""
     try:
         text = read_policy_file(path, shown, root).decode("utf-8")
@@ -475,8 +475,16 @@ def run_case(policy: Policy, case: Case, trace: list[TraceStep] | None = None) -
     return compare(case, decision)
 
 
-def run_policy_tests(policy: Policy, directory: Path, pattern: re.Pattern[str] | None = None) -> TestReport:
-    """Run every case under `directory/tests/` against `policy`; never raises for a bad case."""
+def run_policy_tests(
+    policy: Policy,
+    directory: Path,
+    pattern: re.Pattern[str] | None = None,
+    links_into: tuple[Path, ...] = (),
+) -> TestReport:
+    """Run every case under `directory/tests/` against `policy`; never raises for a bad case.
+
+    Test and request files must resolve inside `directory` or one of `links_into`.
+    """
     rules = [
         (s.location, s.source)
         for rule_file in policy.rules.values()
@@ -487,7 +495,7 @@ def run_policy_tests(policy: Policy, directory: Path, pattern: re.Pattern[str] |
     results: list[CaseResult] = []
     for path in test_files(directory):
         shown = f"{TESTS_DIR}/{path.name}"
-        for item in read_test_file(path, shown, directory):
+        for item in read_test_file(path, shown, (directory, *links_into)):
             if isinstance(item, CaseResult):
                 results.append(item)  # a broken case or file is reported whatever the filter
                 continue

@@ -269,8 +269,8 @@ def test_a_swap_during_a_load_never_mixes_versions(tmp_path: Path, monkeypatch: 
     real_read = policy_module.read_policy_file
     swapped: list[bool] = []
 
-    def read_then_swap(path: Path, shown: str, root: Path | None = None) -> bytes:
-        raw = real_read(path, shown, root)
+    def read_then_swap(path: Path, shown: str, inside: policy_module.Inside | None = None) -> bytes:
+        raw = real_read(path, shown, inside)
         if shown.startswith("data/") and not swapped:
             swapped.append(True)
             configmap_version(root, "..v2", 2, "valid")
