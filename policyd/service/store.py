@@ -123,6 +123,7 @@ class PolicyStore:
             if errors:
                 raise PolicyLoadError(errors)
         return policy
+
     def _failed(self, now: float, what: str, e: PolicyLoadError) -> ReloadAttempt:
         self.stats.failures += 1
         self._failures_in_a_row += 1
