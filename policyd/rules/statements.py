@@ -62,7 +62,8 @@ class Template:
     reads: tuple[Reads, ...] = ()
 
     def render(self, ctx: Ctx) -> str:
-        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+        budget = ctx.budget
+        return join_texts((p if isinstance(p, str) else to_text(p(ctx), budget) for p in self.parts), budget)
 
     def render_parts(self, ctx: Ctx) -> tuple[str, list[str]]:
         """The text, and its parts as rendered (the text is refused as soon as it is too long)."""
