@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import hmac
+
+import pytest
 import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyd.rules.functions import regex
+from policyd.errors import EvaluationError
+from policyd.rules.functions import (
+    cidr,
+    glob,
+    glob_pattern,
+    hmac_sha256,
+    hour,
+    minute,
+    regex,
+    secure_equal,
+    sha256,
+    weekday,
+)
 
 PATTERNS = ["^[a-z0-9._-]+$", "b", "", "^$", "(a)|(b)", "é+", "[0-9]+(MB|KB)$", "\\.", "^x.*y$"]
 
@@ -18,3 +35,58 @@ TEXTS = st.text(alphabet="abxy.é0-9MBK\n", max_size=8)
 @given(st.sampled_from(PATTERNS), TEXTS)
 def test_regex_answers_as_re2_search(pattern: str, text: str) -> None:
     assert regex(pattern, text) is (re2.compile(pattern).search(text) is not None)
+
+
+GLOB_ALPHABET = "ab*?[]!-^\\é.&|~ "
+
+
+@settings(max_examples=2000, derandomize=True, database=None)
+@given(st.text(alphabet=GLOB_ALPHABET, max_size=8), st.text(alphabet="ab[]!-^\\é.&|~ *?", max_size=8))
+def test_glob_answers_as_fnmatchcase(pattern: str, text: str) -> None:
+    """glob() runs on RE2 (linear time) with fnmatch's meaning, classes and escapes included."""
+    assert glob(pattern, text) is fnmatch.fnmatchcase(text, pattern), glob_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    ("addr", "networks", "expected"),
+    [
+        ("::ffff:10.1.2.3", ("10.0.0.0/8",), True),
+        ("[::ffff:10.1.2.3]:443", ("10.0.0.0/8",), True),
+        ("::ffff:10.1.2.3", ("192.168.0.0/16",), False),
+        ("::ffff:10.1.2.3", ("::ffff:0:0/96",), True),  # still its IPv6 self too
+        ("10.1.2.3:80", ("::ffff:10.0.0.0/104",), False),  # an IPv4 address is not mapped back
+        ("[2001:db8::1]:443", ("10.0.0.0/8", "2001:db8::/32"), True),
+    ],
+)
+def test_cidr_matches_ipv4_mapped_addresses_against_ipv4_networks(
+    addr: str, networks: tuple[str, ...], expected: bool
+) -> None:
+    assert cidr(addr, *networks) is expected
+
+
+def test_hashes_are_hex_digests_of_the_utf8_bytes() -> None:
+    assert sha256("tk-alice") == hashlib.sha256(b"tk-alice").hexdigest()
+    assert sha256("é") == hashlib.sha256("é".encode()).hexdigest()
+    assert hmac_sha256("key", "alice") == hmac.new(b"key", b"alice", "sha256").hexdigest()
+    assert secure_equal(sha256("a"), sha256("a")) and not secure_equal("a", "b")
+    assert secure_equal("é", "é") and not secure_equal("é", "e")  # non-ASCII compares too
+    with pytest.raises(EvaluationError, match="takes strings"):
+        sha256(5)  # type: ignore[arg-type]
+
+
+BERLIN_NOON_SUMMER = 1_750_327_200  # 2025-06-19 10:00 UTC, a Thursday: 12:00 in Berlin (CEST)
+
+
+def test_time_of_day_is_read_on_the_zones_clocks() -> None:
+    assert hour(BERLIN_NOON_SUMMER, "Europe/Berlin") == 12
+    assert hour(BERLIN_NOON_SUMMER, "UTC") == 10
+    assert hour(BERLIN_NOON_SUMMER + 180 * 86400, "Europe/Berlin") == 11  # December: CET
+    assert minute(BERLIN_NOON_SUMMER + 90, "Asia/Kolkata") == 31  # UTC+5:30
+    assert weekday(BERLIN_NOON_SUMMER, "Europe/Berlin") == 3  # Monday is 0
+    assert weekday(BERLIN_NOON_SUMMER, "Pacific/Kiritimati") == 4  # UTC+14: already Friday
+    with pytest.raises(EvaluationError, match="unknown time zone 'Mars/Olympus'"):
+        hour(0, "Mars/Olympus")
+    with pytest.raises(EvaluationError, match="unknown time zone"):
+        hour(0, "../../etc/passwd")  # only names of the zone database, never a path
+    with pytest.raises(EvaluationError, match="years 1-9999"):
+        hour(10**12, "UTC")
