@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import zoneinfo
 
 import pytest
 import re2
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyd.errors import EvaluationError
+from policyd.rules import functions
 from policyd.rules.functions import (
     cidr,
     glob,
@@ -24,6 +26,7 @@ from policyd.rules.functions import (
     sha256,
     weekday,
 )
+from tests.helpers import load_errors
 
 PATTERNS = ["^[a-z0-9._-]+$", "b", "", "^$", "(a)|(b)", "é+", "[0-9]+(MB|KB)$", "\\.", "^x.*y$"]
 
@@ -90,3 +93,34 @@ def test_time_of_day_is_read_on_the_zones_clocks() -> None:
         hour(0, "../../etc/passwd")  # only names of the zone database, never a path
     with pytest.raises(EvaluationError, match="years 1-9999"):
         hour(10**12, "UTC")
+
+
+@pytest.mark.parametrize(
+    ("rule", "column", "message"),
+    [
+        ('reject "x" when sha256(5) == ""', 24, "sha256() takes strings, not int"),
+        ('reject "x" when secure_equal(user.user, None)', 41, "secure_equal() takes strings, not NoneType"),
+        ('reject "x" when hmac_sha256(1.5, user.user) == ""', 29, "hmac_sha256() takes strings, not float"),
+        ('reject "x" when hour(now, "Mars/Olympus") < 6', 27, "unknown time zone 'Mars/Olympus'"),
+        ('reject "x" when hour(now, "Europe/Berln") < 6', 27, "did you mean 'Europe/Berlin'?"),
+        ('reject "x" when weekday("monday", "UTC") == 0', 25, "weekday() takes unix seconds"),
+        ('reject "x" when minute(now, 7) == 0', 29, "minute() takes a zone name second, not int"),
+    ],
+)
+def test_literal_arguments_a_function_refuses_are_load_errors(rule: str, column: int, message: str) -> None:
+    (error,) = load_errors({"NewProxy.rules": rule + "\n"})
+    assert message in str(error)
+    assert (error.location.line, error.location.column) == (1, column), str(error)
+
+
+def test_time_zones_come_from_the_tzdata_package_without_a_system_database() -> None:
+    zoneinfo.reset_tzpath(to=[])
+    functions.time_zones.cache_clear()
+    functions._zone_info.cache_clear()
+    try:
+        assert "Europe/Berlin" in functions.time_zones()
+        assert hour(BERLIN_NOON_SUMMER, "Europe/Berlin") == 12
+    finally:
+        zoneinfo.reset_tzpath()
+        functions.time_zones.cache_clear()
+        functions._zone_info.cache_clear()
