@@ -50,7 +50,7 @@ MAX_ROUND_DIGITS = 100  # |ndigits| of round(): round(n, -10**7) would compute 1
 COPY_CHARS_PER_STEP = 64  # memcmp/memcpy-like work: ==, <, startswith, slices, +, hashing
 TEXT_CHARS_PER_STEP = 1  # per-character work: upper(), find(), split(), strip(), regex(), str()
 STRIP_CHARS_PER_STEP = 64  # strip(chars) tests every character against every one of `chars`
-CIDR_NETWORK_STEPS = 32  # one network tested by cidr() (cached parse, address comparison)
+CIDR_NETWORK_STEPS = 64  # one network tested by cidr(), parsed or cached (~1 µs at most)
 PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() pattern
 
 # -- the clock ------------------------------------------------------------------------------
@@ -537,24 +537,32 @@ def _text_floor(value: Any, budget: Budget | None = None) -> int:
             total += 1
         elif isinstance(item, int):
             total += 1 + item.bit_length() // 4  # decimal digits >= bits * log10(2)
-        elif isinstance(item, dict):
-            total += 2 * len(item)
+        elif isinstance(item, dict | list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
+            children: tuple[Any, ...] = (
+                (*item.keys(), *item.values()) if isinstance(item, dict) else tuple(item)
+            )
+            total += 2 + len(children)
             if total <= MAX_STRING_LENGTH:
                 if budget is not None:
-                    budget.charge(1 + 2 * len(item), "printing a value")
-                stack.extend(item.keys())
-                stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
-            total += 2 + len(item)
-            if total <= MAX_STRING_LENGTH:
-                if budget is not None:
-                    budget.charge(1 + len(item), "printing a value")
-                stack.extend(item)
+                    budget.charge(1 + len(children), "printing a value")
+                total += _flat_text(children, stack)
         else:
             raise EvaluationError(f"{_kind(item)} cannot be turned into text")
         if total > MAX_STRING_LENGTH:
             raise LimitError(f"text of this value would exceed {MAX_STRING_LENGTH} characters")
     return total
+
+
+def _flat_text(children: tuple[Any, ...], stack: list[Any]) -> int:
+    """The text floor of a container's items when they are all strings or all integers, in C
+    (~20 ns an item); otherwise they go on the stack and 0 is returned."""
+    kinds = set(map(type, children))
+    if kinds == {str}:
+        return sum(map(len, children))
+    if kinds == {int}:
+        return len(children) + sum(map(int.bit_length, children)) // 4
+    stack.extend(children)
+    return 0
 
 
 def to_text(value: Any, budget: Budget | None = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import ipaddress
 import zoneinfo
 
 import pytest
@@ -65,6 +66,34 @@ def test_cidr_matches_ipv4_mapped_addresses_against_ipv4_networks(
     addr: str, networks: tuple[str, ...], expected: bool
 ) -> None:
     assert cidr(addr, *networks) is expected
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("10.0.0.0/255.0.0.0", "not a network in CIDR notation"),
+        ("10.0.0.0/08", "not a network in CIDR notation"),
+        ("10.0.0/8", "not a network in CIDR notation"),
+        ("10.0.0.0/33", "prefix longer than 32 bits"),
+        ("2001:db8::/129", "prefix longer than 128 bits"),
+    ],
+)
+def test_cidr_takes_networks_in_cidr_notation_only(network: str, message: str) -> None:
+    with pytest.raises(EvaluationError, match=message):
+        cidr("10.1.2.3", network)
+
+
+def test_cidr_agrees_with_ipaddress() -> None:
+    networks = ["10.0.0.0/8", "10.1.2.3", "0.0.0.0/0", "192.168.1.77/24", "2001:db8::/32", "::/0", "::1"]
+    addresses = ["10.1.2.3", "11.0.0.1", "192.168.1.5", "2001:db8::9", "::1", "::ffff:192.168.1.9"]
+    addresses.append("fe80::1%eth0")  # a scope: ipaddress reads it, inet_pton does not
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        for network in networks:
+            net = ipaddress.ip_network(network, strict=False)
+            expected = ip in net or (mapped is not None and mapped in net)
+            assert cidr(address, network) is expected, (address, network)
 
 
 def test_hashes_are_hex_digests_of_the_utf8_bytes() -> None:
