@@ -115,7 +115,8 @@ def test_readmes_two_rules_do_what_the_text_says(tmp_path: Path) -> None:
 def test_the_eval_session_is_what_eval_prints() -> None:
     command = (
         "policyd eval --op NewProxy --content "
-        """'{"user": {"user": "bob", "metas": {"team": "blue"}}, "proxy_type": "tcp", "remote_port": 6022}'"""
+        """'{"user": {"user": "bob", "metas": {"token": "tk-bob"}}, """
+        """"proxy_type": "tcp", "remote_port": 6022}'"""
     )
     content = command.split("--content ", 1)[1].strip("'")
     args = ["eval", "--policies", str(SHIPPED_POLICIES), "--op", "NewProxy", "--content", content]

@@ -62,20 +62,21 @@ class Template:
     reads: tuple[Reads, ...] = ()
 
     def render(self, ctx: Ctx) -> str:
-        budget = ctx.budget
-        return join_texts((p if isinstance(p, str) else to_text(p(ctx), budget) for p in self.parts), budget)
+        return self.render_parts(ctx)[0]
 
     def render_parts(self, ctx: Ctx) -> tuple[str, list[str]]:
-        """The text, and its parts as rendered (the text is refused as soon as it is too long)."""
+        """The text, and its parts as rendered (the text is refused as soon as it is too long),
+        charged to the request's budget as an f-string is."""
         rendered: list[str] = []
+        budget = ctx.budget
 
         def each() -> Iterator[str]:
             for p in self.parts:
-                text = p if isinstance(p, str) else to_text(p(ctx))
+                text = p if isinstance(p, str) else to_text(p(ctx), budget)
                 rendered.append(text)
                 yield text
 
-        return join_texts(each()), rendered
+        return join_texts(each(), budget), rendered
 
 
 # What a compiled rule depends on besides its text: (op, lets above it, data file names, text).

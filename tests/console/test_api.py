@@ -140,7 +140,7 @@ async def test_files_lists_the_rule_data_and_test_files(edit_settings: Settings)
         assert "data/teams.toml" in paths and "tests/NewProxy.toml" in paths
         assert "tests/requests/NewProxy-tcp.json" in paths
         rules = {f["path"]: f["rules"] for f in doc["files"]}
-        assert rules["NewProxy.rules"] == 9 and rules["data/teams.toml"] is None
+        assert rules["NewProxy.rules"] == 10 and rules["data/teams.toml"] is None
         assert doc["missing_rule_files"] == []
         missing = await client.get("/ui/api/file", params={"path": "data/none.toml"})
         assert missing.status_code == 404
@@ -196,7 +196,7 @@ async def test_a_good_save_is_written_logged_and_served_after_the_reload(
     async with console_client(edit_settings) as (client, store, _):
         before = store.policy.version
         opened = await _open(client, "Ping.rules")
-        text = opened["text"] + 'reject "no pings for carol" when user.user == "carol"\n'
+        text = 'reject "no pings for carol" when user.user == "carol"\n' + opened["text"]
         check = (
             await client.post("/ui/api/check", json={"path": "Ping.rules", "text": text}, headers=bearer())
         ).json()
