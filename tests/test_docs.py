@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ from policyd.cli import main
 from policyd.engine import decide
 from policyd.errors import PolicydError
 from policyd.policy import LoadWarning, load_policy
-from policyd.rules.decision import OPS, Op, Outcome
+from policyd.rules.decision import OPS, Op, Outcome, TraceStep
+from policyd.rules.functions import FUNCTIONS
+from policyd.rules.language import Action
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, Metrics
 from policyd.service.store import PolicyStore, ReloadNotice
@@ -71,44 +75,96 @@ def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> 
 
 
 # -- rules in the docs -----------------------------------------------------------------------
-def rule_blocks() -> list[tuple[str, str]]:
-    blocks = []
+# Functions the language's contract names that the language does not have yet: an example that
+# calls one is pending (skipped, naming it) until it exists, and must be tested from then on.
+ANNOUNCED = ("proxies", "sessions", "rate")
+STATEMENTS = ("reject ", "allow", "set ", "warn ", "let ")
+CASES = re.compile(r"\s*<!-- cases[^\n]*\n(.*?)^-->", re.MULTILINE | re.DOTALL)  # right after the block
+
+
+@dataclass(frozen=True)
+class Example:
+    """A ```rules block of a page, and the cases of the HTML comment right after it."""
+
+    where: str
+    op: str
+    rules: str
+    cases: str | None
+
+
+def examples() -> list[Example]:
+    found = []
     for page in PAGES:
         text = page.read_text()
-        for match in re.finditer(r"^```rules\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
-            blocks.append((f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match[1]))
-    return blocks
+        for match in re.finditer(r"^```rules\n(.*?)^```\n", text, re.MULTILINE | re.DOTALL):
+            where = f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            header = re.match(r"# (\w+)\.rules", match[1])
+            cases = CASES.match(text, match.end())
+            found.append(Example(where, header[1] if header else "", match[1], cases[1] if cases else None))
+    return found
 
 
-@pytest.mark.parametrize(("where", "rules"), rule_blocks(), ids=[w for w, _ in rule_blocks()])
-def test_every_rules_block_loads(where: str, rules: str, tmp_path: Path) -> None:
-    first = rules.splitlines()[0]
-    found = re.match(r"# (\w+)\.rules", first)
-    assert found and found[1] in OPS, f"{where}: a rules block starts with '# <Op>.rules', not {first!r}"
-    shutil.copytree(SHIPPED_POLICIES / "data", tmp_path / "data")
-    write_policy(tmp_path, {f"{found[1]}.rules": rules})
-    written = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
-    assert len(load_policy(tmp_path).rules[OPS[found[1]]].statements) == len(written)
+def pending_on(example: Example) -> str:
+    """The announced function an example calls that the language does not have yet, or ""."""
+    return next((f for f in ANNOUNCED if f + "(" in example.rules and f not in FUNCTIONS), "")
 
 
-def test_readmes_two_rules_do_what_the_text_says(tmp_path: Path) -> None:
-    rules = block_after((ROOT / "README.md").read_text(), "```rules\n")
-    policy = load_policy(write_policy(tmp_path, {"NewProxy.rules": rules}))
-    red = {"user": "alice", "metas": {"team": "red"}}
+def example_policy(example: Example, directory: Path) -> Path:
+    """The example as a policy, with the shipped data and its cases as tests/<Op>.toml."""
+    shutil.copytree(SHIPPED_POLICIES / "data", directory / "data")
+    write_policy(directory, {f"{example.op}.rules": example.rules})
+    (directory / "tests").mkdir()
+    (directory / "tests" / f"{example.op}.toml").write_text(f'op = "{example.op}"\n\n{example.cases or ""}')
+    return directory
 
-    def answer(**content: object) -> tuple[Outcome, str, object]:
-        d = decide(policy, Op.NEW_PROXY, {"user": red, **content})
-        return d.outcome, d.reason, (d.content or {}).get("subdomain")
 
-    assert answer(proxy_type="tcp", remote_port=6022) == (Outcome.ALLOW, "", None)
-    assert answer(proxy_type="udp", remote_port=7000) == (
-        Outcome.REJECT,
-        "tcp/udp ports are 6000-6999 (asked for 7000)",
-        None,
-    )
-    assert answer(proxy_type="http", subdomain="web") == (Outcome.REWRITE, "", "red-web")
-    assert answer(proxy_type="http", subdomain="red-web") == (Outcome.ALLOW, "", None)
-    assert answer(proxy_type="https", custom_domains=["a.example.com"]) == (Outcome.ALLOW, "", None)
+EXAMPLES = examples()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
+def test_every_rule_example_does_what_its_cases_say(example: Example, tmp_path: Path) -> None:
+    assert example.op in OPS, f"{example.where}: a rules block starts with '# <Op>.rules'"
+    missing = pending_on(example)
+    if missing:
+        pytest.skip(f"pending: {missing}() is not in the language yet (the state store brings it)")
+    assert example.cases, f"{example.where}: add a <!-- cases ... --> comment after the block"
+    policies = example_policy(example, tmp_path)
+    policy = load_policy(policies)
+    written = [line for line in example.rules.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(policy.rules[OPS[example.op]].statements) == len(written)
+    report = run_policy_tests(policy, policies)
+    assert report.failed == 0 and report.passed >= 2, [(r.name, r.problems) for r in report.results]
+    assert not report.coverage.never_fired, f"{example.where}: no case fires {report.coverage.never_fired}"
+    # ... and each rule with a condition also stays quiet in some case.
+    cases = tomllib.loads(example.cases)["case"]
+    quiet: set[int] = set()
+    for case in cases:
+        trace: list[TraceStep] = []
+        decide(policy, OPS[example.op], case["content"], now=case.get("now"), trace=trace)
+        quiet |= {step.rule.line for step in trace if not step.fired}
+        reached = {step.rule.line for step in trace}
+        quiet |= {s.location.line for s in policy.rules[OPS[example.op]].statements} - reached
+    for statement in policy.rules[OPS[example.op]].statements:
+        if statement.condition is not None and statement.action is not Action.LET:
+            assert statement.location.line in quiet, f"{example.where}: every case fires {statement.source!r}"
+
+
+def test_no_rule_example_hides_in_another_kind_of_block() -> None:
+    """A block of rules must be a ```rules block, so that the test above finds it."""
+    for page in PAGES:
+        text = page.read_text()
+        for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            lines = [line for line in match[2].splitlines() if line.strip()]
+            if match[1] != "rules" and lines and not lines[0].startswith(("$", "#")):
+                hidden = lines[0].startswith(STATEMENTS)
+                assert not hidden, f"{page.name}: tag this block ```rules: {lines[0]}"
+
+
+def test_pending_examples_name_a_function_the_language_lacks() -> None:
+    """Once the state functions exist, their examples are no longer skipped: they must be tested."""
+    for example in EXAMPLES:
+        if example.cases is None:
+            assert pending_on(example), f"{example.where} has no cases and calls no pending function"
 
 
 # -- the sessions of docs/cli.md -------------------------------------------------------------
