@@ -26,7 +26,6 @@ from benchmarks.peers.floor import Floor
 from benchmarks.peers.policyd_peer import Policyd
 from policyd.engine import decide
 from policyd.policy import load_policy
-from tests.support import SHIPPED_POLICIES
 
 POLICYD = Policyd()
 FLOOR = Floor()
@@ -261,10 +260,11 @@ def test_the_ini_configs_hold_what_frps_and_frpc_v0_33_read() -> None:
     }
 
 
-def test_the_shipped_policy_lets_the_whole_fleet_in() -> None:
+def test_the_shipped_policy_lets_the_whole_fleet_in(tmp_path: Path) -> None:
     """With policyd in the chain the round ends only if every Login and NewProxy is allowed:
-    the fleet's requests, as frps v0.70 sends them, against the shipped policy."""
-    policy = load_policy(SHIPPED_POLICIES)
+    the fleet's requests, as frps v0.70 sends them, against the shipped policy (with the fleet's
+    users and their tokens in data/users.toml)."""
+    policy = load_policy(frps.fleet_policy(tmp_path / "policies"))
     ops = {op.value: op for op in policy.rules}
     for n, client in enumerate(frps.fleet(PORTS.red, PORTS.blue)):
         login = {
@@ -335,9 +335,9 @@ def test_the_storm_is_each_clients_login_then_its_three_newproxy_in_frps_shape()
     assert len(users) == 100
 
 
-def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests() -> None:
+def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests(tmp_path: Path) -> None:
     """storm.lua counts the rejects in the first 40,000 answers: the count the scenario checks."""
-    policy = load_policy(SHIPPED_POLICIES)
+    policy = load_policy(storm.storm_policy(tmp_path / "policies"))
     ops = {op.value: op for op in policy.rules}
     outcomes: list[str] = []
     for r in storm.storm():
