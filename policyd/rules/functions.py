@@ -262,10 +262,14 @@ def _pattern_cost(to_re2: Callable[[str], str]) -> Callable[[Budget, tuple[Any, 
         if len(pattern) > MAX_REGEX_CHARS:
             return
         budget.charge(len(pattern) * PATTERN_COMPILE_STEPS, "compiling a pattern")
-        size = _re2(to_re2(pattern)).programsize
-        budget.charge((len(value) + 1) * size, "matching a pattern")
+        budget.charge((len(value) + 1) * _program_size(to_re2(pattern)), "matching a pattern")
 
     return cost
+
+
+@functools.lru_cache(maxsize=REGEX_CACHE_SIZE)
+def _program_size(pattern: str) -> int:
+    return int(_re2(pattern).programsize)
 
 
 def _search(compiled: Any, value: str) -> bool:

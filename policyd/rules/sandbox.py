@@ -59,8 +59,9 @@ PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() 
 # many steps or more, and between chunks of rules (engine.decide). Only when the wall clock says
 # the budget is spent does it read the CPU clock: time spent waiting for the GIL (a reload
 # parsing a big data file) or for a CPU is not the decision's own work and is not counted.
-CLOCK_EVERY = 64  # steps between two reads of the wall clock
+CLOCK_EVERY = 256  # steps between two reads of the wall clock
 CPU_CLOCK_AFTER_STEPS = 2_048  # a decision reads the CPU clock once it has done this much work
+CPU_CLOCK_AFTER_CHUNKS = 4  # ... or reached this many chunks of rules (64 rules)
 BACKSTOP_FACTOR = 10  # wall-clock backstop: this many budgets of wall time ...
 MIN_BACKSTOP_SECONDS = 1.0  # ... and at least this long, whatever the CPU clock says
 
@@ -85,13 +86,13 @@ class Budget:
     for the GIL while a reload parses a big data file, or for a CPU on a busy host, is not charged
     for the wait; a wall-clock backstop (BACKSTOP_FACTOR budgets, at least MIN_BACKSTOP_SECONDS)
     still ends one that never gets to run. The CPU clock is read lazily (see the clock constants):
-    a decision counts its CPU from its first CPU_CLOCK_AFTER_STEPS steps or its second chunk of
+    a decision counts its CPU from its first CPU_CLOCK_AFTER_STEPS steps or CPU_CLOCK_AFTER_CHUNKS chunks of
     rules, whichever comes first, or from the moment the wall clock first passes the budget.
 
     One Budget per decision, never shared: compiled rules keep no per-call state of their own.
     """
 
-    __slots__ = ("backstop", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
+    __slots__ = ("backstop", "chunks", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
 
     def __init__(self, max_steps: int = MAX_STEPS, seconds: float = DEFAULT_EVAL_SECONDS) -> None:
         # Built for every decision: only what the first clock read needs (backstop: lazily).
@@ -101,6 +102,7 @@ class Budget:
         self.seconds = seconds
         self.deadline = _wall() + seconds
         self.cpu_start = -1.0  # not read yet
+        self.chunks = 1
 
     def charge(self, n: int = 1, what: str = "") -> None:
         """Charge n steps before doing their work; refuse it if that is more than is left."""
@@ -151,10 +153,14 @@ class Budget:
             self.cpu_start = _cpu()
 
     def tick(self) -> None:
-        """Between two chunks of rules: read the clock, and start the CPU clock if not yet."""
-        if self.cpu_start < 0:
+        """Between two chunks of rules: read the clock; from the CPU_CLOCK_AFTER_CHUNKS-th on,
+        start the CPU clock if not yet (the work of the chunks before is bounded and not counted)."""
+        self.chunks = chunks = self.chunks + 1
+        if self.cpu_start < 0 and chunks >= CPU_CLOCK_AFTER_CHUNKS:
             self.cpu_start = _cpu()
-        self.read_clock()
+        now = _wall()
+        if now > self.deadline:
+            self._past_deadline(now)
 
     def _past_deadline(self, now: float) -> None:
         backstop = getattr(self, "backstop", None)
@@ -402,13 +408,22 @@ def contains(container: Any, item: Any, budget: Budget) -> bool:
     """`item in container`, charged before it runs: a list or tuple is scanned (see scan()), a
     string searched character by character, and a tuple hashed again on every lookup."""
     kind = type(container)
+    if kind is list or kind is tuple:  # first: the common case, `user.user in data.admins`
+        n = len(container)
+        if n:
+            k = type(item)
+            if k in _CHEAP or (k is str and len(item) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(container, budget)
+        return item in container
     if kind is str:
         if type(item) is not str:
             raise EvaluationError(f"'in <string>' needs a string on the left, not {type(item).__name__}")
         n = (len(container) + len(item)) // TEXT_CHARS_PER_STEP
         if n:
             budget.charge(n, "'in' over a string")
-    elif kind is list or kind is tuple or kind is _VALUES_VIEW:
+    elif kind is _VALUES_VIEW:
         scan(container, item, budget, "'in' over a list")
     elif type(item) is tuple:  # dict, set, keys: a tuple's hash is computed again on every lookup
         deep_size(item, budget)
