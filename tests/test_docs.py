@@ -18,18 +18,16 @@ import pytest
 from click.testing import CliRunner
 
 from policyd.cli import main
-from policyd.engine import decide
 from policyd.errors import PolicydError
 from policyd.policy import LoadWarning, load_policy
-from policyd.rules.decision import OPS, Op, Outcome, TraceStep
-from policyd.rules.functions import FUNCTIONS
+from policyd.rules.decision import OPS, TraceStep
 from policyd.rules.language import Action
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, Metrics
 from policyd.service.store import PolicyStore, ReloadNotice
 from policyd.state.memory import MemoryBackend
 from policyd.tools.check import Lint
-from policyd.tools.test import run_policy_tests
+from policyd.tools.test import read_case, run_case, run_policy_tests
 from tests.helpers import error_classes
 from tests.support import ROOT, SHIPPED_POLICIES, write_policy
 
@@ -75,9 +73,6 @@ def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> 
 
 
 # -- rules in the docs -----------------------------------------------------------------------
-# Functions the language's contract names that the language does not have yet: an example that
-# calls one is pending (skipped, naming it) until it exists, and must be tested from then on.
-ANNOUNCED = ("proxies", "sessions", "rate")
 STATEMENTS = ("reject ", "allow", "set ", "warn ", "let ")
 CASES = re.compile(r"\s*<!-- cases[^\n]*\n(.*?)^-->", re.MULTILINE | re.DOTALL)  # right after the block
 
@@ -104,11 +99,6 @@ def examples() -> list[Example]:
     return found
 
 
-def pending_on(example: Example) -> str:
-    """The announced function an example calls that the language does not have yet, or ""."""
-    return next((f for f in ANNOUNCED if f + "(" in example.rules and f not in FUNCTIONS), "")
-
-
 def example_policy(example: Example, directory: Path) -> Path:
     """The example as a policy, with the shipped data and its cases as tests/<Op>.toml."""
     shutil.copytree(SHIPPED_POLICIES / "data", directory / "data")
@@ -124,9 +114,6 @@ EXAMPLES = examples()
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
 def test_every_rule_example_does_what_its_cases_say(example: Example, tmp_path: Path) -> None:
     assert example.op in OPS, f"{example.where}: a rules block starts with '# <Op>.rules'"
-    missing = pending_on(example)
-    if missing:
-        pytest.skip(f"pending: {missing}() is not in the language yet (the state store brings it)")
     assert example.cases, f"{example.where}: add a <!-- cases ... --> comment after the block"
     policies = example_policy(example, tmp_path)
     policy = load_policy(policies)
@@ -138,9 +125,10 @@ def test_every_rule_example_does_what_its_cases_say(example: Example, tmp_path: 
     # ... and each rule with a condition also stays quiet in some case.
     cases = tomllib.loads(example.cases)["case"]
     quiet: set[int] = set()
-    for case in cases:
+    for raw in cases:  # decided as policyd test decides them: on the state each case presets
+        case = read_case(raw, OPS[example.op], policies / "tests", "cases", 0, None)
         trace: list[TraceStep] = []
-        decide(policy, OPS[example.op], case["content"], now=case.get("now"), trace=trace)
+        run_case(policy, case, trace)
         quiet |= {step.rule.line for step in trace if not step.fired}
         reached = {step.rule.line for step in trace}
         quiet |= {s.location.line for s in policy.rules[OPS[example.op]].statements} - reached
@@ -158,13 +146,6 @@ def test_no_rule_example_hides_in_another_kind_of_block() -> None:
             if match[1] != "rules" and lines and not lines[0].startswith(("$", "#")):
                 hidden = lines[0].startswith(STATEMENTS)
                 assert not hidden, f"{page.name}: tag this block ```rules: {lines[0]}"
-
-
-def test_pending_examples_name_a_function_the_language_lacks() -> None:
-    """Once the state functions exist, their examples are no longer skipped: they must be tested."""
-    for example in EXAMPLES:
-        if example.cases is None:
-            assert pending_on(example), f"{example.where} has no cases and calls no pending function"
 
 
 # -- the sessions of docs/cli.md -------------------------------------------------------------

@@ -62,6 +62,7 @@ _CASE_KEYS = frozenset(
         "content",
         "override",
         "remove",
+        "extra_fields",
         "data",
         "expect",
         "reason",
@@ -236,13 +237,16 @@ def _op(name: Any, where: str) -> Op:
     return op
 
 
-def _check_fields(value: Any, schema: Field, op: Op, where: str) -> None:
+def _check_fields(value: Any, schema: Field, op: Op, where: str, extra: frozenset[str] = frozenset()) -> None:
     """Every key of a case's own content (inline `content`, `override`, `rewrite`) must be a
     field the op has: a misspelled field would otherwise test a request frps never sends.
-    Maps like `metas` take any key. Request files are frps's own bodies and are not checked."""
+    Maps like `metas` take any key; `extra` names top-level fields the case sends on purpose (a
+    field a later frps adds). Request files are frps's own bodies and are not checked."""
     if schema.kind is not Kind.RECORD or not isinstance(value, dict):
         return
     for key, sub in value.items():
+        if key in extra and "." not in where:
+            continue
         if key not in schema.fields:
             hint = did_you_mean(key, schema.fields) or (field_of_other_ops(key) if "." not in where else "")
             raise CaseError(f"{where}: {op} has no field '{key}'" + (f" ({hint})" if hint else ""))
@@ -304,11 +308,18 @@ def read_case(
         )
     op = named.pop()
     schema = SCHEMAS[op]
+    extra_list = raw.get("extra_fields", [])
+    if not isinstance(extra_list, list) or not all(isinstance(f, str) for f in extra_list):
+        raise CaseError("'extra_fields' must be a list of field names")
+    extra = frozenset(extra_list)
+    known = sorted(extra & set(schema.fields))
+    if known:
+        raise CaseError(f"extra_fields: '{known[0]}' is a field of {op}; list only fields it lacks")
     if "content" in raw:
-        _check_fields(content, schema, op, "content")
+        _check_fields(content, schema, op, "content", extra)
     override = _table(raw, "override")
     if override is not None:
-        _check_fields(override, schema, op, "override")
+        _check_fields(override, schema, op, "override", extra)
         content = merged(content, override)
     remove = raw.get("remove", [])
     if not isinstance(remove, list) or not all(isinstance(p, str) for p in remove):
@@ -334,7 +345,7 @@ def read_case(
     if rewrite is not None and expect is not Outcome.REWRITE:
         raise CaseError("'rewrite' goes with expect = \"rewrite\"")
     if rewrite is not None:
-        _check_fields(rewrite, schema, op, "rewrite")
+        _check_fields(rewrite, schema, op, "rewrite", extra)
     warn = raw.get("warn")
     if warn is not None and not (isinstance(warn, list) and all(isinstance(w, str) for w in warn)):
         raise CaseError("'warn' must be a list of messages")
