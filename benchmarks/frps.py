@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.users import shipped_policy_with, token_for
+
 LOOPBACK = "127.0.0.1"
 SCENARIO = "frps + 21 frpc: time until 220 proxies are registered"
 TOKEN = "bench-token"  # frps's auth token; frpc sends it (the plugin runs before frps checks it)
@@ -41,7 +43,7 @@ API_USER, API_PASSWORD = "admin", "bench"
 SUBDOMAIN_HOST = "bench.test"
 BULK_TCP, BULK_HTTP, LOGINS = 100, 100, 20  # the 200-proxy client; the 20 clients logging in with it
 TEAM_PORTS = {"red": (6000, 6999), "blue": (7000, 7999)}  # policies/data/teams.toml
-RED_TOKEN = "tk-alice"  # the shipped Login rules want red's token
+RED_TOKEN = "tk-alice"  # alice's token in the shipped data/users.toml
 READY_TIMEOUT_S = 30.0
 REGISTER_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.02
@@ -102,6 +104,11 @@ class Ports:
     blue: Sequence[int] = field(default=())
 
 
+def fleet_policy(target: Path) -> Path:
+    """The shipped policy, with the fleet's blue clients as users (alice is one already)."""
+    return shipped_policy_with(((f"u{i:02d}", "blue") for i in range(LOGINS)), target)
+
+
 def fleet(red_ports: Sequence[int], blue_ports: Sequence[int]) -> list[Client]:
     """alice (red) with BULK_TCP tcp + BULK_HTTP http proxies, then LOGINS blue clients with one tcp
     proxy each; tcp ports come from the team's range so the shipped policy allows them all."""
@@ -113,7 +120,11 @@ def fleet(red_ports: Sequence[int], blue_ports: Sequence[int]) -> list[Client]:
     clients = [Client("alice", {"team": "red", "token": RED_TOKEN}, bulk)]
     for i in range(LOGINS):
         clients.append(
-            Client(f"u{i:02d}", {"team": "blue"}, (Proxy("ssh", "tcp", remote_port=blue_ports[i]),))
+            Client(
+                f"u{i:02d}",
+                {"team": "blue", "token": token_for(f"u{i:02d}")},
+                (Proxy("ssh", "tcp", remote_port=blue_ports[i]),),
+            )
         )
     return clients
 
@@ -396,11 +407,11 @@ def scenario(rounds: int, log_dir: Path) -> list[dict[str, Any]]:
     shown = ".".join(map(str, version))
     print(f"frps: v{shown} ({config_format(version).value} configs)", file=sys.stderr)
 
-    from benchmarks.run import ROOT, baseline, policyd
+    from benchmarks.run import baseline, policyd
 
     plugins = {
         "policyd, shipped policy": policyd(
-            "frps policyd", ROOT / "policies", log_dir, "--log-level", "warning"
+            "frps policyd", fleet_policy(log_dir / "policies"), log_dir, "--log-level", "warning"
         ),
         "raw ASGI allow-all plugin": baseline("frps raw plugin", "raw", log_dir),
     }

@@ -1,7 +1,8 @@
 """policyd's benchmarks: in-process decisions, HTTP throughput, reloads under load, a 10k-rule swap.
 
-    python -m benchmarks.run [--duration 5] [--rounds 3]
-                             [--only inproc,peers,http,reload,shadow,swap,storm,frps]
+    python -m benchmarks.run [--duration 5] [--rounds 3] [--only inproc,peers,overrun,http,...]
+
+Scenarios: inproc, peers, overrun, http, reload, shadow, swap, storm, frps, state.
 
 Every server runs on 127.0.0.1 with `policyd serve`'s own uvicorn settings; baselines and
 candidates are measured in the same run, interleaved round by round, and compared as ratios
@@ -36,7 +37,7 @@ ROOT = HERE.parent
 BODY = HERE / "newproxy.json"
 URL_PATH = "/handler?version=0.1.0&op=NewProxy"  # as frps sends it
 CONNECTIONS = 32
-SCENARIOS = ("inproc", "peers", "http", "reload", "shadow", "swap", "storm", "frps", "state")
+SCENARIOS = ("inproc", "peers", "overrun", "http", "reload", "shadow", "swap", "storm", "frps", "state")
 WRK_SCENARIOS = {"http", "reload", "shadow", "swap", "storm"}
 
 
@@ -526,6 +527,12 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     paced = next((r for r in rows if "paced_p99_ratio" in r and "shadowed" in r), None)
     if paced:
         out.append(_target("50-rule shadow, partial load: p99 ratio", paced["paced_p99_ratio"], "<=", 1.3))
+    overruns = [r["overrun_ms"] for r in rows if r["scenario"] == "overrun"]
+    if overruns:
+        from benchmarks.overrun import STATED_BOUND_MS
+
+        worst = max(overruns)
+        out.append(_target("budget: worst overrun of a 100 ms CPU budget (ms)", worst, "<=", STATED_BOUND_MS))
     swap = next((r for r in rows if "swapped_after_s" in r), None)
     if swap:
         out.append(_target("10k-rule swap: failed answers", swap["failed"], "<=", 0))
@@ -569,6 +576,10 @@ COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its
     ("round_trips", "round trips", 11),
     ("round_trip_us", "µs/trip", 8),
     ("answered", "answered", 8),
+    ("default_cpu_ms", "CPU ms, default steps", 21),
+    ("cpu_ms", "CPU ms, clock only", 18),
+    ("overrun_ms", "overrun ms", 10),
+    ("stopped_by", "stopped by", 0),
     ("failed", "failed", 6),
 ]
 
@@ -639,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += scenario_inproc(max(1.0, args.duration / 2))
         if "peers" in wanted:
             rows += scenario_peers(args.duration)
+        if "overrun" in wanted:
+            from benchmarks import overrun
+
+            rows += overrun.run(max(args.rounds, 5))
         if "http" in wanted:
             rows += scenario_http(args.duration, args.rounds, log_dir, args.compare)
         if "reload" in wanted:

@@ -30,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.users import shipped_policy_with, token_for
+
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "storm.lua"
 CLIENTS = 10_000
 PROXIES_PER_CLIENT = 3
 CONNECTIONS = 64
-TEAMS = (("red", (6000, 6999), "tk-alice"), ("blue", (7000, 7999), ""))  # policies/data/teams.toml
+TEAMS = (("red", (6000, 6999)), ("blue", (7000, 7999)))  # policies/data/teams.toml
 # Every 49th client (from the 25th) asks for a tcp port outside its team's range: both teams, and
 # none among the first or last 64 requests, so however the storm's last answers overlap with
 # repeats of its first requests, the first 40,000 answers hold exactly expected_rejects() rejects.
@@ -59,13 +61,19 @@ def _body(op: str, content: dict[str, Any]) -> bytes:
     return json.dumps({"version": "0.1.0", "op": op, "content": content}, separators=(",", ":")).encode()
 
 
+def storm_policy(target: Path, clients: int = CLIENTS) -> Path:
+    """The shipped policy, with the storm's clients as users of their teams."""
+    return shipped_policy_with(((f"u{i:05d}", TEAMS[i % len(TEAMS)][0]) for i in range(clients)), target)
+
+
 def storm(clients: int = CLIENTS, now: int = 1_796_150_070) -> Iterator[Request]:
     """Every client's Login, then its tcp, http and stcp NewProxy, in frps v0.70's shape."""
     for i in range(clients):
-        team, (low, high), token = TEAMS[i % len(TEAMS)]
+        team, (low, high) = TEAMS[i % len(TEAMS)]
         user = f"u{i:05d}"
+        token = token_for(user)
         run_id = _hex(f"run {i}", 16)  # the session frps had before its restart
-        metas = {"team": team, "token": token} if token else {"team": team}
+        metas = {"team": team, "token": token}
         login = {
             "version": "0.70.0",
             "hostname": f"host-{i % 97}",
@@ -171,13 +179,13 @@ def run_storm(url: str, requests_file: Path, total: int) -> dict[str, Any]:
 
 def scenario(rounds: int, log_dir: Path) -> list[dict[str, Any]]:
     """The storm against each server in turn, `rounds` times; medians and ratios to raw."""
-    from benchmarks.run import ROOT, baseline, policyd
+    from benchmarks.run import baseline, policyd
 
     quiet = ("--log-level", "warning")
     servers = [
         baseline("raw ASGI constant responder", "raw", log_dir),
-        policyd("policyd, 1 worker", ROOT / "policies", log_dir, *quiet),
-        policyd("policyd, 2 workers", ROOT / "policies", log_dir, *quiet, "--workers", "2"),
+        policyd("policyd, 1 worker", storm_policy(log_dir / "policies"), log_dir, *quiet),
+        policyd("policyd, 2 workers", log_dir / "policies", log_dir, *quiet, "--workers", "2"),
     ]
     expected = {s.label: 0 if s.label.startswith("raw") else expected_rejects() for s in servers}
     runs: dict[str, list[dict[str, Any]]] = {s.label: [] for s in servers}

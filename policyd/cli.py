@@ -11,9 +11,9 @@ from typing import Any, BinaryIO, NoReturn, TextIO, TypeVar
 import click
 
 from policyd import __version__
-from policyd.errors import PolicydError, PolicyLoadError
+from policyd.errors import PolicyLoadError, StartupError
 from policyd.rules.decision import OPS, Op
-from policyd.rules.diagnostics import Diagnostic, OutputFormat, SourceFiles, render
+from policyd.rules.diagnostics import Diagnostic, OutputFormat, render
 from policyd.rules.schema import FrpsVersion
 from policyd.service.settings import (
     CONFIG_ENV,
@@ -105,7 +105,7 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
         run(settings)
     except PolicyLoadError as e:
         _exit_not_loaded(settings.policies, e, "; not starting")
-    except PolicydError as e:  # e.g. a history directory that cannot be created
+    except StartupError as e:
         click.echo(f"policyd: {e}; not starting", err=True)
         sys.exit(2)
 
@@ -113,7 +113,9 @@ def serve(ctx: click.Context, /, config: Path | None, **given: Any) -> None:
 def _exit_not_loaded(directory: Path, failure: PolicyLoadError, consequence: str = "") -> NoReturn:
     """Every error of a policy that does not load, on stderr with the source lines; exit 2."""
     click.echo(f"policyd: the policy in {directory} does not load{consequence}:", err=True)
-    sources = SourceFiles(Path(directory))
+    from policyd.policy import policy_sources
+
+    sources = policy_sources(Path(directory))
     for error in failure.errors:
         click.echo(render(Diagnostic.of(error), sources), err=True)
     if failure.limit_note:

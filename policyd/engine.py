@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.errors import EvaluationError, PolicyError, StateError
+from policyd.errors import EvaluationError, LimitError, PolicyError, StateError
 from policyd.policy import TRACKING_FUNCTIONS, Policy, RuleFile
 from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.decision import (
@@ -27,8 +27,8 @@ from policyd.rules.decision import (
     TraceStep,
 )
 from policyd.rules.language import Action
-from policyd.rules.program import RuleFailed
-from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget
+from policyd.rules.program import CHUNK_STATEMENTS, Chunk, RuleFailed
+from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget, deep_size, error_text, shown
 from policyd.rules.schema import (
     GO_INT_MAX,
     GO_INT_MIN,
@@ -158,9 +158,9 @@ def _check_type(statement: Statement, value: Any) -> Any:
         if f.kind is Kind.INT and isinstance(value, int) and not isinstance(value, bool):
             raise EvaluationError(
                 f"{where} must fit frps's Go {f.go_type.value} ({GO_INT_MIN} to {GO_INT_MAX}), "
-                f"not {value!r:.60}"
+                f"not {shown(value)}"
             )
-        raise EvaluationError(f"{where} must be a {f.kind.value}, not {type(value).__name__} ({value!r:.60})")
+        raise EvaluationError(f"{where} must be {f.kind.phrase}, not {type(value).__name__} ({shown(value)})")
     return value
 
 
@@ -172,11 +172,22 @@ def _warn(decision: Decision, ctx: Ctx, statement: Statement) -> None:
     decision.warnings.append(RuleWarning(text, statement.location, parts, message.kinds))
 
 
-def _set(decision: Decision, names: RequestNames, statement: Statement, value: Any) -> Any:
+def _set(decision: Decision, ctx: Ctx, statement: Statement, value: Any) -> Any:
     """A set rule that fired: the value checked against the field, the change made on a copy of
-    the request (kept in `decision.content` until decide() ends) and recorded. Returns the value."""
-    value = _check_type(statement, value)
+    the request (kept in `decision.content` until decide() ends) and recorded. Returns the value.
+
+    Charged before the work: the value's walk (checking, comparing and copying it), and each map
+    on the path, which is copied and later read again as a view."""
+    names = ctx.names
+    assert isinstance(names, RequestNames)
+    deep_size(value, ctx.budget)
     current = names.content_raw
+    node: Any = current
+    for key in statement.path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            ctx.budget.charge(2 * len(node), "copying a map")
+    value = _check_type(statement, value)
     before = _view_at(SCHEMAS[decision.op], current, statement.path)
     if _same(before, value):
         return value
@@ -205,8 +216,11 @@ def _interpret(
     Returns the index of the reject/allow rule that decided, or -1; a rule's failure is raised
     as RuleFailed with its index.
     """
+    budget = ctx.budget
     for index, statement in enumerate(statements):
         try:
+            if index:
+                budget.tick()
             condition = statement.condition
             if condition is not None:
                 holds = condition(ctx)
@@ -240,11 +254,26 @@ def _interpret(
                 _warn(decision, ctx, statement)
                 continue
             assert statement.value is not None
-            value = _set(decision, names, statement, statement.value(ctx))
+            value = _set(decision, ctx, statement, statement.value(ctx))
             if trace is not None:
                 trace[-1] = dataclasses.replace(trace[-1], value=value)
         except Exception as e:
             raise RuleFailed(index, e) from None
+    return -1
+
+
+def _later_chunks(program: tuple[Chunk, ...], ctx: Ctx, names: RequestNames, decision: Decision) -> int:
+    """The chunks after the first, the clock read before each: no run of CHUNK_STATEMENTS rules
+    goes without it, and a decision that reaches them starts counting its CPU time."""
+    budget = ctx.budget
+    for n in range(1, len(program)):
+        try:
+            budget.tick()
+        except LimitError as e:
+            raise RuleFailed(n * CHUNK_STATEMENTS, e) from None
+        index = program[n](ctx, names, decision, _warn, _set)
+        if index >= 0:
+            return index
     return -1
 
 
@@ -432,10 +461,10 @@ def _decide(
     try:
         index = -1
         if trace is None and rule_file.program is not None:
-            for chunk in rule_file.program:
-                index = chunk(ctx, names, decision, _warn, _set)
-                if index >= 0:
-                    break
+            program = rule_file.program
+            index = program[0](ctx, names, decision, _warn, _set) if program else -1
+            if index < 0 and len(program) > 1:
+                index = _later_chunks(program, ctx, names, decision)
         else:
             index = _interpret(statements, ctx, names, decision, trace)
         if index >= 0:
@@ -454,7 +483,9 @@ def _decide(
     except RuleFailed as failed:  # a rule's failure must never escape as a 500
         cause = failed.error
         error = (
-            cause if isinstance(cause, PolicyError) else EvaluationError(f"{type(cause).__name__}: {cause}")
+            cause
+            if isinstance(cause, PolicyError)
+            else EvaluationError(f"{type(cause).__name__}: {error_text(cause)}")
         )
         error.__traceback__ = None  # its frames would make the decision a reference cycle
         statement = statements[failed.index]

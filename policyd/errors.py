@@ -106,6 +106,34 @@ class StateError(EvaluationError):
     code = "state_error"
 
 
+class UnsafeFileError(PolicyError):
+    """Raised for a policy file the loader will not read: one that resolves outside the policy
+    directory (a symlink out of it) or is not a regular file (a FIFO, a device, a directory)."""
+
+    code = "unsafe_file"
+
+
+class LoadLimitError(PolicyError):
+    """Raised when a policy as a whole exceeds a total: data files, their bytes, expression parts."""
+
+    code = "load_limit"
+
+
+class InternalError(PolicyError):
+    """Raised when loading a file failed in a way policyd does not expect (a bug in policyd).
+
+    Still a positioned policy error, counted like any other: the previous policy keeps serving.
+    """
+
+    code = "internal_error"
+
+
+class StartupError(PolicydError):
+    """Raised when `policyd serve` cannot start serving, e.g. its port is in use (exit 2)."""
+
+    code = "startup_error"
+
+
 class PolicyLoadError(PolicydError):
     """Raised when a policy directory does not load; carries every error found, not just one.
 

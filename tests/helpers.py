@@ -70,21 +70,16 @@ REJECT, ALLOW = "reject", "allow"
 SHIPPED_ANSWERS: dict[str, tuple[str, Any]] = {
     "CloseProxy-basic": (ALLOW, ""),
     "CloseProxy-frps070-captured": (ALLOW, ""),
-    "Login-anonymous": (REJECT, "login needs metadatas.team (one of: blue, red)"),
+    # Only alice's fixtures carry a token (hers, "tk-alice"): every other client is nobody.
+    "Login-anonymous": (REJECT, "login needs a user and metadatas.token"),
     "Login-basic": (ALLOW, ""),
-    "Login-frps033-captured": (REJECT, "team red needs metadatas.token"),
-    "Login-frps070-captured": (REJECT, "team red needs metadatas.token"),
-    "Login-reconnect": (ALLOW, ""),
-    "NewProxy-frps033-captured": (
-        REJECT,
-        "tcp/udp ports for team red are 6000-6999 (asked for 16022)",
-    ),
-    "NewProxy-frps070-captured": (
-        REJECT,
-        "tcp/udp ports for team red are 6000-6999 (asked for 27022)",
-    ),
+    "Login-frps033-captured": (REJECT, "login needs a user and metadatas.token"),
+    "Login-frps070-captured": (REJECT, "login needs a user and metadatas.token"),
+    "Login-reconnect": (REJECT, "login needs a user and metadatas.token"),
+    "NewProxy-frps033-captured": (REJECT, "unknown user or bad token"),
+    "NewProxy-frps070-captured": (REJECT, "unknown user or bad token"),
     "NewProxy-future-field": ("rewrite", {"metas": {"team": "red"}}),
-    "NewProxy-http-group": ("rewrite", {"subdomain": "blue-api", "metas": {"team": "blue"}}),
+    "NewProxy-http-group": (REJECT, "unknown user or bad token"),
     "NewProxy-http": (
         REJECT,
         "custom domains must be red.example.com or end in .red.example.com (asked for web.example.com)",
@@ -94,7 +89,7 @@ SHIPPED_ANSWERS: dict[str, tuple[str, Any]] = {
         "custom domains must be red.example.com or end in .red.example.com "
         "(asked for secure.example.com, www.secure.example.com)",
     ),
-    "NewProxy-no-user": (REJECT, "unknown team"),
+    "NewProxy-no-user": (REJECT, "unknown user or bad token"),
     "NewProxy-stcp": (REJECT, 'allow_users = "*" is not allowed'),
     "NewProxy-tcp-any-port": (REJECT, "tcp/udp ports for team red are 6000-6999 (asked for 0)"),
     "NewProxy-tcp": ("rewrite", {"metas": {"owner": "alice", "team": "red"}}),
@@ -108,10 +103,10 @@ SHIPPED_ANSWERS: dict[str, tuple[str, Any]] = {
     "NewUserConn-https": (ALLOW, ""),
     "NewUserConn-tcp": (REJECT, "visitors from 198.51.100.23 are blocked"),
     "NewWorkConn-basic": (ALLOW, ""),
-    "NewWorkConn-frps070-captured": (ALLOW, ""),
+    "NewWorkConn-frps070-captured": (REJECT, "unknown user or bad token"),
     "Ping-basic": (ALLOW, ""),
-    "Ping-frps033-captured": (ALLOW, ""),
-    "Ping-frps070-captured": (ALLOW, ""),
+    "Ping-frps033-captured": (REJECT, "unknown user or bad token"),
+    "Ping-frps070-captured": (REJECT, "unknown user or bad token"),
 }
 
 

@@ -12,6 +12,7 @@ import configparser
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ from policyd.policy import load_policy
 from policyd.rules.decision import Op
 from policyd.service.settings import DEFAULTS
 from policyd.tools.rollout import Agreement, agreement, ops_decided_alike
-from tests.support import SHIPPED_POLICIES
 
 POLICYD = Policyd()
 FLOOR = Floor()
@@ -265,10 +265,11 @@ def test_the_ini_configs_hold_what_frps_and_frpc_v0_33_read() -> None:
     }
 
 
-def test_the_shipped_policy_lets_the_whole_fleet_in() -> None:
+def test_the_shipped_policy_lets_the_whole_fleet_in(tmp_path: Path) -> None:
     """With policyd in the chain the round ends only if every Login and NewProxy is allowed:
-    the fleet's requests, as frps v0.70 sends them, against the shipped policy."""
-    policy = load_policy(SHIPPED_POLICIES)
+    the fleet's requests, as frps v0.70 sends them, against the shipped policy (with the fleet's
+    users and their tokens in data/users.toml)."""
+    policy = load_policy(frps.fleet_policy(tmp_path / "policies"))
     ops = {op.value: op for op in policy.rules}
     for n, client in enumerate(frps.fleet(PORTS.red, PORTS.blue)):
         login = {
@@ -339,9 +340,9 @@ def test_the_storm_is_each_clients_login_then_its_three_newproxy_in_frps_shape()
     assert len(users) == 100
 
 
-def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests() -> None:
+def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests(tmp_path: Path) -> None:
     """storm.lua counts the rejects in the first 40,000 answers: the count the scenario checks."""
-    policy = load_policy(SHIPPED_POLICIES)
+    policy = load_policy(storm.storm_policy(tmp_path / "policies"))
     ops = {op.value: op for op in policy.rules}
     outcomes: list[str] = []
     for r in storm.storm():
@@ -395,3 +396,36 @@ def test_the_shadow_scenarios_candidate_decides_newproxy_again_and_alike(tmp_pat
     budget = EvalOptions(eval_seconds=DEFAULTS.shadow_eval_budget_ms / 1000)
     slow_decision = decide(load_policy(slow), Op.NEW_PROXY, content, now=NOW, options=budget)
     assert slow_decision.error is not None and "ran out of time" in slow_decision.error.message
+
+
+def test_the_limits_cases_sit_at_the_totals_they_are_named_for() -> None:
+    """benchmarks/limits.py reports loads at and past each total: check where they stand (by
+    counting, without the seconds-long loads)."""
+    from benchmarks import limits
+    from policyd.policy import MAX_DATA_BYTES, MAX_DATA_FILES, MAX_TOML_BYTES
+    from policyd.rules.sandbox import MAX_FILE_RULES, MAX_POLICY_NODES
+
+    def nodes(files: dict[str, str], rule: Callable[[int], str]) -> int:
+        count = sum(len(text.splitlines()) for name, text in files.items() if name.endswith(".rules"))
+        assert all(len(t.splitlines()) <= MAX_FILE_RULES for n, t in files.items() if n.endswith(".rules"))
+        return count * limits._cost(rule)
+
+    def data_bytes(files: dict[str, str], suffix: str = "") -> int:
+        return sum(len(t) for n, t in files.items() if n.startswith("data/") and n.endswith(suffix))
+
+    medium = limits.CASES["rules-at-total-medium"]()
+    assert (
+        MAX_POLICY_NODES - limits._cost(limits._medium_rule)
+        < nodes(medium, limits._medium_rule)
+        <= MAX_POLICY_NODES
+    )
+    wide = limits.CASES["rules-at-total-wide"]()
+    assert MAX_POLICY_NODES - 492 < nodes(wide, limits._wide_rule) <= MAX_POLICY_NODES
+    assert nodes(limits.CASES["rules-past-total"](), limits._medium_rule) > MAX_POLICY_NODES
+    json_data = limits.CASES["data-at-total-json"]()
+    assert MAX_DATA_BYTES - 4096 < data_bytes(json_data) <= MAX_DATA_BYTES
+    assert len([n for n in json_data if n.startswith("data/")]) == MAX_DATA_FILES
+    assert MAX_TOML_BYTES - 4096 < data_bytes(limits.CASES["data-at-toml-total"](), ".toml") <= MAX_TOML_BYTES
+    assert data_bytes(limits.CASES["data-past-total"]()) > MAX_DATA_BYTES
+    everything = limits.CASES["everything-at-total"]()
+    assert data_bytes(everything) <= MAX_DATA_BYTES and data_bytes(everything, ".toml") <= MAX_TOML_BYTES

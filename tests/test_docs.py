@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import tomllib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,8 +22,9 @@ from click.testing import CliRunner
 from policyd.cli import main
 from policyd.engine import decide
 from policyd.errors import PolicydError
-from policyd.policy import load_policy
-from policyd.rules.decision import OPS, Op, Outcome
+from policyd.policy import LoadWarning, load_policy
+from policyd.rules.decision import OPS, TraceStep
+from policyd.rules.language import Action
 from policyd.service.decisionlog import DecisionLog
 from policyd.service.docgen import TABLES, regenerate
 from policyd.service.metrics import METRICS, SHADOW_METRICS, Metrics
@@ -33,7 +36,7 @@ from policyd.service.shadow import (
     SHADOW_SLICE_S,
     open_shadow,
 )
-from policyd.service.store import PolicyStore
+from policyd.service.store import PolicyStore, ReloadNotice
 from policyd.state.memory import MemoryBackend
 from policyd.tools.check import Lint
 from policyd.tools.history import (
@@ -45,7 +48,7 @@ from policyd.tools.history import (
 )
 from policyd.tools.recording import RecordKey, header, record_of
 from policyd.tools.rollout import decided_by
-from policyd.tools.test import run_policy_tests
+from policyd.tools.test import read_case, run_case, run_policy_tests
 from tests.helpers import error_classes
 from tests.support import ROOT, SHIPPED_POLICIES, fixture, write_policy
 
@@ -97,51 +100,87 @@ def test_the_metric_registry_is_every_metric_policyd_exports(tmp_path: Path) -> 
 
 
 # -- rules in the docs -----------------------------------------------------------------------
-def rule_blocks() -> list[tuple[str, str]]:
-    blocks = []
+STATEMENTS = ("reject ", "allow", "set ", "warn ", "let ")
+CASES = re.compile(r"\s*<!-- cases[^\n]*\n(.*?)^-->", re.MULTILINE | re.DOTALL)  # right after the block
+
+
+@dataclass(frozen=True)
+class Example:
+    """A ```rules block of a page, and the cases of the HTML comment right after it."""
+
+    where: str
+    op: str
+    rules: str
+    cases: str | None
+
+
+def examples() -> list[Example]:
+    found = []
     for page in PAGES:
         text = page.read_text()
-        for match in re.finditer(r"^```rules\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
-            blocks.append((f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", match[1]))
-    return blocks
+        for match in re.finditer(r"^```rules\n(.*?)^```\n", text, re.MULTILINE | re.DOTALL):
+            where = f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            header = re.match(r"# (\w+)\.rules", match[1])
+            cases = CASES.match(text, match.end())
+            found.append(Example(where, header[1] if header else "", match[1], cases[1] if cases else None))
+    return found
 
 
-@pytest.mark.parametrize(("where", "rules"), rule_blocks(), ids=[w for w, _ in rule_blocks()])
-def test_every_rules_block_loads(where: str, rules: str, tmp_path: Path) -> None:
-    first = rules.splitlines()[0]
-    found = re.match(r"# (\w+)\.rules", first)
-    assert found and found[1] in OPS, f"{where}: a rules block starts with '# <Op>.rules', not {first!r}"
-    shutil.copytree(SHIPPED_POLICIES / "data", tmp_path / "data")
-    write_policy(tmp_path, {f"{found[1]}.rules": rules})
-    written = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
-    assert len(load_policy(tmp_path).rules[OPS[found[1]]].statements) == len(written)
+def example_policy(example: Example, directory: Path) -> Path:
+    """The example as a policy, with the shipped data and its cases as tests/<Op>.toml."""
+    shutil.copytree(SHIPPED_POLICIES / "data", directory / "data")
+    write_policy(directory, {f"{example.op}.rules": example.rules})
+    (directory / "tests").mkdir()
+    (directory / "tests" / f"{example.op}.toml").write_text(f'op = "{example.op}"\n\n{example.cases or ""}')
+    return directory
 
 
-def test_readmes_two_rules_do_what_the_text_says(tmp_path: Path) -> None:
-    rules = block_after((ROOT / "README.md").read_text(), "```rules\n")
-    policy = load_policy(write_policy(tmp_path, {"NewProxy.rules": rules}))
-    red = {"user": "alice", "metas": {"team": "red"}}
+EXAMPLES = examples()
 
-    def answer(**content: object) -> tuple[Outcome, str, object]:
-        d = decide(policy, Op.NEW_PROXY, {"user": red, **content})
-        return d.outcome, d.reason, (d.content or {}).get("subdomain")
 
-    assert answer(proxy_type="tcp", remote_port=6022) == (Outcome.ALLOW, "", None)
-    assert answer(proxy_type="udp", remote_port=7000) == (
-        Outcome.REJECT,
-        "tcp/udp ports are 6000-6999 (asked for 7000)",
-        None,
-    )
-    assert answer(proxy_type="http", subdomain="web") == (Outcome.REWRITE, "", "red-web")
-    assert answer(proxy_type="http", subdomain="red-web") == (Outcome.ALLOW, "", None)
-    assert answer(proxy_type="https", custom_domains=["a.example.com"]) == (Outcome.ALLOW, "", None)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
+def test_every_rule_example_does_what_its_cases_say(example: Example, tmp_path: Path) -> None:
+    assert example.op in OPS, f"{example.where}: a rules block starts with '# <Op>.rules'"
+    assert example.cases, f"{example.where}: add a <!-- cases ... --> comment after the block"
+    policies = example_policy(example, tmp_path)
+    policy = load_policy(policies)
+    written = [line for line in example.rules.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(policy.rules[OPS[example.op]].statements) == len(written)
+    report = run_policy_tests(policy, policies)
+    assert report.failed == 0 and report.passed >= 2, [(r.name, r.problems) for r in report.results]
+    assert not report.coverage.never_fired, f"{example.where}: no case fires {report.coverage.never_fired}"
+    # ... and each rule with a condition also stays quiet in some case.
+    cases = tomllib.loads(example.cases)["case"]
+    quiet: set[int] = set()
+    for raw in cases:  # decided as policyd test decides them: on the state each case presets
+        case = read_case(raw, OPS[example.op], policies / "tests", "cases", 0, None)
+        trace: list[TraceStep] = []
+        run_case(policy, case, trace)
+        quiet |= {step.rule.line for step in trace if not step.fired}
+        reached = {step.rule.line for step in trace}
+        quiet |= {s.location.line for s in policy.rules[OPS[example.op]].statements} - reached
+    for statement in policy.rules[OPS[example.op]].statements:
+        if statement.condition is not None and statement.action is not Action.LET:
+            assert statement.location.line in quiet, f"{example.where}: every case fires {statement.source!r}"
+
+
+def test_no_rule_example_hides_in_another_kind_of_block() -> None:
+    """A block of rules must be a ```rules block, so that the test above finds it."""
+    for page in PAGES:
+        text = page.read_text()
+        for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            lines = [line for line in match[2].splitlines() if line.strip()]
+            if match[1] != "rules" and lines and not lines[0].startswith(("$", "#")):
+                hidden = lines[0].startswith(STATEMENTS)
+                assert not hidden, f"{page.name}: tag this block ```rules: {lines[0]}"
 
 
 # -- the sessions of docs/cli.md -------------------------------------------------------------
 def test_the_eval_session_is_what_eval_prints() -> None:
     command = (
         "policyd eval --op NewProxy --content "
-        """'{"user": {"user": "bob", "metas": {"team": "blue"}}, "proxy_type": "tcp", "remote_port": 6022}'"""
+        """'{"user": {"user": "bob", "metas": {"token": "tk-bob"}}, """
+        """"proxy_type": "tcp", "remote_port": 6022}'"""
     )
     content = command.split("--content ", 1)[1].strip("'")
     args = ["eval", "--policies", str(SHIPPED_POLICIES), "--op", "NewProxy", "--content", content]
@@ -213,7 +252,8 @@ def test_the_test_case_example_passes_on_the_shipped_policy(tmp_path: Path) -> N
 # -- codes, the code map, links --------------------------------------------------------------
 def test_errors_md_has_one_entry_per_code() -> None:
     documented = re.findall(r"^### (\w+)$", (DOCS / "errors.md").read_text(), re.MULTILINE)
-    codes = {cls.code for cls in error_classes() if cls is not PolicydError} | {code.value for code in Lint}
+    codes = {cls.code for cls in error_classes() if cls is not PolicydError}
+    codes |= {code.value for enum in (Lint, LoadWarning, ReloadNotice) for code in enum}
     assert sorted(documented) == sorted(codes)
 
 
@@ -246,17 +286,17 @@ def test_local_links_resolve(page: Path) -> None:
 
 # -- docs/rollout.md -------------------------------------------------------------------------
 def rollout_scenario(root: Path) -> None:
-    """The recording and the candidate of docs/rollout.md's replay session, under `root`."""
+    """The recording and the candidate of docs/rollout.md's replay session, under `root`: the
+    shipped policy, and a candidate with the page's two rules added."""
     shutil.copytree(SHIPPED_POLICIES, root / "policies")
     candidate = shutil.copytree(SHIPPED_POLICIES, root / "candidate")
-    added = block_after((DOCS / "rollout.md").read_text(), "# NewProxy.rules (the shipped").splitlines()[-1]
+    text = (DOCS / "rollout.md").read_text()
+    encryption = block_after(text, "# NewProxy.rules (in the shipped").splitlines()[-1]
     rules = (candidate / "NewProxy.rules").read_text()
-    (candidate / "NewProxy.rules").write_text(
-        rules.replace("\nset content.metas.team", f"\n{added}\nset content.metas.team")
-    )
-    (candidate / "Login.rules").write_text(
-        (candidate / "Login.rules").read_text() + 'warn "login of {user.user}"\n'
-    )
+    last_set = "\nset content.metas.team"
+    (candidate / "NewProxy.rules").write_text(rules.replace(last_set, f"\n{encryption}{last_set}"))
+    with (candidate / "NewUserConn.rules").open("a") as visitors:
+        visitors.write(block_after(text, "# NewUserConn.rules (added").splitlines()[-1] + "\n")
     http = fixture("NewProxy-http")
     del http["content"]["custom_domains"]
     key = b"an example key, 32 bytes long.."
@@ -264,12 +304,12 @@ def rollout_scenario(root: Path) -> None:
     record_key, policy = RecordKey(key), load_policy(root / "policies")
     start = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
     lines = [header(record_key, start)]
-    for n, body in enumerate([fixture("Login-basic"), fixture("NewProxy-tcp"), http, fixture("Ping-basic")]):
+    requests = [fixture("Login-basic"), http, fixture("NewUserConn-https"), fixture("Ping-basic")]
+    for n, body in enumerate(requests):
         op, at, reqid = OPS[body["op"]], start + timedelta(seconds=n), f"5f0c2b1e9d8a7c{n:02x}"
         decision = decide(policy, op, body["content"], reqid=reqid, now=at.timestamp())
-        lines.append(
-            record_of(op, "0.1.0", body["content"], reqid, decision, at, record_key, decided_by(policy, op))
-        )
+        by = decided_by(policy, op)
+        lines.append(record_of(op, "0.1.0", body["content"], reqid, decision, at, record_key, by))
     (root / "requests.jsonl").write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
+import tomllib
+from typing import Any
 
 import orjson
 import pytest
@@ -65,12 +68,42 @@ def test_future_fields_survive_a_rewrite(shipped: Policy) -> None:
 def test_warns_are_collected_without_changing_the_outcome(shipped: Policy) -> None:
     decision = decide(shipped, Op.NEW_PROXY, fixture("NewProxy-udp-bandwidth")["content"])
     assert [w.message for w in decision.warnings] == ["proxy alice.dns of team red has no encryption"]
-    assert str(decision.warnings[0].rule) == "NewProxy.rules:22:1"
-    login = decide(shipped, Op.LOGIN, fixture("Login-reconnect")["content"])
-    assert login.outcome is Outcome.ALLOW
-    assert [w.message for w in login.warnings] == [
-        "login of team blue from [2001:db8::42]:61000 without a token"
-    ]
+    assert str(decision.warnings[0].rule) == "NewProxy.rules:26:1"
+
+
+# Every op the shipped policy decides on who the client is, with alice's fixture.
+IDENTITY_FIXTURES = ["Login-basic", "NewProxy-tcp", "Ping-basic", "NewWorkConn-basic"]
+
+
+def _as(body: dict[str, Any], user: str, token: str | None = None) -> dict[str, Any]:
+    """The fixture's content with the client's user name (and token) replaced."""
+    content = copy.deepcopy(body["content"])
+    record = content if body["op"] == "Login" else content["user"]
+    record["user"] = user
+    if token is not None:
+        record["metas"]["token"] = token
+    return content
+
+
+@pytest.mark.parametrize("name", IDENTITY_FIXTURES)
+def test_no_identity_comes_from_a_name_the_client_chooses(shipped: Policy, name: str) -> None:
+    """issue 12 §7: `user = "root"` without root's token gained the admin's rights; a banned
+    user got past the ban by changing name. Each name now needs its own token."""
+    body = fixture(name)
+    op = Op(body["op"])
+    for user, token in [("root", None), ("root", "tk-alice"), ("bob", None), ("alice2", None)]:
+        decision = decide(shipped, op, _as(body, user, token))
+        assert (decision.outcome, decision.reason) == (Outcome.REJECT, "unknown user or bad token"), user
+    assert decide(shipped, op, _as(body, "root", "tk-root")).outcome is not Outcome.REJECT
+
+
+def test_the_shipped_data_holds_token_hashes_only() -> None:
+    users = tomllib.loads((SHIPPED_POLICIES / "data" / "users.toml").read_text())
+    for name, account in users.items():
+        assert set(account) <= {"team", "token_sha256", "admin"}, name
+        assert re.fullmatch(r"[0-9a-f]{64}", account["token_sha256"]), name
+    shipped = load_policy(SHIPPED_POLICIES)
+    assert "tk-alice" not in repr(shipped.data), "a data file holds a plaintext token"
 
 
 def test_close_proxy_is_always_answered_allow(shipped: Policy) -> None:

@@ -53,9 +53,10 @@ from policyd.console.playground import evaluate, read_playground_request
 from policyd.console.rings import OUTCOMES, ConsoleFeed
 from policyd.console.tokens import TokenFile
 from policyd.engine import EvalOptions
-from policyd.policy import MAX_POLICY_FILE_BYTES
+from policyd.errors import PolicydError
+from policyd.policy import MAX_POLICY_FILE_BYTES, policy_sources, read_policy_file
 from policyd.rules.decision import Op
-from policyd.rules.diagnostics import Diagnostic, SourceFiles, jsonable
+from policyd.rules.diagnostics import Diagnostic, jsonable
 
 if TYPE_CHECKING:
     from policyd.service.store import PolicyStore
@@ -270,7 +271,7 @@ class Console:
         last = store.stats.last
         last_reload = None
         if last is not None:
-            sources = SourceFiles(self.directory)
+            sources = policy_sources(self.directory)
             last_reload = {
                 **(status["reloads"]["last_attempt"] or {}),
                 "errors": diagnostics(map(Diagnostic.of, last.errors), sources),
@@ -338,8 +339,8 @@ class Console:
         for origin, folder in sources:
             for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
                 try:
-                    doc = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
+                    doc = json.loads(read_policy_file(path, path.name, folder))
+                except (PolicydError, ValueError):
                     continue
                 if (
                     isinstance(doc, dict)

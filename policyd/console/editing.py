@@ -27,7 +27,7 @@ from policyd.console.files import (
     sha256,
 )
 from policyd.errors import PolicyLoadError
-from policyd.policy import Policy, load_policy
+from policyd.policy import Policy, load_policy, policy_sources
 from policyd.rules.diagnostics import Diagnostic, SourceFiles, render
 from policyd.tools.check import lint
 from policyd.tools.fmt import write_atomically
@@ -45,13 +45,16 @@ def diagnostics(found: Iterable[Diagnostic], sources: SourceFiles) -> list[dict[
 
 
 def load_candidate(
-    directory: Path, previous: Policy | None, pause: Pause | None
+    directory: Path, previous: Policy | None, pause: Pause | None, links_into: tuple[Path, ...] = ()
 ) -> tuple[Policy | None, list[dict[str, Any]]]:
-    """Load a directory as the service would: the policy, or None and its errors (with carets)."""
+    """Load a directory as the service would: the policy, or None and its errors (with carets).
+
+    A candidate's files are links into the serving directory, `links_into`.
+    """
     try:
-        return load_policy(directory, pause=pause, previous=previous), []
+        return load_policy(directory, pause=pause, previous=previous, links_into=links_into), []
     except PolicyLoadError as e:
-        return None, diagnostics(map(Diagnostic.of, e.errors), SourceFiles(directory))
+        return None, diagnostics(map(Diagnostic.of, e.errors), policy_sources(directory, links_into))
 
 
 @dataclass
@@ -111,13 +114,15 @@ def check_edit(root: Path, rel: str, text: str, serving: Policy, *, pause: Pause
         old = ""
     report = EditReport(rel, serving.version, diff=_diff(rel, old, text), unchanged=old == text)
     with candidate_directory(root, rel, text) as candidate:
-        policy, report.errors = load_candidate(candidate, serving, pause)
+        serving_dir = (root.resolve(),)
+        policy, report.errors = load_candidate(candidate, serving, pause, serving_dir)
         if policy is None:
             return report
         report.version_after = policy.version
-        report.warnings = diagnostics(lint(policy), SourceFiles(candidate))
+        report.warnings = diagnostics(lint(policy), policy_sources(candidate, serving_dir))
         if (candidate / TESTS_DIR).is_dir():
-            report.tests = run_policy_tests(policy, candidate).to_dict(with_coverage=False)
+            tests = run_policy_tests(policy, candidate, links_into=serving_dir)
+            report.tests = tests.to_dict(with_coverage=False)
     return report
 
 

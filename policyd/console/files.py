@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from policyd.console.errors import ConsoleError
-from policyd.policy import DATA_DIR, MAX_POLICY_FILE_BYTES, RULES_SUFFIX
+from policyd.errors import PolicyError
+from policyd.policy import DATA_DIR, MAX_POLICY_FILE_BYTES, RULES_SUFFIX, read_policy_file
 from policyd.rules.decision import Op
 from policyd.tools.test import TESTS_DIR
 
@@ -85,8 +86,8 @@ def list_files(root: Path) -> list[PolicyFile]:
         if EDITABLE.fullmatch(rel) is None or not path.is_file():
             continue
         try:
-            data = path.read_bytes() if path.stat().st_size <= MAX_POLICY_FILE_BYTES else b""
-        except OSError:
+            data = read_policy_file(path, rel, root) if path.stat().st_size <= MAX_POLICY_FILE_BYTES else b""
+        except (OSError, PolicyError):  # gone, or not a file the loader would read either
             continue
         found.append(PolicyFile(rel, file_kind(rel), len(data), sha256(data)))
     return found
@@ -102,11 +103,13 @@ def read_file(root: Path, rel: str) -> tuple[str, str]:
             raise ConsoleError(
                 f"{rel} is {size} bytes; the limit is {MAX_POLICY_FILE_BYTES}", 413, "too_large"
             )
-        data = path.read_bytes()
+        data = read_policy_file(path, rel, root)
     except FileNotFoundError:
         raise ConsoleError(f"{rel} does not exist", 404, "not_found") from None
     except OSError as e:
         raise ConsoleError(f"{rel}: cannot read: {e.strerror}", 500, "unreadable") from None
+    except PolicyError as e:  # a link out of the directory, a FIFO: the loader would refuse it
+        raise ConsoleError(f"{rel}: {e.message}", 422, e.code) from None
     try:
         return data.decode("utf-8"), sha256(data)
     except UnicodeDecodeError:
@@ -115,10 +118,13 @@ def read_file(root: Path, rel: str) -> tuple[str, str]:
 
 def current_sha256(root: Path, rel: str) -> str | None:
     """The file's hash on disk now, None if it does not exist."""
-    try:
-        return sha256((root / rel).read_bytes())
-    except FileNotFoundError:
+    path = root / rel
+    if not os.path.lexists(path):
         return None
+    try:
+        return sha256(read_policy_file(path, rel, root))
+    except PolicyError:
+        return ""  # unreadable as a policy file: differs from any hash it had
 
 
 def _mirror(source: Path, target: Path, edited: tuple[str, ...]) -> None:

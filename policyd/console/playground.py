@@ -17,9 +17,8 @@ from policyd.console.editing import Pause, diagnostics, load_candidate
 from policyd.console.errors import ConsoleError
 from policyd.console.files import candidate_directory
 from policyd.engine import EvalOptions
-from policyd.policy import RULES_SUFFIX, Policy
+from policyd.policy import RULES_SUFFIX, Policy, policy_sources
 from policyd.rules.decision import OPS
-from policyd.rules.diagnostics import SourceFiles
 from policyd.tools.check import lint
 from policyd.tools.eval import explain
 
@@ -77,12 +76,12 @@ def evaluate(
         warnings: list[dict[str, Any]] = []
     else:
         with candidate_directory(root, rel, request.rules) as candidate:
-            loaded, errors = load_candidate(candidate, serving, pause)
+            loaded, errors = load_candidate(candidate, serving, pause, (root.resolve(),))
             if loaded is None:
                 return {**result, "ok": False, "errors": errors}
             policy = loaded
             findings = [w for w in lint(policy) if w.location is not None and w.location.file == rel]
-            warnings = diagnostics(findings, SourceFiles(candidate))
+            warnings = diagnostics(findings, policy_sources(candidate, (root.resolve(),)))
     explanation = explain(policy, op, request.content, reqid=request.reqid, now=request.now, options=options)
     return {
         **result,

@@ -24,7 +24,7 @@ from typing import Any
 from policyd.rules import functions, sandbox
 from policyd.rules.compiler import ExpressionCompiler
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Scope
-from policyd.rules.schema import SCALAR_ZERO, Kind, Record, ZeroMap, view, zero_value
+from policyd.rules.schema import SCALAR_ZERO, Kind, Record, ZeroMap, zero_value
 from policyd.rules.shapes import (
     constant_key_path,
     constant_operand,
@@ -130,7 +130,8 @@ class _Emitter:
             isinstance(node.slice, ast.Constant) and type(node.slice.value) is str
         ):
             return None  # a slice, or a key path the compiler reads from the raw request
-        return f"{self.ref(sandbox.lookup)}({self.expr(node.value)}, {self.expr(node.slice)}, False)"
+        container, key = self.expr(node.value), self.expr(node.slice)
+        return f"{self.ref(sandbox.lookup)}({container}, {key}, False, {BUDGET})"
 
     def _field(self, node: ast.Attribute | ast.Subscript, of_user: bool, keys: tuple[str, ...]) -> str | None:
         """`content.field`, `content.metas.key`, `user.metas["key"]`: shapes.field_reader's
@@ -163,10 +164,8 @@ class _Emitter:
             if final.kind is Kind.STR_MAP
             else f"{self.ref(zero_value)}({self.ref(final)})"
         )
-        return (
-            f"({zero} if {read} is None else {self.ref(view)}({self.ref(final)}, {t})"
-            f" if _type({t}) is _dict else {self.closure(node)})"
-        )
+        viewed = f"{NAMES}.field_view({self.ref((of_user, where.path))}, {self.ref(final)}, {t})"
+        return f"({zero} if {read} is None else {viewed} if _type({t}) is _dict else {self.closure(node)})"
 
     def _read(self, node: ast.Attribute | ast.Subscript) -> str | None:
         """Reads the compiler makes one closure of, inline where the shape is common: fields of
@@ -202,8 +201,7 @@ class _Emitter:
 
     def _BinOp(self, node: ast.BinOp) -> str:
         fn = self.ref(sandbox.BINARY_OPERATORS[type(node.op)])
-        built = self.ref(sandbox.charge_built)
-        return f"{built}({fn}({self.expr(node.left)}, {self.expr(node.right)}), {BUDGET})"
+        return f"{fn}({self.expr(node.left)}, {self.expr(node.right)}, {BUDGET})"
 
     def _IfExp(self, node: ast.IfExp) -> str:
         return f"({self.expr(node.body)} if {self.expr(node.test)} else {self.expr(node.orelse)})"
@@ -215,19 +213,20 @@ class _Emitter:
         operand = constant_operand(op, right, self.scope)
         left = self.expr(node.left)
         if operand is None:
-            if isinstance(op, ast.Eq | ast.NotEq):
-                return f"({left} {_COMPARE_SYMBOLS[type(op)]} {self.expr(right)})"
             if is_dynamic_range(op, right, self.scope):
                 assert isinstance(right, ast.Call)
                 member = self.ref(range_member(isinstance(op, ast.NotIn)))
                 bounds = "".join(f", {self.expr(a)}" for a in right.args)
                 return f"{member}({BUDGET}, {left}{bounds})"
-            return f"{self.ref(sandbox.COMPARISONS[type(op)])}({left}, {self.expr(right)})"
+            return f"{self.ref(sandbox.COMPARISONS[type(op)])}({left}, {self.expr(right)}, {BUDGET})"
         symbol = _COMPARE_SYMBOLS.get(operand.op)
         if symbol is not None:
             return f"({left} {symbol} {self.ref(operand.value)})"
         # A display or range: `left` first, then the charge for building it, then the test.
         t, cost = self.temp(), self.ref(operand.cost)
+        charge = f"{BUDGET}.add({cost})"
+        if operand.scan:  # a display: charged as built, then as scanned (sandbox.scan)
+            charge = f"{BUDGET}.add2({cost}, {self.ref(operand.scan)})"
         word = "not in" if operand.op is ast.NotIn else "in"
         if operand.bounds is None:
             test = f"{t} {word} {self.ref(operand.value)}"
@@ -236,7 +235,7 @@ class _Emitter:
             test = f"(({lo} <= {t} < {hi}) if _type({t}) is _int else ({t} in {rng}))"
             if operand.op is ast.NotIn:
                 test = f"not {test}"
-        return f"(({t} := {left}), {BUDGET}.add({cost}), {test})[2]"
+        return f"(({t} := {left}), {charge}, {test})[2]"
 
     # -- calls and displays ------------------------------------------------------------------
     def _Call(self, node: ast.Call) -> str | None:

@@ -29,10 +29,12 @@ from policyd.rules.shapes import (
     constant_key_path,
     field_reader,
     key_walk,
+    literal_scalar,
     positional_call,
     short_method_call,
 )
 from policyd.rules.statefns import STATE_FUNCTIONS, Param, call_cost, literal_problem
+from policyd.rules.suggestions import function_hint, method_hint
 
 _KEYWORDS = frozenset({"key", "reverse", "default"})
 
@@ -183,7 +185,7 @@ class ExpressionCompiler:
             hint = did_you_mean(key, scope.data_names) or (
                 f"data files: {', '.join(sorted(scope.data_names))}"
                 if scope.data_names
-                else "policies/data/ is empty"
+                else "data/ holds no .toml or .json files"
             )
             raise self._key_error(node, f"no data file named '{key}'", hint)
 
@@ -200,7 +202,7 @@ class ExpressionCompiler:
                 try:
                     return container[attr]
                 except KeyError:
-                    raise EvaluationError(f"no key {attr!r} in this object") from None
+                    raise EvaluationError(f"no key {sandbox.shown(attr)} in this object") from None
             return sandbox.lookup(container, attr, True)
 
         return self._key_path(node, scope, attribute) or attribute
@@ -214,9 +216,11 @@ class ExpressionCompiler:
                 self._check_field(node, key, scope)
         value = self._compile(node.value, scope)
         index = self._compile(node.slice, scope)
+        if isinstance(node.slice, ast.Slice):
+            return lambda ctx: sandbox.take_slice(value(ctx), index(ctx), ctx.budget)
 
         def subscript(ctx: Ctx) -> Any:
-            return sandbox.lookup(value(ctx), index(ctx), False)
+            return sandbox.lookup(value(ctx), index(ctx), False, ctx.budget)
 
         return self._key_path(node, scope, subscript) or subscript
 
@@ -256,9 +260,7 @@ class ExpressionCompiler:
         if fn is None:
             raise self._error(node, f"operator {type(node.op).__name__} is not available in rules")
         left, right = self._compile(node.left, scope), self._compile(node.right, scope)
-        # A container result is charged like a literal: `l = l + l` doubles how often every item
-        # is referenced, so without the charge ten lines made one == or hash cost seconds.
-        return lambda ctx: sandbox.charge_built(fn(left(ctx), right(ctx)), ctx.budget)
+        return lambda ctx: fn(left(ctx), right(ctx), ctx.budget)
 
     def _compile_unaryop(self, node: ast.UnaryOp, scope: Scope) -> Compiled:
         fn = sandbox.UNARY_OPERATORS[type(node.op)]
@@ -316,13 +318,13 @@ class ExpressionCompiler:
             )
             if special is not None:
                 return special
-            return compare(node.ops[0], first, right) or (lambda ctx: fn(first(ctx), right(ctx)))
+            return compare(node.ops[0], first, right) or (lambda ctx: fn(first(ctx), right(ctx), ctx.budget))
 
         def chain(ctx: Ctx) -> Any:
             left = first(ctx)
             for fn, comparator in rest:
                 right = comparator(ctx)
-                if not fn(left, right):
+                if not fn(left, right, ctx.budget):
                     return False
                 left = right
             return True
@@ -359,9 +361,10 @@ class ExpressionCompiler:
         if name in STATE_FUNCTIONS:
             return self._compile_state_call(node, name, scope)
         if name not in functions.FUNCTIONS:
-            hint = did_you_mean(name, {**functions.FUNCTIONS, **STATE_FUNCTIONS})
+            hint = function_hint(name, node, functions.FUNCTIONS) or did_you_mean(name, STATE_FUNCTIONS)
             raise self._error(func, f"unknown function '{name}'", hint)
         fn, iterable_first = functions.FUNCTIONS[name]
+        self._check_literal_arguments(node, name)
         if (
             name in ("any", "all")
             and len(node.args) == 1
@@ -387,10 +390,7 @@ class ExpressionCompiler:
                 if key not in functions.KEY_FUNCTIONS:
                     raise EvaluationError("key= takes one of the policy language's functions")
                 kw["key"] = _budgeted_key(key, ctx.budget)
-            try:
-                result = fn(*values, **kw)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise EvaluationError(f"{name}(): {e}") from None
+            result = functions.call(name, fn, tuple(values), ctx.budget, **kw)
             return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
 
         return call
@@ -451,10 +451,22 @@ class ExpressionCompiler:
                 arg, f"{name}() takes {param.value} here, and '{ast.unparse(arg)}' is {article} {kind}"
             )
 
+    def _check_literal_arguments(self, node: ast.Call, name: str) -> None:
+        """Arguments given as literals that the function would refuse are load-time errors."""
+        check = functions.LITERAL_ARGUMENTS.get(name)
+        if check is None:
+            return
+        for position, arg in enumerate(node.args):
+            literal, value = literal_scalar(arg)
+            if literal:
+                problem = check(position, value)
+                if problem:
+                    raise self._error(arg, problem)
+
     def _compile_method_call(self, node: ast.Call, func: ast.Attribute, scope: Scope) -> Compiled:
         name = func.attr
         if name.startswith("_") or name not in sandbox.ALL_METHOD_NAMES:
-            hint = did_you_mean(name, sandbox.ALL_METHOD_NAMES)
+            hint = method_hint(name, sandbox.ALL_METHOD_NAMES)
             raise self._error(func, f"method '{name}' is not available in rules", hint)
         if node.keywords:
             raise self._error(node.keywords[0].value, "methods take positional arguments only")
@@ -508,7 +520,7 @@ class ExpressionCompiler:
                 parts.append(_as_text(inner))
             else:
                 parts.append(self._compile(v, scope))
-        return lambda ctx: sandbox.join_texts(p(ctx) for p in parts)
+        return lambda ctx: sandbox.join_texts((p(ctx) for p in parts), ctx.budget)
 
     # -- comprehensions --------------------------------------------------------------------
     def _target_names(self, target: ast.AST) -> list[str]:
@@ -630,8 +642,8 @@ def _node_name(node: ast.AST) -> str:
     return names.get(type(node).__name__, f"'{type(node).__name__}' syntax")
 
 
-# key= functions by function object: whether each takes an iterable first.
-_KEY_TAKES_ITERABLE = {fn: iterable_first for fn, iterable_first in functions.FUNCTIONS.values()}
+# key= functions by function object: their name and whether each takes an iterable first.
+_KEY_FUNCTIONS = {fn: (name, iterable_first) for name, (fn, iterable_first) in functions.FUNCTIONS.items()}
 
 
 def _budgeted_key(fn: Callable[[Any], Any], budget: Budget) -> Callable[[Any], Any]:
@@ -640,13 +652,13 @@ def _budgeted_key(fn: Callable[[Any], Any], budget: Budget) -> Callable[[Any], A
     sorted() and min()/max() call the key once per item from C, past the closures that charge
     the budget: sorted(xs, key=list) over 10,000 long strings built 10,000 long lists.
     """
-    iterable_first = _KEY_TAKES_ITERABLE[fn]
+    name, iterable_first = _KEY_FUNCTIONS[fn]
 
     def key(value: Any) -> Any:
         budget.charge()
         if iterable_first:
             sandbox.sized_iterable(value, budget)
-        return sandbox.charge_built(sandbox.check_length(fn(value)), budget)
+        return sandbox.charge_built(sandbox.check_length(functions.call(name, fn, (value,), budget)), budget)
 
     return key
 
@@ -689,7 +701,7 @@ def _is_singleton(node: ast.AST) -> bool:
 
 
 def _as_text(inner: Compiled) -> Compiled:
-    return lambda ctx: sandbox.to_text(inner(ctx))
+    return lambda ctx: sandbox.to_text(inner(ctx), ctx.budget)
 
 
 def any_all_finish(name: str, fn: Callable[..., Any], plan: _Loops) -> Callable[[Ctx, Any], Any]:
@@ -701,10 +713,7 @@ def any_all_finish(name: str, fn: Callable[..., Any], plan: _Loops) -> Callable[
         budget = ctx.budget
         values = _comprehend(plan, ctx, sandbox.sized_iterable(first, budget))
         sandbox.sized_iterable(values, budget)
-        try:
-            return fn(values)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise EvaluationError(f"{name}(): {e}") from None
+        return functions.call(name, fn, (values,), budget)
 
     return finish
 

@@ -25,7 +25,7 @@ class RequestNames(dict[str, Any]):
     `user_raw` is the dict the `user` view is made of, or None for a zero user.
     """
 
-    __slots__ = ("content_raw", "content_schema", "user_raw", "user_schema")
+    __slots__ = ("content_raw", "content_schema", "user_raw", "user_schema", "views")
 
     def __init__(
         self,
@@ -40,6 +40,7 @@ class RequestNames(dict[str, Any]):
         self.user_schema = user_schema
         self.content_raw = content_raw
         self.user_raw = user_raw
+        self.views: dict[Any, Any] | None = None
 
     def __missing__(self, key: str) -> Any:
         if key == "content":
@@ -55,8 +56,24 @@ class RequestNames(dict[str, Any]):
         """After a `set`: later rules see the new content (views are rebuilt when used)."""
         self.content_raw = content_raw
         self.user_raw = user_raw
+        self.views = None
         self.pop("content", None)
         self.pop("user", None)
+
+    def field_view(self, where: Any, f: Field, node: dict[str, Any]) -> Any:
+        """The view of a map or object field (`content.metas`), built once per request.
+
+        Building it copies the map, which the client sizes: a rule reading `content.metas` 200
+        times would otherwise copy it 200 times, uncharged. `where` names the field's path; a
+        `set` (replace_request) forgets every view.
+        """
+        views = self.views
+        if views is None:
+            views = self.views = {}
+        found = views.get(where)
+        if found is None:
+            found = views[where] = view(f, node)
+        return found
 
 
 class Ctx:

@@ -14,6 +14,7 @@ fields `/status` shows for an error.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from policyd.errors import Location, PolicydError, error_fields
+from policyd.rules.language import visible
 
 SOURCE_INDENT = "    "
 
@@ -28,6 +30,7 @@ SOURCE_INDENT = "    "
 class Severity(enum.StrEnum):
     ERROR = "error"  # the policy does not load
     WARNING = "warning"  # the policy loads, but a rule is likely not what was meant
+    INFO = "info"  # nothing is wrong: a recovery, or what a change did
 
 
 class OutputFormat(enum.StrEnum):
@@ -56,19 +59,29 @@ class Diagnostic:
         return {**fields, "severity": self.severity.value}
 
 
+# Reads one policy file: (path, the name shown in messages) -> its bytes. The loader's own
+# reader (policy.read_policy_file), so that quoting a line is as safe as loading it.
+FileReader = Callable[[Path, str], bytes]
+
+
 @dataclass
 class SourceFiles:
-    """Reads policy files on demand (once each) to quote the line a diagnostic points at."""
+    """Reads policy files on demand (once each) to quote the line a diagnostic points at.
+
+    Lines are split on `\n` only, as the loader splits them, so line numbers agree.
+    """
 
     directory: Path
+    read: FileReader
     _lines: dict[str, list[str] | None] = field(default_factory=dict)
 
     def line(self, location: Location) -> str | None:
         if location.file not in self._lines:
             path = self.directory / location.file
             try:
-                self._lines[location.file] = path.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError):
+                text = self.read(path, location.file).decode("utf-8")
+                self._lines[location.file] = [row.removesuffix("\r") for row in text.split("\n")]
+            except (PolicydError, OSError, UnicodeDecodeError):
                 self._lines[location.file] = None
         lines = self._lines[location.file]
         if lines is None or not 1 <= location.line <= len(lines):
@@ -92,9 +105,10 @@ def render(diagnostic: Diagnostic, sources: SourceFiles | None = None) -> str:
     source_line = sources.line(loc)
     if source_line is None:
         return head
-    lines = [head, SOURCE_INDENT + source_line.rstrip()]
+    lines = [head, SOURCE_INDENT + visible(source_line.rstrip())]
     if loc.column:
-        lines.append(SOURCE_INDENT + caret_line(source_line, loc.column))
+        prefix = visible(source_line[: max(loc.column - 1, 0)])
+        lines.append(SOURCE_INDENT + caret_line(prefix, len(prefix) + 1))
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import enum
 import io
 import re
 import tokenize
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,13 +89,85 @@ class Line:
     line: int  # 1-based line number of the first physical line
 
 
+# Characters that break a line for some readers and not for others (Python's str.splitlines()
+# and some editors break at \x0b \x0c \x1c-\x1e \x85 \u2028 \u2029 and a lone \r; `git diff`
+# and most editors do not), that terminals act on instead of showing (other C0 and C1
+# controls, DEL), or that reorder how a line is shown (bidi controls, "Trojan Source"). A rule
+# file holding one could run a rule its reviewers see as part of a comment or a string.
+_HIDING = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_LINE_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\r")
+_CONTROL_NAMES = {
+    "\x00": "NUL",
+    "\x0b": "VERTICAL TAB",
+    "\x0c": "FORM FEED",
+    "\r": "CARRIAGE RETURN",
+    "\x1b": "ESCAPE",
+    "\x1c": "FILE SEPARATOR",
+    "\x1d": "GROUP SEPARATOR",
+    "\x1e": "RECORD SEPARATOR",
+    "\x1f": "UNIT SEPARATOR",
+    "\x7f": "DELETE",
+    "\x85": "NEXT LINE",
+}
+
+
+def hidden_characters(path: str, source: str) -> list[ParseError]:
+    """An error for each line of a rule file that holds a character which hides text (_HIDING).
+
+    Tabs and newlines are fine, and so is a carriage return right before a newline (a file
+    saved with Windows line ends). Rule files are split on `\n` only, so that the lines the
+    loader sees are the lines every editor and `git diff` shows.
+    """
+    errors: list[ParseError] = []
+    for number, row in enumerate(source.split("\n"), 1):
+        found = next((m for m in _HIDING.finditer(row) if m.group() != "\r" or m.end() < len(row)), None)
+        if found is None:
+            continue
+        ch = found.group()
+        name = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "") or "control character"
+        what = f"U+{ord(ch):04X} ({name.lower()})"
+        if ch in _LINE_BREAKS:
+            why = (
+                "some readers break the line there and others do not, so the text after it "
+                "could be a rule of its own while editors and `git diff` show one line"
+            )
+        elif ch in "\u061c\u200e\u200f" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069":
+            why = "it changes the order in which the line is shown, so what runs is not what is read"
+        else:
+            why = "editors do not show it and terminals act on it, so the line is not what is read"
+        errors.append(
+            ParseError(
+                f"character {what} is not allowed in a rule file: {why}",
+                Location(path, number, found.start() + 1),
+                hint=f"delete it; in a string, write it as the escape '\\u{ord(ch):04x}'",
+            )
+        )
+    return errors
+
+
+def visible(text: str) -> str:
+    """`text` with every character that hides text (_HIDING) written as its escape, `\\u001c`:
+    how diagnostics quote a line, so that a terminal shows what the file holds."""
+    return _HIDING.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def physical_lines(source: str) -> list[str]:
+    """A rule file's lines, split on `\n` only, each with its `\n` (the last may have none)."""
+    rows = source.split("\n")
+    lines = [row + "\n" for row in rows[:-1]]
+    if rows[-1]:
+        lines.append(rows[-1])
+    return lines
+
+
 def source_blocks(source: str) -> Iterator[tuple[Line, bool]]:
     """Every line of a rule file, grouped as the parser groups them, and whether it is a rule.
 
     Backslash-continued lines form one block; blank and comment-only lines come one by one.
-    `policyd fmt` walks these so that it sees exactly the rules the parser sees.
+    `policyd fmt` walks these so that it sees exactly the rules the parser sees. Lines end at
+    `\n` only (hidden_characters refuses the other line breaks).
     """
-    lines = source.splitlines(keepends=True)
+    lines = physical_lines(source)
     i = 0
     while i < len(lines):
         start = i
@@ -124,7 +197,7 @@ class _RuleParser:
     def __init__(self, path: str, line: Line) -> None:
         self.path = path
         self.line = line
-        self.rows = line.text.splitlines(keepends=True)
+        self.rows = physical_lines(line.text)
 
     # -- positions -------------------------------------------------------------------------
     def loc(self, row: int, col: int) -> Location:
@@ -148,19 +221,57 @@ class _RuleParser:
         except tokenize.TokenError as e:
             msg = str(e.args[0]) if e.args else "cannot read this rule"
             row, col = e.args[1] if len(e.args) > 1 else (1, 0)
+            self.check_brackets(toks)  # a stray ')' makes the tokenizer report the end of the rule
+            if "unterminated string" in msg:  # Python 3.12+
+                raise self.unterminated(row, col) from None
             if "multi-line" in msg:
-                # Point at the bracket left open, not at the end of the rule.
-                opener = _unclosed_bracket(toks)
-                if opener is not None:
-                    raise self.error(opener, f"'{opener.string}' is opened and never closed") from None
                 msg = "a bracket is opened and never closed"
             raise ParseError(msg, self.loc(min(row, len(self.rows)), col)) from None
         except (SyntaxError, IndentationError) as e:
             raise ParseError(e.msg, self.loc(e.lineno or 1, (e.offset or 1) - 1)) from None
         for t in toks:
+            if t.type == tokenize.ERRORTOKEN and t.string in ("'", '"'):
+                raise self.unterminated(*t.start)
             if t.type == tokenize.ERRORTOKEN and not t.string.isspace():
                 raise self.error(t, f"unexpected character {t.string!r}")
+        self.check_brackets(toks)
         return toks
+
+    def unterminated(self, row: int, col: int) -> ParseError:
+        quote = self.rows[min(row, len(self.rows)) - 1][col : col + 1] or '"'
+        return ParseError(
+            f"this string is never closed: it needs a {quote} before the end of the line",
+            self.loc(row, col),
+            hint=f"add the closing {quote}",
+        )
+
+    def check_brackets(self, toks: list[tokenize.TokenInfo]) -> None:
+        """A ParseError at the first bracket that closes nothing or the wrong one, or that
+        is never closed; nothing when they pair up."""
+        stack: list[tokenize.TokenInfo] = []
+        for t in toks:
+            if t.type != tokenize.OP:
+                continue
+            if t.string in _OPEN:
+                stack.append(t)
+            elif t.string in _CLOSE:
+                if not stack:
+                    raise self.error(
+                        t,
+                        f"'{t.string}' closes a bracket that was never opened",
+                        f"remove it, or add the '{_OPEN[_CLOSE.index(t.string)]}' it closes",
+                    )
+                opener = stack.pop()
+                want = _CLOSE[_OPEN.index(opener.string)]
+                if t.string != want:
+                    at = self.loc(*opener.start)
+                    raise self.error(
+                        t,
+                        f"'{t.string}' does not close the '{opener.string}' opened at {at.line}:{at.column}",
+                        f"close that one with '{want}' first",
+                    )
+        if stack:
+            raise self.error(stack[-1], f"'{stack[-1].string}' is opened and never closed")
 
     @staticmethod
     def split_when(
@@ -208,13 +319,16 @@ class _RuleParser:
         raw = tok.string
         quote = raw[-1]
         prefix = raw[: raw.index(quote)]
-        if prefix or raw.startswith(quote * 3):
-            raise self.error(tok, 'expected a plain "quoted" string (no prefixes, no triple quotes)')
+        # A reason is a template with or without the f of an f-string: `reject f"..."` means
+        # the same as `reject "..."`. Other prefixes and triple quotes are refused.
+        if prefix.lower() not in ("", "f") or raw[len(prefix) :].startswith(quote * 3):
+            raise self.error(tok, 'expected a plain "quoted" string (no r/b/u prefixes, no triple quotes)')
+        raw = raw[len(prefix) :]
         body = raw[1:-1]
         parts: list[str | Expression] = []
         literal: list[str] = []
         i = 0
-        row, col0 = tok.start[0], tok.start[1] + 1
+        row, col0 = tok.start[0], tok.start[1] + len(prefix) + 1
         while i < len(body):
             ch = body[i]
             if ch in "{}" and body[i : i + 2] == ch * 2:
@@ -253,6 +367,14 @@ class _RuleParser:
 
     def _template_expr(self, src: str, row: int, col: int) -> Expression:
         lead = len(src) - len(src.lstrip())
+        spec = _format_spec_at(src)
+        if spec >= 0:
+            kind = "conversions (!r, !s, !a)" if src[spec] == "!" else "format specs ({x:>5}, {x:05d})"
+            raise ParseError(
+                f"in {{...}}: {kind} are not supported in a message",
+                self.loc(row, col + spec),
+                hint="write the value alone, {x}, or build the text with functions and methods",
+            )
 
         def locate(lineno: int, c: int) -> Location:
             return self.loc(row, col + lead + c)
@@ -264,6 +386,21 @@ class _RuleParser:
             msg = _syntax_message(e.msg, src.strip(), lineno, c)
             raise ParseError(f"in {{...}}: {msg}", locate(lineno, c)) from None
         return Expression(tree.body, _byte_columns(src.strip(), locate))
+
+    def after_message(self, message: tokenize.TokenInfo, after: tokenize.TokenInfo, what: str) -> ParseError:
+        """The error for a token after a reason/message: most often a quote inside `{...}`
+        that ended the message early (`"x {"a"}"`), which deserves the fix, not the grammar."""
+        quote = message.string[-1]
+        opened = message.string.count("{") - 2 * message.string.count("{{") > message.string.count("}")
+        if quote in "'\"" and (opened or after.start == message.end):
+            other = "'" if quote == '"' else '"'
+            return self.error(
+                after,
+                f"the {what} ended at the {quote} before this: a {quote} inside the {what} closes it",
+                f"inside {{...}} use the other kind of quote, {other}: "
+                f"{quote}... {{x == {other}a{other}}}{quote}",
+            )
+        return self.error(after, f"expected 'when' or the end of the rule after the {what}")
 
     def set_path(self, toks: list[tokenize.TokenInfo], keyword: tokenize.TokenInfo) -> tuple[Key, ...]:
         if not toks or toks[0].string != "content":
@@ -329,7 +466,7 @@ class _RuleParser:
                     f"expected a \"quoted\" {what} after '{action.value}'",
                 )
             if len(body) > 1:
-                raise self.error(body[1], "expected 'when' or the end of the rule after the message")
+                raise self.after_message(body[0], body[1], what)
             message = self.template(body[0])
             return ParsedRule(action, location, source, condition(), message=message)
         if action is Action.ALLOW:
@@ -359,14 +496,28 @@ def parse_rule(path: str, line: Line) -> ParsedRule:
         raise ParseError("expression nests too deeply", Location(path, line.line)) from None
 
 
-def _unclosed_bracket(toks: list[tokenize.TokenInfo]) -> tokenize.TokenInfo | None:
-    stack: list[tokenize.TokenInfo] = []
-    for t in toks:
-        if t.type == tokenize.OP and t.string in _OPEN:
-            stack.append(t)
-        elif t.type == tokenize.OP and t.string in _CLOSE and stack:
-            stack.pop()
-    return stack[-1] if stack else None
+def _format_spec_at(src: str) -> int:
+    """Where a `:` or `!` at the top level of a `{...}` part starts a format spec or a
+    conversion, as in an f-string (`{x:05d}`, `{x!r}`); -1 when there is none."""
+    for i, ch, depth in _unquoted(src):
+        if depth == 0 and (ch == ":" or (ch == "!" and src[i + 1 : i + 2] != "=")):
+            return i
+    return -1
+
+
+def _unquoted(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, brackets open after it) of each character of `text` outside quotes."""
+    depth, quote = 0, ""
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        else:
+            depth += (ch in "([{") - (ch in ")]}")
+            yield i, ch, depth
 
 
 def _syntax_message(msg: str, src: str, lineno: int, col: int) -> str:
@@ -424,19 +575,7 @@ def _string_literal(text: str, at: Location) -> object:
 
 
 def _matching_brace(body: str, start: int) -> int:
-    depth = 0
-    quote = ""
-    for j in range(start, len(body)):
-        ch = body[j]
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "{[(":
-            depth += 1
-        elif ch in "}])":
-            depth -= 1
-            if depth == 0:
-                return j if ch == "}" else -1
+    for j, ch, depth in _unquoted(body, start):
+        if depth == 0 and ch in "}])":
+            return j if ch == "}" else -1
     return -1

@@ -26,9 +26,9 @@ from policyd.rules.statements import Statement
 COMPILED_CHUNKS = 1024  # chunk code kept for reuse by later loads: all of a 10,000-rule policy
 CHUNK_STATEMENTS = 16  # rules per generated function: one compile() holds the GIL (~1-3 ms)
 
-# warn(decision, ctx, statement) and set(decision, names, statement, value): decide()'s hooks.
+# warn(decision, ctx, statement) and set(decision, ctx, statement, value): decide()'s hooks.
 WarnHook = Callable[[Any, Ctx, Statement], None]
-SetHook = Callable[[Any, RequestNames, Statement, Any], None]
+SetHook = Callable[[Any, Ctx, Statement, Any], None]
 Chunk = Callable[[Ctx, RequestNames, Any, WarnHook, SetHook], int]
 
 
@@ -122,7 +122,7 @@ def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dic
                 env[f"k{index}"] = statement.path[0]
                 body.append(f"{NAMES}[k{index}] = {value}")
             else:
-                body.append(f"{indent}set_(decision, {NAMES}, s{index}, {value})")
+                body.append(f"{indent}set_(decision, {CTX}, s{index}, {value})")
                 body.append(f"{indent}{CONTENT} = {NAMES}.content_raw")
                 body.append(f"{indent}{USER} = {NAMES}.user_raw")
     return "\n".join(

@@ -106,7 +106,10 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
 
     def _eval_subscript(self, node: ast.Subscript) -> Any:
         container = self._eval(node.value)
-        return sandbox.lookup(container, self._eval(node.slice), False)
+        key = self._eval(node.slice)
+        if isinstance(node.slice, ast.Slice):
+            return sandbox.take_slice(container, key, self.budget)
+        return sandbox.lookup(container, key, False, self.budget)
 
     def _eval_slice(self, node: ast.Slice) -> slice:
         lower, upper, step = (
@@ -119,7 +122,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         fn = self.operators.get(type(node.op))
         if fn is None or type(node.op) not in sandbox.BINARY_OPERATORS:
             raise FeatureNotAvailable(f"operator {type(node.op).__name__} is not available")
-        return sandbox.charge_built(fn(self._eval(node.left), self._eval(node.right)), self.budget)
+        return fn(self._eval(node.left), self._eval(node.right), self.budget)
 
     def _eval_unaryop(self, node: ast.UnaryOp) -> Any:
         return self.operators[type(node.op)](self._eval(node.operand))
@@ -137,7 +140,7 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         result: Any = True
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self._eval(comparator)
-            result = self.operators[type(op)](left, right)
+            result = sandbox.COMPARISONS[type(op)](left, right, self.budget)
             if not result:
                 return result
             left = right
@@ -168,21 +171,19 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
             if key not in functions.KEY_FUNCTIONS:
                 raise EvaluationError("key= takes one of the policy language's functions")
             kwargs["key"] = self._key(key)
-        try:
-            result = fn(*values, **kwargs)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise EvaluationError(f"{name}(): {e}") from None
+        result = functions.call(name, fn, tuple(values), self.budget, **kwargs)
         return sandbox.charge_built(sandbox.check_length(result), self.budget)
 
     def _key(self, fn: Any) -> Any:
         """A key= function, called once per item by sorted()/min()/max(), runs as a call does."""
-        iterable_first = next(takes for f, takes in functions.FUNCTIONS.values() if f is fn)
+        name, iterable_first = next((n, takes) for n, (f, takes) in functions.FUNCTIONS.items() if f is fn)
 
         def key(value: Any) -> Any:
             self.budget.charge()
             if iterable_first:
                 sandbox.sized_iterable(value, self.budget)
-            return sandbox.charge_built(sandbox.check_length(fn(value)), self.budget)
+            result = functions.call(name, fn, (value,), self.budget)
+            return sandbox.charge_built(sandbox.check_length(result), self.budget)
 
         return key
 
@@ -226,11 +227,11 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
                 if isinstance(value, ast.FormattedValue):
                     if value.format_spec is not None or value.conversion != -1:
                         raise FeatureNotAvailable("format specs and conversions are not available")
-                    yield sandbox.to_text(self._eval(value.value))
+                    yield sandbox.to_text(self._eval(value.value), self.budget)
                 else:
                     yield self._eval(value)
 
-        return sandbox.join_texts(parts())
+        return sandbox.join_texts(parts(), self.budget)
 
     # -- comprehensions --------------------------------------------------------------------
     def _assign(self, target: ast.expr, value: Any) -> None:

@@ -9,8 +9,8 @@ and the request stay unchanged whatever a rule does. Limits are named constants 
 from __future__ import annotations
 
 import ast
-import itertools
 import operator
+import re
 import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sized, ValuesView
 from typing import Any, TypeVar
@@ -24,21 +24,54 @@ T = TypeVar("T")
 MAX_STRING_LENGTH = 100_000  # characters in any string a rule builds
 MAX_COLLECTION_LENGTH = 10_000  # items in any list/set/dict/range a rule builds or iterates
 MAX_INT_BITS = 4_096  # bits in any integer a rule computes (** * << results)
-MAX_STEPS = 200_000  # per request: loop iterations + items built or walked
-DEFAULT_EVAL_SECONDS = 0.1  # per request: wall-clock budget, checked every CLOCK_EVERY steps
-CLOCK_EVERY = 1  # steps between clock checks: one step may be an `in` over a big data list
+MAX_STEPS = 200_000  # per decision: units of work (see "What a step is" below)
+MAX_OPERATION_STEPS = 250_000  # one operation: what may run between two reads of the clock
+DEFAULT_EVAL_SECONDS = 0.1  # per decision: CPU time of the deciding thread (see Budget)
 MAX_RULE_CHARS = 8_000  # characters in one (logical) rule line
 MAX_FILE_RULES = 2_000  # rules (logical lines) in one rule file: bounds load time
 MAX_EXPR_NODES = 500  # AST nodes in one expression
 MAX_EXPR_DEPTH = 40  # nesting depth of one expression's AST
+# AST nodes of all expressions of a policy's rule files together: the 10,000-rule benchmark
+# policy (per-user rules of ~34 nodes) holds 340,000; a load of 400,000 takes seconds, not minutes.
+MAX_POLICY_NODES = 400_000
 MAX_REGEX_CHARS = 1_000  # characters in a regex() or glob() pattern
 MAX_REGEX_MEMORY = 1 << 20  # bytes one compiled regex() pattern may use (RE2 program + DFA)
 REGEX_CACHE_SIZE = 128  # compiled regex() patterns kept between requests
 MAX_ROUND_DIGITS = 100  # |ndigits| of round(): round(n, -10**7) would compute 10**(10**7)
 
-_clock = time.perf_counter  # one global lookup less: charge() runs for most steps
+# -- what a step is -------------------------------------------------------------------------
+# One step is about the cost of visiting one item in C (~16 ns here): an item a rule builds,
+# iterates, scans (`in`, `.index()`), compares or walks; one loop iteration; COPY_CHARS_PER_STEP
+# characters compared, copied or hashed; TEXT_CHARS_PER_STEP characters of text work (case
+# mapping, searching, splitting, stripping, parsing, printing). An operation whose time grows with
+# its operands is charged before it runs, from their sizes, and refused if that is more than is
+# left, or more than MAX_OPERATION_STEPS: no single operation runs longer than that, whatever
+# --max-steps allows in total.
+COPY_CHARS_PER_STEP = 64  # memcmp/memcpy-like work: ==, <, startswith, slices, +, hashing
+TEXT_CHARS_PER_STEP = 1  # per-character work: upper(), find(), split(), strip(), regex(), str()
+STRIP_CHARS_PER_STEP = 64  # strip(chars) tests every character against every one of `chars`
+CIDR_NETWORK_STEPS = 64  # one network tested by cidr(), parsed or cached (~1 µs at most)
+PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() pattern
+
+# -- the clock ------------------------------------------------------------------------------
+# The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns).
+# A decision reads the wall clock every CLOCK_EVERY steps, before every operation charged that
+# many steps or more, and between chunks of rules (engine.decide). Only when the wall clock says
+# the budget is spent does it read the CPU clock: time spent waiting for the GIL (a reload
+# parsing a big data file) or for a CPU is not the decision's own work and is not counted.
+CLOCK_EVERY = 256  # steps between two reads of the wall clock
+CPU_CLOCK_AFTER_STEPS = 2_048  # a decision reads the CPU clock once it has done this much work
+CPU_CLOCK_AFTER_CHUNKS = 4  # ... or reached this many chunks of rules (64 rules)
+BACKSTOP_FACTOR = 10  # wall-clock backstop: this many budgets of wall time ...
+MIN_BACKSTOP_SECONDS = 1.0  # ... and at least this long, whatever the CPU clock says
+
+_wall = time.perf_counter  # one global lookup less: read every CLOCK_EVERY steps
+_cpu = time.thread_time
 
 SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+# Compared, hashed and tested for truth in O(1) (integers are bounded by MAX_INT_BITS or by the
+# data loaders' 4,300 digits).
+_CHEAP: frozenset[type] = frozenset({int, float, bool, type(None)})
 # Tuples, not `list | tuple` unions: a union in isinstance() is built anew on every call (~8x slower).
 _SEQUENCES = (list, tuple)
 _COLLECTIONS = (list, tuple, set, frozenset)
@@ -47,35 +80,107 @@ _DICT_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.ite
 
 
 class Budget:
-    """Per-request evaluation budget: steps counted, wall clock checked every CLOCK_EVERY steps.
+    """Per-decision evaluation budget: steps counted, time measured on the deciding thread's CPU.
 
-    One Budget per request, never shared: compiled rules keep no per-call state of their own.
+    `seconds` is CPU time of the thread that decides (time.thread_time), so a decision that waits
+    for the GIL while a reload parses a big data file, or for a CPU on a busy host, is not charged
+    for the wait; a wall-clock backstop (BACKSTOP_FACTOR budgets, at least MIN_BACKSTOP_SECONDS)
+    still ends one that never gets to run. The CPU clock is read lazily (see the clock constants):
+    a decision counts its CPU from its first CPU_CLOCK_AFTER_STEPS steps or CPU_CLOCK_AFTER_CHUNKS chunks of
+    rules, whichever comes first, or from the moment the wall clock first passes the budget.
+
+    One Budget per decision, never shared: compiled rules keep no per-call state of their own.
     """
 
-    __slots__ = ("deadline", "steps", "steps_left")
+    __slots__ = ("backstop", "chunks", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
 
     def __init__(self, max_steps: int = MAX_STEPS, seconds: float = DEFAULT_EVAL_SECONDS) -> None:
-        self.steps_left = max_steps
+        # Built for every decision: only what the first clock read needs (backstop: lazily).
+        self.max_steps = max_steps
         self.steps = 0
-        self.deadline = time.perf_counter() + seconds
+        self.next_read = CLOCK_EVERY
+        self.seconds = seconds
+        self.deadline = _wall() + seconds
+        self.cpu_start = -1.0  # not read yet
+        self.chunks = 1
 
-    def charge(self, n: int = 1) -> None:
-        before = self.steps
-        steps = self.steps = before + n
-        if steps > self.steps_left:
-            raise LimitError(f"evaluation took more than {self.steps_left} steps")
-        if (
-            n if CLOCK_EVERY == 1 else before // CLOCK_EVERY != steps // CLOCK_EVERY
-        ) and _clock() > self.deadline:
-            raise LimitError("evaluation ran out of time")
+    def charge(self, n: int = 1, what: str = "") -> None:
+        """Charge n steps before doing their work; refuse it if that is more than is left."""
+        steps = self.steps = self.steps + n
+        if steps > self.max_steps or n > MAX_OPERATION_STEPS:
+            self._too_many(n, what)
+        if steps >= self.next_read:
+            self.read_clock()
 
     def add(self, n: int) -> None:
         """Charge n steps without reading the clock: for work bounded by a rule's own text (a
         literal display or range, charged as built), which cannot run long between two reads.
-        Most conditions test such a constant, so this keeps them cheap (127 -> ~70 ns)."""
+        Most conditions test such a constant, so this keeps them cheap."""
         steps = self.steps = self.steps + n
-        if steps > self.steps_left:
-            raise LimitError(f"evaluation took more than {self.steps_left} steps")
+        if steps > self.max_steps:
+            self._too_many(n, "")
+
+    def add2(self, first: int, then: int) -> None:
+        """add(first) then add(then), in one call: a display charged as built, then scanned."""
+        steps = self.steps = self.steps + first
+        if steps > self.max_steps:
+            self._too_many(first, "")
+        steps = self.steps = steps + then
+        if steps > self.max_steps:
+            self._too_many(then, "")
+
+    def _too_many(self, n: int, what: str) -> None:
+        left = self.max_steps - self.steps + n
+        if n > MAX_OPERATION_STEPS and self.steps <= self.max_steps:
+            raise LimitError(
+                f"{what or 'one operation'} would take {n:,} steps, more than one operation may "
+                f"({MAX_OPERATION_STEPS:,})"
+            )
+        if what and n > 1:
+            raise LimitError(
+                f"{what} would take {n:,} steps, more than the {max(left, 0):,} left "
+                f"of the {self.max_steps:,} a decision may use"
+            )
+        raise LimitError(f"evaluation took more than {self.max_steps} steps")
+
+    def read_clock(self) -> None:
+        """Read the wall clock; past the deadline, ask the CPU clock whether the budget is spent."""
+        self.next_read = self.steps + CLOCK_EVERY
+        now = _wall()
+        if now > self.deadline:
+            self._past_deadline(now)
+        elif self.cpu_start < 0 and self.steps >= CPU_CLOCK_AFTER_STEPS:
+            self.cpu_start = _cpu()
+
+    def tick(self) -> None:
+        """Between two chunks of rules: read the clock; from the CPU_CLOCK_AFTER_CHUNKS-th on,
+        start the CPU clock if not yet (the work of the chunks before is bounded and not counted)."""
+        self.chunks = chunks = self.chunks + 1
+        if self.cpu_start < 0 and chunks >= CPU_CLOCK_AFTER_CHUNKS:
+            self.cpu_start = _cpu()
+        now = _wall()
+        if now > self.deadline:
+            self._past_deadline(now)
+
+    def _past_deadline(self, now: float) -> None:
+        backstop = getattr(self, "backstop", None)
+        if backstop is None:  # the first time: the deadline is still the one set at the start
+            started = self.deadline - self.seconds
+            backstop = self.backstop = started + max(self.seconds * BACKSTOP_FACTOR, MIN_BACKSTOP_SECONDS)
+        if now >= backstop:
+            raise LimitError("evaluation ran out of time (wall-clock backstop)")
+        cpu = _cpu()
+        if self.cpu_start < 0:
+            # Little work was done so far (under CPU_CLOCK_AFTER_STEPS steps, in one chunk of
+            # rules): the wall time was spent waiting. Count the budget's CPU time from here.
+            self.cpu_start = cpu
+            self.deadline = now + self.seconds
+            return
+        left = self.seconds - (cpu - self.cpu_start)
+        if left <= self.seconds / 64:  # spent (to within 1.6%: no endless rereads)
+            raise LimitError("evaluation ran out of time")
+        # The thread cannot spend CPU faster than the wall clock runs: no earlier end is possible.
+        self.deadline = now + left
 
 
 def deep_size(value: Any, budget: Budget) -> int:
@@ -83,30 +188,81 @@ def deep_size(value: Any, budget: Budget) -> int:
 
     Charging rule-built containers by their deep size keeps the work of later hashing,
     comparing or printing them linear in what the budget allowed, even when the same object
-    is shared many times (`let b = (a, a)` doubling per line). Scalar items count too, and a
-    container's items are charged before they are walked: a list holding one list of 10,000
-    numbers 8,192 times would otherwise walk 80 million items for 8,192 steps.
+    is shared many times (`let b = (a, a)` doubling per line). Scalar items count too, strings
+    for their characters as well (one step per COPY_CHARS_PER_STEP), and a container's items are
+    charged before they are walked: a list holding one list of 10,000 numbers 8,192 times would
+    otherwise walk 80 million items for 8,192 steps. The same walk bounds the work of comparing
+    or hashing a value of any origin (data, the request), so it is also what those are charged.
     """
     stack = [value]
     count = 0
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            children: Iterable[Any] = itertools.chain(item.keys(), item.values())
-            n = 2 * len(item)
+            children: tuple[Any, ...] = (*item.keys(), *item.values())
         elif isinstance(item, _COLLECTIONS):
-            children, n = item, len(item)
+            children = tuple(item)
+        elif isinstance(item, _DICT_VIEWS):
+            children = tuple(item)  # type: ignore[arg-type]
         else:
             continue
-        count += 1 + n
-        budget.charge(1 + n)
-        stack.extend(c for c in children if type(c) not in SCALARS)
+        n = 1 + len(children)
+        budget.charge(n, "walking a value")
+        # The children's kinds in C (~15 ns an item): flat lists of scalars, the common case,
+        # never enter the Python loop.
+        kinds = set(map(type, children))
+        if kinds <= SCALARS:
+            chars = 0
+            if str in kinds:
+                chars = sum(map(len, children)) if len(kinds) == 1 else _chars(children)
+        else:
+            chars = 0
+            for child in children:
+                kind = type(child)
+                if kind is str:
+                    chars += len(child)
+                elif kind not in SCALARS:
+                    stack.append(child)
+        count += n
+        if chars >= COPY_CHARS_PER_STEP:
+            count += chars // COPY_CHARS_PER_STEP
+            budget.charge(chars // COPY_CHARS_PER_STEP, "walking a value")
     return count
 
 
+def _chars(children: tuple[Any, ...]) -> int:
+    return sum(len(c) for c in children if type(c) is str)
+
+
+def charge_compare(a: Any, b: Any, budget: Budget) -> None:
+    """Charge `a OP b` (==, <, ...) before it runs: a comparison stops where the smaller operand
+    ends, so it is charged the walk of the one with fewer items."""
+    ka, kb = type(a), type(b)
+    if ka in _CHEAP or kb in _CHEAP:
+        return
+    if ka is str:
+        if kb is str:
+            n = min(len(a), len(b)) // COPY_CHARS_PER_STEP
+            if n:
+                budget.charge(n, "comparing strings")
+        return
+    if kb is str:
+        return
+    deep_size(a if _size(a) <= _size(b) else b, budget)
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, Sized) else 0
+
+
 def charge_built(value: Any, budget: Budget) -> Any:
-    """Charge a container a rule has just built for what it holds; scalars are free."""
-    if type(value) not in SCALARS:
+    """Charge a value a rule has just built for what it holds; numbers are free."""
+    kind = type(value)
+    if kind is str:
+        n = len(value) // COPY_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "building a string")
+    elif kind not in SCALARS:
         deep_size(value, budget)
     return value
 
@@ -144,9 +300,9 @@ def _int_bits(value: Any) -> int:
 
 def safe_pow(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int) and b > 0 and _int_bits(a) * b > MAX_INT_BITS:
-        raise LimitError(f"{a} ** {b} would exceed {MAX_INT_BITS} bits")
+        raise LimitError(f"{shown(a)} ** {shown(b)} would exceed {MAX_INT_BITS} bits")
     if isinstance(b, int | float) and abs(b) > MAX_INT_BITS:
-        raise LimitError(f"exponent {b} exceeds {MAX_INT_BITS}")
+        raise LimitError(f"exponent {shown(b)} exceeds {MAX_INT_BITS}")
     return a**b
 
 
@@ -184,7 +340,7 @@ def safe_add(a: Any, b: Any) -> Any:
 
 def safe_lshift(a: Any, b: Any) -> Any:
     if isinstance(b, int) and _int_bits(a) + b > MAX_INT_BITS:
-        raise LimitError(f"{a} << {b} would exceed {MAX_INT_BITS} bits")
+        raise LimitError(f"{shown(a)} << {shown(b)} would exceed {MAX_INT_BITS} bits")
     return a << b
 
 
@@ -195,26 +351,123 @@ def safe_mod(a: Any, b: Any) -> Any:
     return a % b
 
 
-def safe_contains(container: Any, item: Any) -> bool:
-    if isinstance(container, str) and not isinstance(item, str):
-        raise EvaluationError(f"'in <string>' needs a string on the left, not {type(item).__name__}")
+# Set-like operators (`a - b`, `a & b`, `a | b`, `a ^ b` on sets and dict views) work through
+# both operands whatever the result's size: charged for both before they run.
+_SET_LIKE = (set, frozenset, dict, *_DICT_VIEWS)
+
+
+def _charged_operator(fn: Callable[[Any, Any], Any], set_like: bool) -> Callable[[Any, Any, Budget], Any]:
+    """The operator as rules apply it: operands sized before, the result charged as built.
+
+    A container result is charged like a literal: `l = l + l` doubles how often every item is
+    referenced, so without the charge ten lines made one == or hash cost seconds.
+    """
+    if not set_like:
+        return lambda a, b, budget: charge_built(fn(a, b), budget)
+
+    def apply(a: Any, b: Any, budget: Budget) -> Any:
+        if isinstance(a, _SET_LIKE) and isinstance(b, _SET_LIKE):
+            budget.charge(len(a) + len(b), "a set operation")  # type: ignore[arg-type]
+        return charge_built(fn(a, b), budget)
+
+    return apply
+
+
+def _is_cheap(value: Any) -> bool:
+    """Compared with anything in O(1): a number, a boolean, None or a short string."""
+    kind = type(value)
+    return kind in _CHEAP or (kind is str and len(value) < COPY_CHARS_PER_STEP)
+
+
+def scan(container: Any, item: Any, budget: Budget, what: str) -> None:
+    """Charge a scan of a list or tuple for `item` (`in`, `.index()`, `.count()`) before it runs.
+
+    Each item is compared with `item`; a cheap item (see _is_cheap) costs O(1) per comparison,
+    so the scan is charged its length (plus one); any other is charged the walk of the container
+    (deep_size), which bounds every comparison with every item. For a display of short scalars
+    (shapes.constant_operand) both are the same number, so that constant is charged at load time.
+    """
+    n = len(container)
+    if n:
+        if _is_cheap(item):
+            budget.charge(n + 1, what)
+        else:
+            deep_size(container, budget)
+
+
+def scan_cost(container: tuple[Any, ...] | list[Any]) -> int | None:
+    """What scan() charges for a constant display whatever the item, or None if that depends on it."""
+    if not container:
+        return 0
+    walk = Budget(max_steps=1 << 62, seconds=1e9)
+    deep_size(container, walk)
+    return walk.steps if walk.steps == len(container) + 1 else None
+
+
+def contains(container: Any, item: Any, budget: Budget) -> bool:
+    """`item in container`, charged before it runs: a list or tuple is scanned (see scan()), a
+    string searched character by character, and a tuple hashed again on every lookup."""
+    kind = type(container)
+    if kind is list or kind is tuple:  # first: the common case, `user.user in data.admins`
+        n = len(container)
+        if n:
+            k = type(item)
+            if k in _CHEAP or (k is str and len(item) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(container, budget)
+        return item in container
+    if kind is str:
+        if type(item) is not str:
+            raise EvaluationError(f"'in <string>' needs a string on the left, not {type(item).__name__}")
+        n = (len(container) + len(item)) // TEXT_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "'in' over a string")
+    elif kind is _VALUES_VIEW:
+        scan(container, item, budget, "'in' over a list")
+    elif type(item) is tuple:  # dict, set, keys: a tuple's hash is computed again on every lookup
+        deep_size(item, budget)
     return item in container
 
 
-# AST operator → the function that applies it: the only operators a rule can use.
-BINARY_OPERATORS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: safe_add,
-    ast.Sub: operator.sub,
-    ast.Mult: safe_mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: safe_mod,
-    ast.Pow: safe_pow,
-    ast.LShift: safe_lshift,
-    ast.RShift: operator.rshift,
-    ast.BitAnd: operator.and_,
-    ast.BitOr: operator.or_,
-    ast.BitXor: operator.xor,
+_VALUES_VIEW: type = type({}.values())
+
+
+def _compare(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Budget], Any]:
+    def compare(a: Any, b: Any, budget: Budget) -> Any:
+        charge_compare(a, b, budget)
+        return fn(a, b)
+
+    return compare
+
+
+eq = _compare(operator.eq)
+ne = _compare(operator.ne)
+
+
+def _in(a: Any, b: Any, budget: Budget) -> bool:
+    return contains(b, a, budget)
+
+
+def _not_in(a: Any, b: Any, budget: Budget) -> bool:
+    return not contains(b, a, budget)
+
+
+# AST operator → the function that applies it: the only operators a rule can use. Binary
+# operators and comparisons take the budget last: they charge what their operands cost.
+BINARY_OPERATORS: dict[type[ast.operator], Callable[[Any, Any, Budget], Any]] = {
+    ast.Add: _charged_operator(safe_add, False),
+    ast.Sub: _charged_operator(operator.sub, True),
+    ast.Mult: _charged_operator(safe_mul, False),
+    ast.Div: _charged_operator(operator.truediv, False),
+    ast.FloorDiv: _charged_operator(operator.floordiv, False),
+    ast.Mod: _charged_operator(safe_mod, False),
+    ast.Pow: _charged_operator(safe_pow, False),
+    ast.LShift: _charged_operator(safe_lshift, False),
+    ast.RShift: _charged_operator(operator.rshift, False),
+    ast.BitAnd: _charged_operator(operator.and_, True),
+    ast.BitOr: _charged_operator(operator.or_, True),
+    ast.BitXor: _charged_operator(operator.xor, True),
 }
 UNARY_OPERATORS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.Not: operator.not_,
@@ -222,17 +475,17 @@ UNARY_OPERATORS: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.UAdd: operator.pos,
     ast.Invert: operator.invert,
 }
-COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda a, b: safe_contains(b, a),
-    ast.NotIn: lambda a, b: not safe_contains(b, a),
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
+COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any, Budget], Any]] = {
+    ast.Eq: eq,
+    ast.NotEq: ne,
+    ast.Lt: _compare(operator.lt),
+    ast.LtE: _compare(operator.le),
+    ast.Gt: _compare(operator.gt),
+    ast.GtE: _compare(operator.ge),
+    ast.In: _in,
+    ast.NotIn: _not_in,
+    ast.Is: lambda a, b, budget: a is b,
+    ast.IsNot: lambda a, b, budget: a is not b,
 }
 
 
@@ -246,6 +499,8 @@ class SafeRange:
         for a in args:
             if not isinstance(a, int) or isinstance(a, bool):
                 raise EvaluationError(f"range() takes integers, not {type(a).__name__}")
+        if len(args) == 3 and args[2] == 0:
+            raise EvaluationError("range() step must not be zero")
         self._range = range(*args)
 
     def __contains__(self, item: object) -> bool:
@@ -277,14 +532,15 @@ class SafeRange:
 _SIZED = (*_BUILT, SafeRange)
 
 
-def _text_floor(value: Any) -> int:
+def _text_floor(value: Any, budget: Budget | None = None) -> int:
     """A lower bound on len(str(value)), found walking at most MAX_STRING_LENGTH nodes.
 
     str() of a container builds the whole text in C before its length can be checked, and a
     container holding the same long string (or list) many times prints it every time:
     `str(["a" * 100000] * 10000)` is a 1 GB string. Every node adds at least one character, so
-    the walk stops early on exactly those values. Only data prints: a function's text would
-    show frps's client a memory address.
+    the walk stops early on exactly those values; with a budget, each container's items are
+    charged before they are walked. Only data prints: a function's text would show frps's
+    client a memory address.
     """
     total = 0
     stack = [value]
@@ -296,39 +552,65 @@ def _text_floor(value: Any) -> int:
             total += 1
         elif isinstance(item, int):
             total += 1 + item.bit_length() // 4  # decimal digits >= bits * log10(2)
-        elif isinstance(item, dict):
-            total += 2 * len(item)
+        elif isinstance(item, dict | list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
+            children: tuple[Any, ...] = (
+                (*item.keys(), *item.values()) if isinstance(item, dict) else tuple(item)
+            )
+            total += 2 + len(children)
             if total <= MAX_STRING_LENGTH:
-                stack.extend(item.keys())
-                stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
-            total += 2 + len(item)
-            if total <= MAX_STRING_LENGTH:
-                stack.extend(item)
+                if budget is not None:
+                    budget.charge(1 + len(children), "printing a value")
+                total += _flat_text(children, stack)
         else:
-            raise EvaluationError(f"a {type(item).__name__} cannot be turned into text")
+            raise EvaluationError(f"{_kind(item)} cannot be turned into text")
         if total > MAX_STRING_LENGTH:
             raise LimitError(f"text of this value would exceed {MAX_STRING_LENGTH} characters")
     return total
 
 
-def to_text(value: Any) -> str:
-    """`str()` for rules and {templates}: bounded in size before any text is built."""
+def _flat_text(children: tuple[Any, ...], stack: list[Any]) -> int:
+    """The text floor of a container's items when they are all strings or all integers, in C
+    (~20 ns an item); otherwise they go on the stack and 0 is returned."""
+    kinds = set(map(type, children))
+    if kinds == {str}:
+        return sum(map(len, children))
+    if kinds == {int}:
+        return len(children) + sum(map(int.bit_length, children)) // 4
+    stack.extend(children)
+    return 0
+
+
+def to_text(value: Any, budget: Budget | None = None) -> str:
+    """`str()` for rules and {templates}: bounded in size before any text is built, and with a
+    budget charged for it (the walk, then each character printed as text work)."""
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
         raise LimitError(f"integer exceeds {MAX_INT_BITS} bits")
-    _text_floor(value)
+    floor = _text_floor(value, budget)
+    if budget is not None and floor >= TEXT_CHARS_PER_STEP:
+        budget.charge(floor // TEXT_CHARS_PER_STEP, "printing a value")
     text = str(value)
     check_length(text)
     return text
 
 
-def join_texts(texts: Iterable[str]) -> str:
+def text_cost(budget: Budget, value: Any) -> None:
+    """What `str(value)` is charged before it runs (to_text's walk and characters)."""
+    if not isinstance(value, str):
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+            return  # to_text refuses it
+        floor = _text_floor(value, budget)
+        if floor >= TEXT_CHARS_PER_STEP:
+            budget.charge(floor // TEXT_CHARS_PER_STEP, "printing a value")
+
+
+def join_texts(texts: Iterable[str], budget: Budget | None = None) -> str:
     """Concatenate the parts of a template or f-string, refusing it as soon as it is too long.
 
     Each part is bounded on its own, so joining first and checking after built up to
-    (parts x MAX_STRING_LENGTH) characters: 2,600 "{s}" in one reason made 260 MB.
+    (parts x MAX_STRING_LENGTH) characters: 2,600 "{s}" in one reason made 260 MB. With a
+    budget, the joined text is charged as built.
     """
     out: list[str] = []
     total = 0
@@ -337,7 +619,75 @@ def join_texts(texts: Iterable[str]) -> str:
         if total > MAX_STRING_LENGTH:
             raise LimitError(f"text of more than {MAX_STRING_LENGTH} characters")
         out.append(text)
+    if budget is not None and total >= COPY_CHARS_PER_STEP:
+        budget.charge(total // COPY_CHARS_PER_STEP, "building a string")
     return "".join(out)
+
+
+# -- values in messages ---------------------------------------------------------------------
+MESSAGE_VALUE_CHARS = 60  # characters of a value an error message shows at most
+_ADDRESS_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>|0x[0-9a-fA-F]{6,}")
+
+
+def _kind(value: Any) -> str:
+    """'a function', 'a list', ...: what a value is, for messages (never its repr)."""
+    name = describe(value) if type(value) in _DESCRIBED else type(value).__name__
+    if callable(value):
+        name = "function"
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: data as a short literal (at most
+    MESSAGE_VALUE_CHARS characters), anything else by its kind, never a Python repr (which
+    for a function holds a memory address). The one place values are rendered into messages."""
+    out: list[str] = []
+    _show(value, out, 3)
+    text = "".join(out)
+    if len(text) > MESSAGE_VALUE_CHARS:
+        text = text[: MESSAGE_VALUE_CHARS - 3] + "..."
+    return text
+
+
+def _show(value: Any, out: list[str], depth: int) -> None:
+    # Stops once enough text is written: a value's size never matters here.
+    if sum(map(len, out)) > MESSAGE_VALUE_CHARS:
+        return
+    kind = type(value)
+    if kind is str:
+        out.append(repr(value[: MESSAGE_VALUE_CHARS + 1]))
+    elif kind in _CHEAP:
+        out.append(repr(value) if kind is not int or value.bit_length() < 200 else "a large integer")
+    elif kind is SafeRange:
+        out.append(repr(value))
+    elif isinstance(value, dict | list | tuple | set | frozenset) and depth > 0:
+        opening, closing = ("{", "}") if isinstance(value, dict | set | frozenset) else ("[", "]")
+        if isinstance(value, tuple):
+            opening, closing = "(", ")"
+        out.append(opening)
+        items = value.items() if isinstance(value, dict) else value
+        for i, item in enumerate(items):
+            if i:
+                out.append(", ")
+            if sum(map(len, out)) > MESSAGE_VALUE_CHARS:
+                out.append("...")
+                break
+            if isinstance(value, dict):
+                _show(item[0], out, depth - 1)
+                out.append(": ")
+                _show(item[1], out, depth - 1)
+            else:
+                _show(item, out, depth - 1)
+        out.append(closing)
+    else:
+        out.append(_kind(value))
+
+
+def error_text(error: BaseException) -> str:
+    """A Python exception's text as a rule error message may carry it: object reprs (which name
+    memory addresses) replaced by their kind, and cut to a bounded length."""
+    text = _ADDRESS_REPR.sub("<an object>", str(error))
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 _STR_METHODS = frozenset(
@@ -377,21 +727,26 @@ METHODS: dict[type, frozenset[str]] = {
 ALL_METHOD_NAMES = frozenset().union(*METHODS.values())
 
 
+_DESCRIBED: dict[type, str] = {dict: "object", list: "list", tuple: "tuple", str: "string"}
+
+
 def describe(value: Any) -> str:
-    names: dict[type, str] = {dict: "object", list: "list", tuple: "tuple", str: "string"}
-    return names.get(type(value), type(value).__name__)
+    return _DESCRIBED.get(type(value), type(value).__name__)
 
 
-def lookup(container: Any, key: Any, dotted: bool) -> Any:
+def lookup(container: Any, key: Any, dotted: bool, budget: Budget | None = None) -> Any:
     """`x.key` / `x[key]` for rules: mappings by key, sequences by index; nothing else.
 
-    Both evaluators use it, so a rule reaches Python objects only through this one door.
+    Both evaluators use it, so a rule reaches Python objects only through this one door. A tuple
+    key is hashed again on every lookup: with a budget, that walk is charged.
     """
     if isinstance(container, dict):
+        if budget is not None and type(key) is tuple:
+            deep_size(key, budget)
         try:
             return container[key]
         except KeyError:
-            raise EvaluationError(f"no key {key!r} in this object") from None
+            raise EvaluationError(f"no key {shown(key)} in this object") from None
         except TypeError:
             raise EvaluationError(f"{describe(key)} cannot be a key") from None
     if dotted:
@@ -400,10 +755,63 @@ def lookup(container: Any, key: Any, dotted: bool) -> Any:
         try:
             return container[key]
         except IndexError:
-            raise EvaluationError(f"index {key!r} out of range (length {len(container)})") from None
+            raise EvaluationError(f"index {shown(key)} out of range (length {len(container)})") from None
         except TypeError:
             raise EvaluationError(f"cannot index a {describe(container)} with {describe(key)}") from None
     raise EvaluationError(f"cannot index a {describe(container)}")
+
+
+def take_slice(container: Any, key: slice, budget: Budget) -> Any:
+    """`x[a:b:c]` for rules: charged for what it copies before it copies it."""
+    if isinstance(container, (list, tuple, str)):
+        try:
+            n = len(range(*key.indices(len(container))))
+        except (TypeError, ValueError):
+            n = 0  # lookup() gives the error
+        if isinstance(container, str):
+            n //= COPY_CHARS_PER_STEP if key.step in (None, 1) else STRIDE_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "a slice")
+    return lookup(container, key, False)
+
+
+STRIDE_CHARS_PER_STEP = 16  # characters a strided slice (s[::-1]) gathers per step
+
+_PREFIX_METHODS = frozenset({"startswith", "endswith", "removeprefix", "removesuffix"})
+_STRIP_METHODS = frozenset({"strip", "lstrip", "rstrip"})
+_METHOD_WHAT = {name: f".{name}()" for name in ALL_METHOD_NAMES}
+
+
+def _prefix_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, tuple | list):
+        return sum(len(v) if isinstance(v, str) else 1 for v in value)
+    return 0
+
+
+def charge_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> None:
+    """Charge `receiver.name(*args)` before it runs, from its operands' sizes."""
+    kind = type(receiver)
+    n = 0
+    if kind is str:
+        if name in _PREFIX_METHODS:
+            n = (_prefix_chars(args[0]) if args else 0) // COPY_CHARS_PER_STEP
+            if name.startswith("remove"):
+                n += len(receiver) // COPY_CHARS_PER_STEP
+        elif name in _STRIP_METHODS and args and isinstance(args[0], str):
+            n = len(receiver) * (1 + len(args[0]) // STRIP_CHARS_PER_STEP)
+        elif name != "isascii" and name != "join":
+            n = (len(receiver) + sum(len(a) for a in args if isinstance(a, str))) // TEXT_CHARS_PER_STEP
+    elif kind is list or kind is tuple:
+        if args:
+            scan(receiver, args[0], budget, _METHOD_WHAT.get(name, ""))
+    elif kind is set or kind is frozenset:
+        n = len(receiver) + sum(_size(a) for a in args)
+    elif args and type(args[0]) is tuple:  # dict.get(): a tuple key is hashed again
+        deep_size(args[0], budget)
+    if n:
+        budget.charge(n, _METHOD_WHAT.get(name, ""))
 
 
 def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> Any:
@@ -411,17 +819,20 @@ def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget)
     allowed = METHODS.get(type(receiver))
     if allowed is None or name not in allowed:
         raise EvaluationError(f"method '{name}' is not available on a {type(receiver).__name__}")
-    precheck_method(receiver, name, args)
+    charge_method(receiver, name, args, budget)
+    precheck_method(receiver, name, args, budget)
     try:
         result = getattr(receiver, name)(*args)
     except (TypeError, ValueError, OverflowError) as e:
-        raise EvaluationError(f".{name}(): {e}") from None
+        if name == "index" and isinstance(e, ValueError) and args:
+            raise EvaluationError(f".index(): {shown(args[0])} is not in the {describe(receiver)}") from None
+        raise EvaluationError(f".{name}(): {error_text(e)}") from None
     if isinstance(result, list):
         budget.charge(len(result))
     return check_length(result)
 
 
-def precheck_method(receiver: Any, name: str, args: tuple[Any, ...]) -> None:
+def precheck_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> None:
     """Refuse method calls whose result would exceed the size limits before doing the work."""
     if not isinstance(receiver, str):
         return
@@ -433,11 +844,15 @@ def precheck_method(receiver: Any, name: str, args: tuple[Any, ...]) -> None:
         elif isinstance(items, Sized) and isinstance(items, Iterable):
             if len(items) > MAX_COLLECTION_LENGTH:
                 raise LimitError(f"join of {len(items)} items exceeds {MAX_COLLECTION_LENGTH}")
+            budget.charge(len(items), ".join()")
             total = sum(len(x) if isinstance(x, str) else 0 for x in items)
         else:
             return
-        if total + len(receiver) * len(items) > MAX_STRING_LENGTH:
+        size = total + len(receiver) * len(items)
+        if size > MAX_STRING_LENGTH:
             raise LimitError(f"join would build a string over {MAX_STRING_LENGTH} characters")
+        if size >= COPY_CHARS_PER_STEP:
+            budget.charge(size // COPY_CHARS_PER_STEP, ".join()")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         grow = len(args[1]) - len(args[0])
         if grow > 0:

@@ -27,6 +27,11 @@ class Kind(enum.Enum):
     STR_MAP = "map of strings"
     RECORD = "object"
 
+    @property
+    def phrase(self) -> str:
+        """The kind with its article, for messages: "an integer", "a string"."""
+        return ("an " if self.value[0] in "aeiou" else "a ") + self.value
+
 
 class GoType(enum.Enum):
     """The Go type frps decodes a field into (`encoding/json`): what a rewritten value must fit."""

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from policyd.errors import EvaluationError
-from policyd.rules import sandbox
+from policyd.rules import functions, sandbox
 from policyd.rules.context import Compiled, Ctx, Scope
 from policyd.rules.sandbox import Budget
-from policyd.rules.schema import SCALAR_ZERO, Field, Kind, ZeroMap, view, zero_value
+from policyd.rules.schema import SCALAR_ZERO, Field, Kind, ZeroMap, zero_value
 
 
 def constant_key_path(node: ast.Attribute | ast.Subscript) -> tuple[str, tuple[str, ...]] | None:
@@ -88,6 +88,7 @@ def field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: C
     if where is None:
         return None
     path, final, last, final_key = where.path, where.final, where.last, where.final_key
+    view_key = (of_user, path)  # RequestNames.field_view: one view per field and request
 
     if last is None and len(path) == 1 and final.kind in SCALAR_ZERO:
         (key,) = path
@@ -131,7 +132,7 @@ def field_reader(of_user: bool, schema: Field, keys: tuple[str, ...], generic: C
                 return ZeroMap() if final.kind is Kind.STR_MAP else zero_value(final)
             if final.kind in SCALAR_ZERO or final.kind is Kind.STR_LIST:
                 return node
-            return generic(ctx) if not isinstance(node, dict) else view(final, node)
+            return generic(ctx) if not isinstance(node, dict) else raw.field_view(view_key, final, node)
         if node is None:
             return "" if last == "map" else None
         if not isinstance(node, dict):
@@ -165,7 +166,7 @@ def key_walk(name: str, keys: tuple[str, ...], generic: Compiled) -> Compiled:
     return walk
 
 
-def _constant(node: ast.AST) -> tuple[bool, Any]:
+def literal_scalar(node: ast.AST) -> tuple[bool, Any]:
     """(True, value) for a literal scalar, including a negative number; else (False, None)."""
     if isinstance(node, ast.Constant) and type(node.value) in sandbox.SCALARS:
         return True, node.value
@@ -189,33 +190,37 @@ class ConstantOperand:
     """
 
     op: type[ast.cmpop]
-    value: Any  # the scalar; the display's tuple, list or set; or the SafeRange
+    value: Any  # the scalar; the display's tuple or list; or the SafeRange
     cost: int = 0  # steps a display or range is charged as built, after x is evaluated
     bounds: tuple[int, int] | None = None  # a step-1 range: an int x is tested by its bounds
+    scan: int = 0  # then the steps scanning a display for x is charged (sandbox.scan)
 
 
 def constant_operand(op: ast.cmpop, right_node: ast.expr, scope: Scope) -> ConstantOperand | None:
-    """`x == "tcp"`, `x < 1024`, `x in ("tcp", "udp")`, `x in range(6000, 7000)`: the constant."""
-    is_constant, c = _constant(right_node)
+    """`x == "tcp"`, `x < 1024`, `x in ("tcp", "udp")`, `x in range(6000, 7000)`: the constant.
+
+    A set display is left to the generic comparison (hashing a tuple x is charged by its size),
+    and so are long strings, whose comparisons are charged by their length."""
+    is_constant, c = literal_scalar(right_node)
     if is_constant:
+        if isinstance(c, str) and len(c) >= sandbox.COPY_CHARS_PER_STEP:
+            return None  # charged by its length (sandbox.charge_compare): the generic comparison
         if isinstance(op, ast.Eq | ast.NotEq | ast.Lt | ast.LtE | ast.Gt | ast.GtE):
             return ConstantOperand(type(op), c)
         return None
     if not isinstance(op, ast.In | ast.NotIn):
         return None
-    if isinstance(right_node, ast.Tuple | ast.List | ast.Set):
-        items = [_constant(e) for e in right_node.elts]
+    if isinstance(right_node, ast.Tuple | ast.List):
+        items = [literal_scalar(e) for e in right_node.elts]
         if not all(ok for ok, _ in items):
             return None
         values = [v for _, v in items]
-        container = (
-            tuple(values)
-            if isinstance(right_node, ast.Tuple)
-            else values
-            if isinstance(right_node, ast.List)
-            else set(values)
-        )
-        return ConstantOperand(type(op), container, built_cost(container))
+        container = tuple(values) if isinstance(right_node, ast.Tuple) else values
+        built = built_cost(container)
+        scan = sandbox.scan_cost(container)
+        if scan is None:
+            return None  # long strings: what the scan costs depends on x (sandbox.contains)
+        return ConstantOperand(type(op), container, built, scan=scan)
     args = _constant_range_args(right_node, scope)
     if args is None:
         return None
@@ -253,7 +258,7 @@ def _constant_range_args(node: ast.expr, scope: Scope) -> list[int] | None:
     if not _is_range_call(node, scope):
         return None
     assert isinstance(node, ast.Call)
-    args = [_constant(a) for a in node.args]
+    args = [literal_scalar(a) for a in node.args]
     if not all(ok and type(v) is int for ok, v in args):
         return None
     return [v for _, v in args]
@@ -289,21 +294,21 @@ def compare_constant(
     if kind is ast.GtE:
         return lambda ctx: left(ctx) >= c
     negate = kind is ast.NotIn
-    cost = operand.cost
+    cost, scan = operand.cost, operand.scan
     if not isinstance(c, sandbox.SafeRange):
         container = c
         if negate:
 
             def not_in_display(ctx: Ctx) -> bool:
                 value = left(ctx)
-                ctx.budget.add(cost)
+                ctx.budget.add2(cost, scan)
                 return value not in container
 
             return not_in_display
 
         def in_display(ctx: Ctx) -> bool:
             value = left(ctx)
-            ctx.budget.add(cost)
+            ctx.budget.add2(cost, scan)
             return value in container
 
         return in_display
@@ -327,13 +332,18 @@ def invoker(name: str, fn: Callable[..., Any], iterable_first: bool) -> Callable
     """`invoke(budget, *values)`: a function called with evaluated positional arguments, its
     input checked and its result checked and charged (both back ends call it)."""
 
+    cost = functions.CHARGES.get(fn)
+
     def invoke(budget: Budget, *values: Any) -> Any:
         if iterable_first and len(values) == 1:
             sandbox.sized_iterable(values[0], budget)
-        try:
-            result = fn(*values)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise EvaluationError(f"{name}(): {e}") from None
+        if cost is not None:
+            result = functions.call(name, fn, values, budget)
+        else:
+            try:
+                result = fn(*values)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise EvaluationError(f"{name}(): {sandbox.error_text(e)}") from None
         if type(result) in _NUMBERS:  # nothing to check or charge
             return result
         return sandbox.charge_built(sandbox.check_length(result), budget)
@@ -358,22 +368,23 @@ _NUMBERS = frozenset({bool, int, float, type(None)})
 
 def compare(op: ast.cmpop, left: Compiled, right: Compiled) -> Compiled | None:
     """One comparison, both sides evaluated left to right, without the operator table's call."""
+    eq, ne, contains = sandbox.eq, sandbox.ne, sandbox.contains
     if isinstance(op, ast.Eq):
-        return lambda ctx: left(ctx) == right(ctx)
+        return lambda ctx: eq(left(ctx), right(ctx), ctx.budget)
     if isinstance(op, ast.NotEq):
-        return lambda ctx: left(ctx) != right(ctx)
+        return lambda ctx: ne(left(ctx), right(ctx), ctx.budget)
     if isinstance(op, ast.In):
 
         def in_(ctx: Ctx) -> bool:
             item = left(ctx)
-            return sandbox.safe_contains(right(ctx), item)
+            return contains(right(ctx), item, ctx.budget)
 
         return in_
     if isinstance(op, ast.NotIn):
 
         def not_in(ctx: Ctx) -> bool:
             item = left(ctx)
-            return not sandbox.safe_contains(right(ctx), item)
+            return not contains(right(ctx), item, ctx.budget)
 
         return not_in
     return None

@@ -9,21 +9,40 @@ reused instead of compiled again.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from policyd.errors import Location, ParseError, PolicyError, did_you_mean
+from policyd.errors import (
+    EvaluationError,
+    InternalError,
+    LoadLimitError,
+    Location,
+    ParseError,
+    PolicyError,
+    ValidationError,
+    did_you_mean,
+)
 from policyd.rules.codegen import Fragment, emit
 from policyd.rules.compiler import ExpressionCompiler
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, Scope
 from policyd.rules.decision import Part
 from policyd.rules.functions import FUNCTIONS
-from policyd.rules.language import Action, Expression, Key, ParsedRule, logical_lines, parse_rule
+from policyd.rules.language import (
+    Action,
+    Expression,
+    Key,
+    Line,
+    ParsedRule,
+    hidden_characters,
+    logical_lines,
+    parse_rule,
+)
 from policyd.rules.reads import NO_READS, FieldRead, Reads, reads_of, union
-from policyd.rules.sandbox import MAX_FILE_RULES, join_texts, to_text
-from policyd.rules.schema import Field, Kind, field_of_other_ops
+from policyd.rules.sandbox import MAX_FILE_RULES, MAX_POLICY_NODES, join_texts, to_text
+from policyd.rules.schema import Field, Kind, field_of_other_ops, type_matches
 from policyd.rules.statefns import STATE_FUNCTIONS
 
 # Characters of a rule's id: a hash of its text, so it names the rule wherever the rule moves.
@@ -43,19 +62,21 @@ class Template:
     reads: tuple[Reads, ...] = ()
 
     def render(self, ctx: Ctx) -> str:
-        return join_texts(p if isinstance(p, str) else to_text(p(ctx)) for p in self.parts)
+        return self.render_parts(ctx)[0]
 
     def render_parts(self, ctx: Ctx) -> tuple[str, list[str]]:
-        """The text, and its parts as rendered (the text is refused as soon as it is too long)."""
+        """The text, and its parts as rendered (the text is refused as soon as it is too long),
+        charged to the request's budget as an f-string is."""
         rendered: list[str] = []
+        budget = ctx.budget
 
         def each() -> Iterator[str]:
             for p in self.parts:
-                text = p if isinstance(p, str) else to_text(p(ctx))
+                text = p if isinstance(p, str) else to_text(p(ctx), budget)
                 rendered.append(text)
                 yield text
 
-        return join_texts(each()), rendered
+        return join_texts(each(), budget), rendered
 
 
 # What a compiled rule depends on besides its text: (op, lets above it, data file names, text).
@@ -86,6 +107,7 @@ class Statement:
     # sessions() about anyone but the request's own user.
     state_functions: frozenset[str] = frozenset()
     reads_other_users: bool = False
+    cost: int = 0  # AST nodes of its expressions: what it costs to load (PolicyBudget)
 
 
 def rule_id(source: str) -> str:
@@ -125,6 +147,24 @@ class _StateUse:
     def add(self, compiler: ExpressionCompiler) -> None:
         self.functions |= compiler.state_functions
         self.reads_other_users = self.reads_other_users or compiler.reads_other_users
+
+
+@dataclass
+class PolicyBudget:
+    """What the rule files of one policy may still cost to load, shared by their compile_rules.
+
+    Per-rule and per-file limits alone let six files of 2,000 rules x 500 nodes take minutes
+    and gigabytes to load; the policy's expressions share MAX_POLICY_NODES.
+    """
+
+    nodes_left: int = dataclasses.field(default_factory=lambda: MAX_POLICY_NODES)
+    exhausted: bool = False
+
+
+def rule_cost(rule: ParsedRule) -> int:
+    """The AST nodes of a rule's expressions (condition, value, the `{...}` of its message)."""
+    parts = [rule.condition, rule.value, *(p for p in rule.message or () if not isinstance(p, str))]
+    return sum(sum(1 for _ in ast.walk(e.tree)) for e in parts if e is not None)
 
 
 def _expression(expression: Expression, scope: Scope, use: _StateUse) -> tuple[Compiled, Fragment]:
@@ -183,6 +223,89 @@ def _set_target(keys: tuple[Key, ...], scope: Scope) -> tuple[tuple[str, ...], F
     return tuple(path), f
 
 
+def _constant(node: ast.expr) -> tuple[bool, object]:
+    """(True, value) for a literal written in the rule (`"x"`, `-1`, `["a", "b"]`, `{"k": "v"}`)."""
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        ok, value = _constant(node.operand)
+        if ok and isinstance(value, int | float) and not isinstance(value, bool):
+            return True, -value if isinstance(node.op, ast.USub) else value
+        return False, None
+    if isinstance(node, ast.List | ast.Tuple):
+        items = [_constant(e) for e in node.elts]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        keys = [_constant(k) for k in node.keys if k is not None]
+        values = [_constant(v) for v in node.values]
+        ok = all(k for k, _ in keys) and all(v for v, _ in values)
+        return ok, dict(zip((k for _, k in keys), (v for _, v in values), strict=True)) if ok else None
+    return False, None
+
+
+def _value_phrase(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number with a fraction"}
+    names |= {list: "a list", dict: "a map", type(None): "None"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_set_constant(value: Expression, f: Field, path: tuple[str, ...]) -> None:
+    """A `set` of a literal frps could not take is a load error, not an error on every request."""
+    ok, constant = _constant(value.tree)
+    if not ok or type_matches(f, constant):
+        return
+    target = "content." + ".".join(path)
+    hint = ""
+    if f.kind is Kind.INT and isinstance(constant, str) and constant.strip().lstrip("-").isdigit():
+        hint = f"write the number without quotes: {constant.strip()}"
+    elif f.kind is Kind.STR and isinstance(constant, int | float) and not isinstance(constant, bool):
+        hint = f'put it in quotes: "{constant}"'
+    elif f.kind is Kind.BOOL and isinstance(constant, str) and constant.lower() in ("true", "false"):
+        hint = f"write {constant.capitalize()} without quotes"
+    raise ValidationError(
+        f"{target} is {f.kind.phrase}; this value is {_value_phrase(constant)}",
+        value.locate(value.tree.lineno, value.tree.col_offset),
+        hint=hint,
+    )
+
+
+def _check_at_load(rule: ParsedRule) -> None:
+    """What the language refuses that the compiler would let through to fail on every request:
+    `%`-formatting of a string literal, a constant `range()` with step 0."""
+    parts = [rule.condition, rule.value, *(p for p in rule.message or () if not isinstance(p, str))]
+    for expression in parts:
+        if expression is None:
+            continue
+        for node in ast.walk(expression.tree):
+            where = getattr(node, "lineno", 1), getattr(node, "col_offset", 0)
+            if (
+                isinstance(node, ast.BinOp)
+                and isinstance(node.op, ast.Mod)
+                and (
+                    isinstance(node.left, ast.JoinedStr)
+                    or (isinstance(node.left, ast.Constant) and isinstance(node.left.value, str))
+                )
+            ):
+                raise ValidationError(
+                    "%-formatting is not available in rules",
+                    expression.locate(*where),
+                    hint='use a template, reject "port {content.remote_port}", or an f-string',
+                )
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "range"
+                and len(node.args) == 3
+                and isinstance(node.args[2], ast.Constant)
+                and node.args[2].value == 0
+                and not isinstance(node.args[2].value, bool)
+            ):
+                raise ValidationError(
+                    "range() step must not be zero",
+                    expression.locate(node.args[2].lineno, node.args[2].col_offset),
+                )
+
+
 def _let_name(key: Key) -> str:
     name = key.name
     if name in BUILTIN_NAMES or name in CONSTANTS or name in FUNCTIONS or name in STATE_FUNCTIONS:
@@ -203,12 +326,14 @@ def compile_rule(rule: ParsedRule, scope: Scope) -> Statement:
         statement,
         direct=reads,
         rule_id=rule_id(rule.source),
+        cost=rule_cost(rule),
         state_functions=frozenset(use.functions),
         reads_other_users=use.reads_other_users,
     )
 
 
 def _compile_rule(rule: ParsedRule, scope: Scope, use: _StateUse) -> Statement:
+    _check_at_load(rule)
     action, location, source = rule.action, rule.location, rule.source
     if action is Action.LET:
         name = _let_name(rule.target[0])
@@ -225,6 +350,7 @@ def _compile_rule(rule: ParsedRule, scope: Scope, use: _StateUse) -> Statement:
         return Statement(action, location, source, cond, condition_code=cond_code)
     path, f = _set_target(rule.target, scope)
     assert rule.value is not None
+    _check_set_constant(rule.value, f, path)
     value, code = _expression(rule.value, scope, use)
     cond, cond_code = _condition(rule, scope, use)
     return Statement(
@@ -248,28 +374,39 @@ def compile_rules(
     pause: Callable[[], None] | None = None,
     reuse: Mapping[CacheKey, Statement] | None = None,
     keep: dict[CacheKey, Statement] | None = None,
+    budget: PolicyBudget | None = None,
 ) -> list[Statement]:
     """Compile a rule file; every error found goes to `errors` (the file is bad if any).
 
     Every rule is checked, so that a load can say how many errors it found beyond those it
-    reports (errors.MAX_LOAD_ERRORS).
+    reports (errors.MAX_LOAD_ERRORS). Every error is located (at least `file:line`), whatever
+    raised it: nothing a rule file holds can make a load fail any other way.
 
-    `pause` is called between rules: a reload in a background thread uses it to let the
-    serving thread have the GIL while thousands of rules compile. A rule found in `reuse` (the
-    previous load's `keep`) under the same text, op, lets above it and data files is not
-    compiled again, only moved to its new line: an edit recompiles the lines it changed.
+    A file with characters that hide text (language.hidden_characters) is not compiled: what
+    runs must be what its readers see. `pause` is called between rules: a reload in a
+    background thread uses it to let the serving thread have the GIL while thousands of rules
+    compile. A rule found in `reuse` (the previous load's `keep`) under the same text, op, lets
+    above it and data files is not compiled again, only moved to its new line: an edit
+    recompiles the lines it changed. `budget` is shared by the files of one policy.
     """
+    hidden = hidden_characters(path, source)
+    if hidden:
+        errors.extend(hidden)
+        return []
+    if budget is not None and budget.exhausted:
+        return []
     statements: list[Statement] = []
     lets: set[str] = set()
     for count, line in enumerate(logical_lines(source), 1):
+        where = Location(path, line.line)
         if count > MAX_FILE_RULES:
-            errors.append(
-                ParseError(f"more than {MAX_FILE_RULES} rules in one file", Location(path, line.line))
-            )
+            errors.append(ParseError(f"more than {MAX_FILE_RULES} rules in one file", where))
             break
         key = (scope.op, frozenset(lets), scope.data_names, line.text)
         cached = reuse.get(key) if reuse is not None else None
         if cached is not None:
+            if not _spend(budget, cached.cost, where, errors):
+                break
             statement = dataclasses.replace(
                 cached, location=Location(path, line.line, cached.location.column)
             )
@@ -283,19 +420,60 @@ def compile_rules(
             pause()
         try:
             statement = compile_rule(parse_rule(path, line), _with_lets(scope, lets))
-        except PolicyError as e:
-            errors.append(e)
-            # Keep later lines from cascading into "unknown name" for a broken `let`.
-            head = line.text.split(None, 2)
-            if len(head) >= 2 and head[0] == "let":
-                lets.add(head[1].rstrip("="))
+        except Exception as e:  # every failure of a rule is an error of that rule
+            errors.append(_located(e, where))
+            _define_broken_let(line, lets)
             continue
+        if not _spend(budget, statement.cost, where, errors):
+            break
         if keep is not None:
             keep[key] = statement
         if statement.action is Action.LET:
             lets.add(statement.path[0])
         statements.append(statement)
     return resolve_lets(statements)
+
+
+def _spend(budget: PolicyBudget | None, cost: int, where: Location, errors: list[PolicyError]) -> bool:
+    """Charge a rule's cost to the policy's budget; False (and the error) once it is spent."""
+    if budget is None:
+        return True
+    budget.nodes_left -= cost
+    if budget.nodes_left >= 0:
+        return True
+    budget.exhausted = True
+    errors.append(
+        LoadLimitError(
+            f"the rule files hold more than {MAX_POLICY_NODES:,} expression parts together; "
+            "this rule passes that limit, so loading stops here",
+            where,
+            hint="keep long per-user lists in a data file: `reject ... when user.user in data.bans.users`",
+        )
+    )
+    return False
+
+
+def _located(error: Exception, where: Location) -> PolicyError:
+    """Any failure of one rule as a load error located at the rule (at least its line)."""
+    if isinstance(error, EvaluationError):
+        # Raised by work done once at load time (a constant range built, a literal checked):
+        # an error of the rule as written, not of a request.
+        return ValidationError(error.message, error.location or where, hint=error.hint)
+    if isinstance(error, PolicyError):
+        error.at(where)
+        return error
+    return InternalError(
+        f"policyd failed to compile this rule: {type(error).__name__}: {error}",
+        where,
+        hint="a bug in policyd; please report it with this rule",
+    )
+
+
+def _define_broken_let(line: Line, lets: set[str]) -> None:
+    """Keep later lines from cascading into "unknown name" for a broken `let`."""
+    head = line.text.split(None, 2)
+    if len(head) >= 2 and head[0] == "let":
+        lets.add(head[1].rstrip("="))
 
 
 def _with_lets(scope: Scope, lets: set[str]) -> Scope:

@@ -20,6 +20,8 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policyd.console.app import ConsoleMode, ConsoleServices, create_console
@@ -282,6 +284,7 @@ def create_app(
                 store.directory,
                 versions.reload,
                 debounce=settings.reload_debounce_s,
+                max_wait=settings.reload_max_wait_s,
                 poll=settings.reload_poll_s,
             )
             watcher.start()
@@ -308,6 +311,15 @@ def create_app(
     app = FastAPI(title="policyd", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Unknown paths and methods answer in the service's own shape, `{"error": "..."}`."""
+        path = request.url.path[:200]  # the client's own text, echoed short
+        what = {404: f"no such path: {path}", 405: f"{path} does not answer {request.method}"}
+        body = error_body(what.get(exc.status_code, str(exc.detail)))
+        return Response(body, exc.status_code, headers=dict(exc.headers or {}), media_type=JSON)
+
     guards = {settings.handler_path: Allowlist(settings.handler_allow)}
     admin = Allowlist(settings.admin_allow)
     # /versions holds every version's rule text and data: it is as private as /status.

@@ -128,6 +128,13 @@ CONNECTIONS_REFUSED = MetricSpec(
 )
 POLICY_INFO = MetricSpec("policyd_policy", "info", "The policy version serving.", ("version",), "always 1")
 POLICY_RULES = MetricSpec("policyd_policy_rules", "gauge", "Rules in the serving policy.")
+POLICY_WARNINGS = MetricSpec(
+    "policyd_policy_warnings",
+    "gauge",
+    "Warnings about the serving policy directory: no rule files, ignored near-miss file names.",
+    (),
+    "`/status` lists them under `policy.warnings`; alert on > 0 for a mis-mounted directory",
+)
 POLICY_LOADED = MetricSpec(
     "policyd_policy_loaded_timestamp_seconds", "gauge", "When the serving policy was loaded."
 )
@@ -228,6 +235,7 @@ METRICS = (
     CONNECTIONS_REFUSED,
     POLICY_INFO,
     POLICY_RULES,
+    POLICY_WARNINGS,
     POLICY_LOADED,
     RELOADS,
     LAST_RELOAD_SUCCESS,
@@ -266,6 +274,7 @@ class _StoreCollector(Collector):
         info.add_metric([], {"version": policy.version})
         yield info
         yield GaugeMetricFamily(POLICY_RULES.name, POLICY_RULES.help, value=policy.rule_count)
+        yield GaugeMetricFamily(POLICY_WARNINGS.name, POLICY_WARNINGS.help, value=len(policy.warnings))
         yield GaugeMetricFamily(POLICY_LOADED.name, POLICY_LOADED.help, value=policy.loaded_at)
         reloads = CounterMetricFamily(RELOADS.name, RELOADS.help, labels=RELOADS.labels)
         reloads.add_metric(["success"], stats.successes)

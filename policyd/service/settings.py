@@ -136,6 +136,13 @@ class Settings:
     reload_debounce_s: float = field(
         default=0.2, metadata=_doc("Quiet time after a change before reloading, in seconds.")
     )
+    reload_max_wait_s: float = field(
+        default=2.0,
+        metadata=_doc(
+            "Longest wait for a quiet time while changes keep coming: reload at least this often "
+            "during a burst, in seconds."
+        ),
+    )
     reload_poll_s: float = field(
         default=5.0, metadata=_doc("Seconds between fingerprint polls backing up file events.")
     )
@@ -500,6 +507,11 @@ def _check(s: Settings) -> None:
     for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
         if getattr(s, name) <= 0:
             problems.append(f"{name} must be positive, got {getattr(s, name)}")
+    if s.reload_max_wait_s < s.reload_debounce_s:
+        problems.append(
+            f"reload_max_wait_s ({s.reload_max_wait_s}) must be at least reload_debounce_s "
+            f"({s.reload_debounce_s})"
+        )
     if s.eval_budget_ms <= 0:
         problems.append(f"eval_budget_ms must be positive, got {s.eval_budget_ms}")
     if s.shadow_eval_budget_ms <= 0:

@@ -12,6 +12,7 @@ from typing import Any
 from policyd import __version__
 from policyd.errors import PolicyError
 from policyd.policy import Policy
+from policyd.rules.diagnostics import Diagnostic
 from policyd.service.settings import Settings
 from policyd.service.store import PolicyStore, ReloadAttempt, ReloadStats
 
@@ -34,7 +35,12 @@ def _attempt(attempt: ReloadAttempt | None) -> dict[str, Any] | None:
         "version": attempt.version,
         "errors": [_error(e) for e in attempt.errors],
         "errors_omitted": attempt.errors_omitted,
+        "notices": [_notice(n) for n in attempt.notices],
     }
+
+
+def _notice(notice: Diagnostic) -> dict[str, Any]:
+    return {**notice.to_dict(), "location": str(notice.location) if notice.location else ""}
 
 
 def policy_summary(policy: Policy) -> dict[str, Any]:
@@ -49,6 +55,7 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
             for f in sorted(policy.rules.values(), key=lambda f: f.path)
         ],
         "data_files": [{"path": d.path, "name": d.name, "sha256": d.sha256} for d in policy.data_files],
+        "warnings": [_notice(w) for w in policy.warnings],
     }
 
 

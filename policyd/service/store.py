@@ -2,26 +2,40 @@
 
 A request reads `store.policy` once and uses that object throughout, so it sees exactly one policy
 version. A failed reload keeps the last good policy serving and records the errors for /status.
+Whatever a load raises is a failed reload, counted and shown: none can leave later edits
+silently unapplied. What an operator must hear about (a rule file gone, a new op frps may not
+send, a reload that recovered, the loader's own warnings) is logged as a WARNING or an INFO
+naming the recovery, and kept for /status.
 """
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from policyd.errors import PolicyError, PolicyLoadError
-from policyd.policy import Policy, load_policy
+from policyd.errors import InternalError, Location, PolicyError, PolicyLoadError
+from policyd.policy import RULES_SUFFIX, Policy, load_policy
+from policyd.rules.diagnostics import Diagnostic, Severity
 
 log = logging.getLogger("policyd.reload")
 
 PAUSE_EVERY_S = 0.001  # a reload compiles for at most this long before letting requests run
 PAUSE_S = 0.0002  # how long it steps aside: long enough for the serving thread to take the GIL
 RELEASE_CHUNK = 200  # statements of a replaced policy freed at a time
+
+
+class ReloadNotice(enum.StrEnum):
+    """The codes of what a reload tells about the change it made (beside the load's warnings)."""
+
+    RULE_FILE_REMOVED = "rule_file_removed"  # an op lost its rules: frps's calls are now allowed
+    NEW_OP = "new_op"  # a rule file for an op the policy had none for: frps must send that op
+    RELOAD_RECOVERED = "reload_recovered"  # a reload loaded after failed ones (INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +46,7 @@ class ReloadAttempt:
     errors: tuple[PolicyError, ...] = ()
     errors_omitted: int = 0  # found beyond the load's limit (errors.MAX_LOAD_ERRORS)
     changed: bool = False
+    notices: tuple[Diagnostic, ...] = ()  # what the change did that the operator must hear
 
 
 @dataclass
@@ -56,13 +71,15 @@ class PolicyStore:
         load fail, at start-up and on every reload): e.g. state functions under memory state
         with several workers. `label` is how the log names it: "policy", or "shadow policy"."""
         self.directory = Path(directory)
-        self.label = label  # how the log names it: "policy", or "shadow policy"
+        self.label = label
         self._lock = threading.Lock()
         self.stats = ReloadStats()
         self._check = check
         # Raises PolicyLoadError: a broken policy at start-up is a start-up error.
         self.policy: Policy = self._checked(_load_out_of_gc(self.directory))
         self._replaced: Policy | None = None
+        self._failed_since: float | None = None  # when the reloads that keep failing began
+        self._failures_in_a_row = 0
         self.stats.last_success_at = self.policy.loaded_at
         log.info(
             "%s %s active: %d rules in %d files from %s",
@@ -72,9 +89,13 @@ class PolicyStore:
             len(self.policy.rules),
             self.directory,
         )
+        _log_all(self.policy.warnings)
 
     def reload(self, changed_paths: tuple[str, ...] = ()) -> ReloadAttempt:
-        """Load the directory again; swap it in if valid and new, else keep the current one."""
+        """Load the directory again; swap it in if valid and new, else keep the current one.
+
+        Never raises for anything a load raises: that is a failed attempt, counted and kept.
+        """
         with self._lock:
             now = time.time()
             what = ", ".join(changed_paths) or "(poll)"
@@ -84,33 +105,21 @@ class PolicyStore:
                     _load_out_of_gc(self.directory, pause=_Pacer(), previous=self.policy)
                 )
             except PolicyLoadError as e:
-                attempt = ReloadAttempt(now, False, self.policy.version, tuple(e.errors), e.omitted)
-                self.stats.failures += 1
-                log.error(
-                    "%s reload FAILED after change of %s; still serving %s. %d error(s):\n%s",
-                    self.label,
-                    what,
-                    self.policy.version,
-                    e.count,
-                    "\n".join(f"  {line}" for line in str(e).splitlines()),
+                attempt = self._failed(now, what, e)
+            except Exception as e:  # a bug in policyd; still a failed reload like any other
+                log.exception("loading %s raised", self.directory)
+                failure = PolicyLoadError(
+                    [
+                        InternalError(
+                            f"policyd failed to load the policy: {type(e).__name__}: {e}",
+                            Location("."),
+                            hint="a bug in policyd; please report it",
+                        )
+                    ]
                 )
+                attempt = self._failed(now, what, failure)
             else:
-                changed = candidate.version != self.policy.version
-                if changed:
-                    # The replaced policy is freed by the next reload, in this thread: a request
-                    # still deciding with it would otherwise free it on the serving thread.
-                    self._replaced, self.policy = self.policy, candidate
-                    self.stats.successes += 1
-                    self.stats.last_success_at = now
-                    log.info(
-                        "%s %s active after change of %s: %d rules in %d files",
-                        self.label,
-                        candidate.version,
-                        what,
-                        candidate.rule_count,
-                        len(candidate.rules),
-                    )
-                attempt = ReloadAttempt(now, True, self.policy.version, changed=changed)
+                attempt = self._loaded(now, what, candidate)
             self.stats.last = attempt
             return attempt
 
@@ -120,6 +129,61 @@ class PolicyStore:
             if errors:
                 raise PolicyLoadError(errors)
         return policy
+
+    def _failed(self, now: float, what: str, e: PolicyLoadError) -> ReloadAttempt:
+        self.stats.failures += 1
+        self._failures_in_a_row += 1
+        if self._failed_since is None:
+            self._failed_since = now
+        log.error(
+            "%s reload FAILED after change of %s; still serving %s. %d error(s):\n%s",
+            self.label,
+            what,
+            self.policy.version,
+            e.count,
+            "\n".join(f"  {line}" for line in str(e).splitlines()),
+        )
+        return ReloadAttempt(now, False, self.policy.version, tuple(e.errors), e.omitted)
+
+    def _loaded(self, now: float, what: str, candidate: Policy) -> ReloadAttempt:
+        current = self.policy
+        changed = candidate.version != current.version
+        notices = list(_changes(current, candidate)) if changed else []
+        if changed:
+            # The replaced policy is freed by the next reload, in this thread: a request
+            # still deciding with it would otherwise free it on the serving thread.
+            self._replaced, self.policy = current, candidate
+            self.stats.successes += 1
+            self.stats.last_success_at = now
+            log.info(
+                "%s %s active after change of %s: %d rules in %d files",
+                self.label,
+                candidate.version,
+                what,
+                candidate.rule_count,
+                len(candidate.rules),
+            )
+        elif candidate.warnings != current.warnings:
+            # Same rules and data, other warnings (a near-miss file name came or went): the
+            # candidate carries them; it holds the same compiled rules.
+            self._replaced, self.policy = current, candidate
+        _log_all(w for w in candidate.warnings if w not in current.warnings)
+        if self._failed_since is not None:
+            notices.append(self._recovered(candidate))
+        for notice in notices:
+            _log(notice)
+        return ReloadAttempt(now, True, self.policy.version, changed=changed, notices=tuple(notices))
+
+    def _recovered(self, candidate: Policy) -> Diagnostic:
+        assert self._failed_since is not None
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._failed_since))
+        count, self._failures_in_a_row, self._failed_since = self._failures_in_a_row, 0, None
+        return Diagnostic(
+            Severity.INFO,
+            ReloadNotice.RELOAD_RECOVERED.value,
+            f"policy reload recovered: {candidate.version} loads after {count} failed "
+            f"attempt(s) since {since}; the errors logged since then are fixed",
+        )
 
     def _release_replaced(self) -> None:
         """Free the policy replaced by the last reload a few hundred rules at a time.
@@ -152,6 +216,40 @@ class _Pacer:
         if time.perf_counter() >= self.next:
             time.sleep(PAUSE_S)
             self.next = time.perf_counter() + PAUSE_EVERY_S
+
+
+def _changes(old: Policy, new: Policy) -> Iterator[Diagnostic]:
+    """What a new version does that the operator must hear: ops that lost or gained rules."""
+    for op, rule_file in old.rules.items():
+        if op not in new.rules:
+            yield Diagnostic(
+                Severity.WARNING,
+                ReloadNotice.RULE_FILE_REMOVED.value,
+                f"{rule_file.path} was removed: frps's {op} calls are now allowed unchanged "
+                f"(its {rule_file.rule_count} rule(s) no longer apply)",
+                Location(rule_file.path),
+                hint=f"restore {op}{RULES_SUFFIX} if that was not meant",
+            )
+    for op, rule_file in new.rules.items():
+        if op not in old.rules:
+            yield Diagnostic(
+                Severity.WARNING,
+                ReloadNotice.NEW_OP.value,
+                f"{rule_file.path} is new: frps asks policyd about {op} only if its plugin's "
+                f'ops include "{op}"',
+                Location(rule_file.path),
+                hint="`policyd frps-config` prints frps's plugin section for this policy",
+            )
+
+
+def _log(notice: Diagnostic) -> None:
+    text = f"{notice.message} ({notice.hint})" if notice.hint else notice.message
+    log.log(logging.INFO if notice.severity is Severity.INFO else logging.WARNING, "%s", text)
+
+
+def _log_all(notices: Iterator[Diagnostic] | tuple[Diagnostic, ...]) -> None:
+    for notice in notices:
+        _log(notice)
 
 
 def _load_out_of_gc(

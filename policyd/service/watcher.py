@@ -1,8 +1,9 @@
 """Watch the policy directory and report "these paths changed", debounced.
 
-The watcher knows nothing of policies: it calls `on_change(paths)` once per burst of filesystem
-events (one editor save is several events: write temp, rename, chmod). A slow poll of file
-fingerprints backs up inotify, which misses changes on some mounts.
+The watcher knows nothing of policies beyond the names editors give their temporary files: it
+calls `on_change(paths)` once per burst of filesystem events (one editor save is several
+events: write temp, rename, chmod), and at least every `max_wait` seconds while a burst goes
+on. A slow poll of file fingerprints backs up inotify, which misses changes on some mounts.
 """
 
 from __future__ import annotations
@@ -10,29 +11,74 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from policyd.policy import is_editor_temp
 from policyd.service.settings import DEFAULTS
 
 log = logging.getLogger("policyd.watch")
 
+MAX_FINGERPRINT_ENTRIES = 10_000  # files and directories one poll looks at below the directory
+_truncated: set[str] = set()  # directories whose poll was cut short, to warn about each once
+
+
+def _ignored(name: str) -> bool:
+    """Editor temp files and hidden files, but not Kubernetes' `..data` swaps, are not changes."""
+    return is_editor_temp(name) or (name.startswith(".") and not name.startswith(".."))
+
 
 def fingerprint(directory: Path) -> tuple[tuple[str, int, int, int], ...]:
-    """Cheap identity of every file below directory, following symlinks (ConfigMap `..data`)."""
-    out = []
+    """Cheap identity of every file below directory, following symlinks (ConfigMap `..data`).
+
+    A directory is walked once however many links lead to it (`data/a -> ..` is no loop), a
+    link that leads outside `directory` is not followed, and at most MAX_FINGERPRINT_ENTRIES
+    entries are looked at: one poll costs a bounded number of stat calls.
+    """
+    base = os.path.realpath(directory)
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[str, int, int, int]] = []
+    entries = 0
     for root, dirs, files in os.walk(directory, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        real = os.path.realpath(root)
+        if (st.st_dev, st.st_ino) in seen or (real != base and not real.startswith(base + os.sep)):
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not d.startswith("..")]
+        entries += len(dirs)
         for name in files:
+            entries += 1
+            if entries > MAX_FINGERPRINT_ENTRIES:
+                break
+            if _ignored(name):
+                continue
             path = os.path.join(root, name)
             try:
                 st = os.stat(path)
             except OSError:
                 continue
             out.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+        if entries > MAX_FINGERPRINT_ENTRIES:
+            if str(directory) in _truncated:
+                break
+            _truncated.add(str(directory))
+            log.warning(
+                "more than %d entries below %s: the change poll looks at the first %d only",
+                MAX_FINGERPRINT_ENTRIES,
+                directory,
+                MAX_FINGERPRINT_ENTRIES,
+            )
+            break
     return tuple(sorted(out))
 
 
@@ -48,9 +94,11 @@ class _Handler(FileSystemEventHandler):
 
 
 class PolicyWatcher:
-    """Calls `on_change(paths)` after `debounce` seconds without new events.
+    """Calls `on_change(paths)` after `debounce` seconds without new events, and at least every
+    `max_wait` seconds while events keep coming (a sync tool renaming file after file).
 
-    `debounce` and `poll` default to the settings' `reload_debounce_s` and `reload_poll_s`.
+    `debounce`, `max_wait` and `poll` default to the settings' `reload_debounce_s`,
+    `reload_max_wait_s` and `reload_poll_s`.
     """
 
     def __init__(
@@ -59,11 +107,13 @@ class PolicyWatcher:
         on_change: Callable[[tuple[str, ...]], object],
         *,
         debounce: float = DEFAULTS.reload_debounce_s,
+        max_wait: float = DEFAULTS.reload_max_wait_s,
         poll: float = DEFAULTS.reload_poll_s,
     ) -> None:
         self.directory = Path(directory)
         self.on_change = on_change
         self.debounce = debounce
+        self.max_wait = max_wait
         self.poll = poll
         self._pending: set[str] = set()
         self._lock = threading.Lock()
@@ -98,19 +148,27 @@ class PolicyWatcher:
             if self._stop.is_set():
                 return
             if woke:
-                # Debounce: wait until events stop arriving for `debounce` seconds.
+                # Debounce: wait until events stop arriving for `debounce` seconds, or until
+                # `max_wait` has passed since the first one: a storm must not hold reloads off.
+                deadline = time.monotonic() + self.max_wait
                 while True:
                     self._wake.clear()
-                    if not self._wake.wait(timeout=self.debounce) or self._stop.is_set():
+                    quiet = min(self.debounce, max(deadline - time.monotonic(), 0.0))
+                    if not self._wake.wait(timeout=quiet) or self._stop.is_set():
+                        break
+                    if time.monotonic() >= deadline:
                         break
             with self._lock:
                 paths, self._pending = self._pending, set()
+            # The directory's own "modified" event says nothing the file events do not, and
+            # editor temp files are not what changed.
+            named = {self._relative(p) for p in paths} - {"."}
+            changed = tuple(sorted(p for p in named if not _ignored(os.path.basename(p))))
             current = fingerprint(self.directory)
-            if not paths and current == last_print:
+            if not changed and current == last_print:
                 continue
             last_print = current
-            # The directory's own "modified" event says nothing the file events do not.
-            shown = tuple(sorted({self._relative(p) for p in paths} - {"."})) or ("(poll)",)
+            shown = changed or ("(poll)",)
             try:
                 self.on_change(shown)
             except Exception:  # the reload thread must survive anything a reload raises

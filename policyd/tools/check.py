@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TextIO
 
 from policyd.errors import Location, PolicyLoadError, limit_note
-from policyd.policy import Policy, RuleFile, load_policy
+from policyd.policy import Policy, RuleFile, load_policy, policy_sources
 from policyd.rules.decision import Op
 from policyd.rules.diagnostics import (
     Diagnostic,
     OutputFormat,
     Severity,
-    SourceFiles,
     counted,
     render,
     sort_key,
@@ -34,7 +33,6 @@ from policyd.rules.statements import Statement
 class Lint(enum.StrEnum):
     """The codes of lint findings: warnings about a policy that loads."""
 
-    NO_RULES = "lint_warning"  # no rule files at all: every op is allowed unchanged
     UNREACHABLE_RULE = "unreachable_rule"  # below an unconditional reject/allow: never runs
     IGNORED_CHANGE = "ignored_change"  # an effect frps throws away (content or answer it ignores)
 
@@ -86,12 +84,9 @@ def _ignored(rule_file: RuleFile) -> Iterator[Diagnostic]:
 
 
 def lint(policy: Policy) -> list[Diagnostic]:
-    """Every warning for a loaded policy, in file order."""
-    warnings: list[Diagnostic] = []
-    if not policy.rules:
-        warnings.append(
-            _warning(Lint.NO_RULES, "no rule files here: frps gets 'allow unchanged' for every op")
-        )
+    """Every warning for a loaded policy: the loader's own (policy.LoadWarning: no rule files,
+    near-miss file names), then the lint findings, in file order."""
+    warnings: list[Diagnostic] = list(policy.warnings)
     for rule_file in policy.rules.values():
         warnings.extend(_unreachable(rule_file))
         warnings.extend(_ignored(rule_file))
@@ -156,7 +151,7 @@ def check(directory: Path, out: TextIO, *, output: OutputFormat = OutputFormat.P
     if output is OutputFormat.JSON:
         out.write(to_json(report.to_dict()) + "\n")
         return report
-    sources = SourceFiles(directory)
+    sources = policy_sources(directory)
     for diagnostic in report.diagnostics:
         out.write(render(diagnostic, sources) + "\n")
     if report.errors_omitted:

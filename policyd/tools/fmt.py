@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import TextIO
 
 from policyd.errors import Location, PolicyError
-from policyd.policy import RULES_SUFFIX
+from policyd.policy import RULES_SUFFIX, read_policy_file
 from policyd.rules.diagnostics import counted
-from policyd.rules.language import logical_lines, source_blocks
+from policyd.rules.language import hidden_characters, logical_lines, source_blocks
 
 CONTINUATION_INDENT = "    "
 
@@ -288,9 +288,16 @@ def fmt(paths: list[Path], out: TextIO, *, check: bool = False, diff: bool = Fal
     report = FmtReport(files, [], errors)
     for path in files:
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            source = read_policy_file(path, str(path)).decode("utf-8")
+        except PolicyError as e:
+            report.errors.append(e)
+            continue
+        except UnicodeDecodeError as e:
             report.errors.append(PolicyError(f"cannot read: {e}", Location(str(path))))
+            continue
+        hidden = hidden_characters(str(path), source)
+        if hidden:  # formatting would have to decide which lines the reader meant
+            report.errors.extend(hidden)
             continue
         formatted = format_source(source)
         if formatted == source:

@@ -41,11 +41,12 @@ import orjson
 
 from policyd.engine import StateBinding, decide
 from policyd.errors import Location, PolicydError, did_you_mean
-from policyd.policy import Policy, load_policy
+from policyd.policy import Inside, Policy, load_policy, read_policy_file
 from policyd.protocol import BadRequest, split_request
 from policyd.rules.decision import OPS, Decision, Op, Outcome, TraceStep
 from policyd.rules.diagnostics import OutputFormat, to_json
 from policyd.rules.language import Action
+from policyd.rules.schema import SCHEMAS, Field, Kind, field_of_other_ops
 from policyd.state.memory import MemoryBackend
 from policyd.state.tracking import Preset, PresetError
 
@@ -61,6 +62,7 @@ _CASE_KEYS = frozenset(
         "content",
         "override",
         "remove",
+        "extra_fields",
         "data",
         "expect",
         "reason",
@@ -235,8 +237,38 @@ def _op(name: Any, where: str) -> Op:
     return op
 
 
-def _request(raw: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], Op | None]:
-    """The case's request content, and the op its frps body names (if it is a body)."""
+def _check_fields(value: Any, schema: Field, op: Op, where: str, extra: frozenset[str] = frozenset()) -> None:
+    """Every key of a case's own content (inline `content`, `override`, `rewrite`) must be a
+    field the op has: a misspelled field would otherwise test a request frps never sends.
+    Maps like `metas` take any key; `extra` names top-level fields the case sends on purpose (a
+    field a later frps adds). Request files are frps's own bodies and are not checked."""
+    if schema.kind is not Kind.RECORD or not isinstance(value, dict):
+        return
+    for key, sub in value.items():
+        if key in extra and "." not in where:
+            continue
+        if key not in schema.fields:
+            hint = did_you_mean(key, schema.fields) or (field_of_other_ops(key) if "." not in where else "")
+            raise CaseError(f"{where}: {op} has no field '{key}'" + (f" ({hint})" if hint else ""))
+        _check_fields(sub, schema.fields[key], op, f"{where}.{key}")
+
+
+def _check_path(path: str, schema: Field, op: Op) -> None:
+    node = schema
+    for key in path.split("."):
+        if node.kind is not Kind.RECORD:
+            return
+        if key not in node.fields:
+            hint = did_you_mean(key, node.fields)
+            raise CaseError(f"remove: {op} has no field '{path}'" + (f" ({hint})" if hint else ""))
+        node = node.fields[key]
+
+
+def _request(raw: Mapping[str, Any], base: Path, root: Inside | None) -> tuple[dict[str, Any], Op | None]:
+    """The case's request content, and the op its frps body names (if it is a body).
+
+    A request file is read as the loader reads policy files (inside `root`, regular files only).
+    """
     path, inline = _string(raw, "request"), _table(raw, "content")
     if (path is None) == (inline is None):
         raise CaseError("give exactly one of 'request' (a file) or 'content' (inline)")
@@ -244,16 +276,21 @@ def _request(raw: Mapping[str, Any], base: Path) -> tuple[dict[str, Any], Op | N
         return inline, None
     assert path is not None
     try:
-        op, content = split_request((base / path).read_bytes())
-    except OSError as e:
-        raise CaseError(f"request file {path}: {e.strerror}") from None
+        op, content = split_request(read_policy_file(base / path, path, root))
+    except PolicydError as e:
+        raise CaseError(f"request file {path}: {e.message}") from None
     except BadRequest as e:
         raise CaseError(f"request file {path}: {e.message}") from None
     return content, op
 
 
-def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str, line: int) -> Case:
-    """Check one `[[case]]` table and resolve its request; raise CaseError saying what is wrong."""
+def read_case(
+    raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str, line: int, root: Inside | None = None
+) -> Case:
+    """Check one `[[case]]` table and resolve its request; raise CaseError saying what is wrong.
+
+    Request files are relative to `base` and must stay inside `root` (the policy directory).
+    """
     unknown = sorted(set(raw) - _CASE_KEYS)
     if unknown:
         hint = did_you_mean(unknown[0], _CASE_KEYS)
@@ -261,7 +298,7 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
     name = _string(raw, "name")
     if not name:
         raise CaseError("every case needs a 'name'")
-    content, body_op = _request(raw, base)
+    content, body_op = _request(raw, base, root)
     named = {op for op in (_op(raw["op"], "op") if "op" in raw else None, body_op, file_op) if op}
     if len(named) != 1:
         raise CaseError(
@@ -269,12 +306,26 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
             if named
             else "no op: set 'op' in the case or the file, or use a request body that names it"
         )
+    op = named.pop()
+    schema = SCHEMAS[op]
+    extra_list = raw.get("extra_fields", [])
+    if not isinstance(extra_list, list) or not all(isinstance(f, str) for f in extra_list):
+        raise CaseError("'extra_fields' must be a list of field names")
+    extra = frozenset(extra_list)
+    known = sorted(extra & set(schema.fields))
+    if known:
+        raise CaseError(f"extra_fields: '{known[0]}' is a field of {op}; list only fields it lacks")
+    if "content" in raw:
+        _check_fields(content, schema, op, "content", extra)
     override = _table(raw, "override")
     if override is not None:
+        _check_fields(override, schema, op, "override", extra)
         content = merged(content, override)
     remove = raw.get("remove", [])
     if not isinstance(remove, list) or not all(isinstance(p, str) for p in remove):
         raise CaseError("'remove' must be a list of dotted field paths")
+    for path in remove:
+        _check_path(path, schema, op)
     content = _removed(content, remove)
 
     expect_name = _string(raw, "expect")
@@ -293,6 +344,8 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
     rewrite = _table(raw, "rewrite")
     if rewrite is not None and expect is not Outcome.REWRITE:
         raise CaseError("'rewrite' goes with expect = \"rewrite\"")
+    if rewrite is not None:
+        _check_fields(rewrite, schema, op, "rewrite", extra)
     warn = raw.get("warn")
     if warn is not None and not (isinstance(warn, list) and all(isinstance(w, str) for w in warn)):
         raise CaseError("'warn' must be a list of messages")
@@ -309,7 +362,7 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
         file=file,
         line=line,
         name=name,
-        op=named.pop(),
+        op=op,
         content=content,
         expect=expect,
         data=_table(raw, "data"),
@@ -323,12 +376,14 @@ def read_case(raw: Mapping[str, Any], file_op: Op | None, base: Path, file: str,
     )
 
 
-def read_test_file(path: Path, shown: str) -> list[Case | CaseResult]:
+def read_test_file(path: Path, shown: str, root: Inside | None = None) -> list[Case | CaseResult]:
     """Every case of one test file; a malformed case comes back as a failed CaseResult."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_policy_file(path, shown, root).decode("utf-8")
         doc = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as e:
+    except PolicydError as e:
+        return [CaseResult(shown, 0, "(file)", [e.message])]
+    except UnicodeDecodeError as e:
         return [CaseResult(shown, 0, "(file)", [f"cannot read: {e}"])]
     except tomllib.TOMLDecodeError as e:
         return [CaseResult(shown, 0, "(file)", [f"invalid TOML: {e}"])]
@@ -349,7 +404,7 @@ def read_test_file(path: Path, shown: str) -> list[Case | CaseResult]:
     out: list[Case | CaseResult] = []
     for raw, line in zip(raw_cases, lines, strict=True):
         try:
-            out.append(read_case(raw, file_op, path.parent, shown, line))
+            out.append(read_case(raw, file_op, path.parent, shown, line, root))
         except CaseError as e:
             name = raw.get("name") if isinstance(raw.get("name"), str) else "(unnamed)"
             out.append(CaseResult(shown, line, name, [f"invalid test case: {e}"]))
@@ -431,8 +486,16 @@ def run_case(policy: Policy, case: Case, trace: list[TraceStep] | None = None) -
     return compare(case, decision)
 
 
-def run_policy_tests(policy: Policy, directory: Path, pattern: re.Pattern[str] | None = None) -> TestReport:
-    """Run every case under `directory/tests/` against `policy`; never raises for a bad case."""
+def run_policy_tests(
+    policy: Policy,
+    directory: Path,
+    pattern: re.Pattern[str] | None = None,
+    links_into: tuple[Path, ...] = (),
+) -> TestReport:
+    """Run every case under `directory/tests/` against `policy`; never raises for a bad case.
+
+    Test and request files must resolve inside `directory` or one of `links_into`.
+    """
     rules = [
         (s.location, s.source)
         for rule_file in policy.rules.values()
@@ -443,7 +506,7 @@ def run_policy_tests(policy: Policy, directory: Path, pattern: re.Pattern[str] |
     results: list[CaseResult] = []
     for path in test_files(directory):
         shown = f"{TESTS_DIR}/{path.name}"
-        for item in read_test_file(path, shown):
+        for item in read_test_file(path, shown, (directory, *links_into)):
             if isinstance(item, CaseResult):
                 results.append(item)  # a broken case or file is reported whatever the filter
                 continue

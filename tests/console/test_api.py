@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,10 +140,25 @@ async def test_files_lists_the_rule_data_and_test_files(edit_settings: Settings)
         assert "data/teams.toml" in paths and "tests/NewProxy.toml" in paths
         assert "tests/requests/NewProxy-tcp.json" in paths
         rules = {f["path"]: f["rules"] for f in doc["files"]}
-        assert rules["NewProxy.rules"] == 9 and rules["data/teams.toml"] is None
+        assert rules["NewProxy.rules"] == 10 and rules["data/teams.toml"] is None
         assert doc["missing_rule_files"] == []
         missing = await client.get("/ui/api/file", params={"path": "data/none.toml"})
         assert missing.status_code == 404
+
+
+@sync
+async def test_a_file_the_loader_would_refuse_is_not_shown_either(edit_settings: Settings) -> None:
+    async with console_client(edit_settings) as (client, _, _):
+        # Made after the policy loaded, as a later edit would: a test file linking out, a FIFO.
+        (edit_settings.policies / "tests" / "env.toml").symlink_to("/etc/hostname")
+        os.mkfifo(edit_settings.policies / "tests" / "pipe.toml")
+        paths = [f["path"] for f in (await client.get("/ui/api/files")).json()["files"]]
+        assert "tests/env.toml" not in paths and "tests/pipe.toml" not in paths
+        linked = await client.get("/ui/api/file", params={"path": "tests/env.toml"})
+        assert (linked.status_code, linked.json()["code"]) == (422, "unsafe_file")
+        assert "outside the policy directory" in linked.json()["error"]
+        piped = await client.get("/ui/api/file", params={"path": "tests/pipe.toml"})  # returns at once
+        assert (piped.status_code, piped.json()["code"]) == (422, "unsafe_file")
 
 
 # -- checking and saving -----------------------------------------------------------------------------
@@ -180,7 +196,7 @@ async def test_a_good_save_is_written_logged_and_served_after_the_reload(
     async with console_client(edit_settings) as (client, store, _):
         before = store.policy.version
         opened = await _open(client, "Ping.rules")
-        text = opened["text"] + 'reject "no pings for carol" when user.user == "carol"\n'
+        text = 'reject "no pings for carol" when user.user == "carol"\n' + opened["text"]
         check = (
             await client.post("/ui/api/check", json={"path": "Ping.rules", "text": text}, headers=bearer())
         ).json()
@@ -251,8 +267,10 @@ async def test_a_new_rule_file_and_a_data_file_can_be_saved(tmp_path: Path) -> N
 
 
 @sync
-async def test_a_symlinked_file_is_not_replaced(edit_settings: Settings, tmp_path: Path) -> None:
-    real = tmp_path / "elsewhere.rules"
+async def test_a_symlinked_file_is_not_replaced(edit_settings: Settings) -> None:
+    # As a ConfigMap links its files (a link out of the directory does not load at all).
+    real = edit_settings.policies / "..2024_01_01" / "Ping.rules"
+    real.parent.mkdir()
     real.write_text("allow\n")
     link = edit_settings.policies / "Ping.rules"
     link.unlink()

@@ -218,13 +218,14 @@ def test_a_request_shows_up_in_the_decisions_table_within_two_seconds(page: Page
     login = fixture("Login-basic")
     login["content"]["user"] = user
     sent = time.monotonic()
-    assert page.server.post(login).json() == {"reject": False, "unchange": True}
+    # The shipped policy knows no such user: refused, and shown.
+    assert page.server.post(login).json() == {"reject": True, "reject_reason": "unknown user or bad token"}
     row = page.wait(
         lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "#rows tr") if user in r.text), False),
         timeout=2.0,
     )
     assert time.monotonic() - sent < 2.0
-    assert "Login" in row.text and "allow" in row.text
+    assert "Login" in row.text and "reject" in row.text
     page.shot("decisions-live")
     assert page.errors() == []
 
@@ -237,11 +238,13 @@ def test_a_request_shows_up_in_the_decisions_table_within_two_seconds(page: Page
         '"***"' in page.editor("content-editor").text and "tk-alice" not in page.editor("content-editor").text
     )
     page.driver.find_element(By.ID, "run").click()
-    page.wait_text("outcome", "reject", "bad token for team red")
+    page.wait_text("outcome", "reject", "unknown user or bad token")
     assert "Still masked" in page.text("result")
+    # alice's token does not make this (unknown) user anybody: the secret is used, and refused.
     secret.send_keys("tk-alice")
     page.driver.find_element(By.ID, "run").click()
-    page.wait(lambda d: d.find_element(By.ID, "outcome").get_attribute("data-outcome") == "allow")
+    page.wait(lambda d: "Still masked" not in page.text("result"))
+    assert page.driver.find_element(By.ID, "outcome").get_attribute("data-outcome") == "reject"
     page.shot("playground-from-decision")
     assert page.errors() == []
 
@@ -292,7 +295,8 @@ def test_edit_mode_refuses_a_broken_save_and_serves_a_good_one(page: Page, polic
     before = target.read_bytes()
     carol = fixture("Ping-basic")
     carol["content"]["user"] = {"user": "carol", "metas": {}, "run_id": "r-carol"}
-    assert page.server.post(carol).json() == {"reject": False, "unchange": True}
+    unknown = {"reject": True, "reject_reason": "unknown user or bad token"}
+    assert page.server.post(carol).json() == unknown
 
     page.open("policy")
     page.driver.find_element(By.ID, "token").send_keys(TOKEN, Keys.ENTER)
@@ -309,7 +313,7 @@ def test_edit_mode_refuses_a_broken_save_and_serves_a_good_one(page: Page, polic
     assert target.read_bytes() == before
     page.shot("policy-save-refused")
 
-    good = before.decode() + 'reject "no pings for {user.user}" when user.user == "carol"'
+    good = 'reject "no pings for {user.user}" when user.user == "carol"\n' + before.decode().rstrip("\n")
     page.type_into("file-editor", good)
     page.driver.find_element(By.ID, "save").click()
     page.wait_text("save-result", "Saved and serving")

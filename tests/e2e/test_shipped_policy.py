@@ -74,4 +74,4 @@ def test_the_shipped_login_rules_refuse_a_red_client_without_its_token(stack: E2
     frpc = stack.start_frpc({"ssh": tcp_proxy(stack.echo_server(), free_port())}, metas={"team": "red"})
 
     assert frpc.wait_exit() != 0
-    assert login_refused("team red needs metadatas.token").search(frpc.logs())
+    assert login_refused("login needs a user and metadatas.token").search(frpc.logs())

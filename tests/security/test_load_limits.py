@@ -7,12 +7,20 @@ holds the reload thread, so newer edits wait behind it, and it turns a start-up 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from policyd.errors import ParseError, PolicyLoadError
-from policyd.rules.sandbox import MAX_FILE_RULES
+from benchmarks.run import big_policy
+from policyd.errors import LoadLimitError, ParseError, PolicyLoadError
+from policyd.policy import MAX_DATA_BYTES, MAX_DATA_FILES, MAX_TOML_BYTES, load_policy
+from policyd.rules import statements
+from policyd.rules.decision import Op
+from policyd.rules.language import Line, parse_rule
+from policyd.rules.sandbox import MAX_FILE_RULES, MAX_POLICY_NODES
+from policyd.rules.statements import rule_cost
 from tests.security.harness import HANG_SECONDS, assert_positioned, load, load_failure
+from tests.support import SHIPPED_POLICIES, write_policy
 
 
 def timed_failure(rules: str) -> tuple[list[str], float]:
@@ -90,3 +98,94 @@ def test_nested_parentheses_load_or_fail_with_a_position(depth: int) -> None:
     else:
         messages, _ = timed_failure(rules)
         assert any("parenthes" in m for m in messages), messages
+
+
+# -- totals: a policy as a whole (issue 12 §5) -----------------------------------------------------
+def test_more_data_files_than_the_limit_is_a_load_error(tmp_path: Path) -> None:
+    files = {f"data/t{i:02d}.json": "1" for i in range(MAX_DATA_FILES + 1)}
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(write_policy(tmp_path / "p", {**files, "Ping.rules": 'reject "x"'}))
+    [error] = info.value.errors
+    assert isinstance(error, LoadLimitError) and error.code == "load_limit"
+    assert str(error) == (
+        "data/: 65 data files; a policy may have at most 64 "
+        "(merge small tables into one file (a file holds many tables))"
+    )
+
+
+def test_data_files_over_the_total_size_are_a_load_error(tmp_path: Path) -> None:
+    half = MAX_DATA_BYTES // 2 + 1
+    files = {"data/a.json": '"' + "a" * half + '"', "data/b.json": '"' + "b" * half + '"'}
+    policies = write_policy(tmp_path / "p", {**files, "Ping.rules": 'reject "{len(data.a)}"'})
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(policies)
+    [error] = info.value.errors  # the rule that reads data.a is not blamed for it
+    assert isinstance(error, LoadLimitError) and str(error.location) == "data/b.json"
+    assert error.message == (
+        f"the data files come to {2 * half + 4} bytes with this one; "
+        f"all data files together may hold at most {MAX_DATA_BYTES} bytes (8 MiB)"
+    )
+
+
+def test_toml_data_files_over_their_total_are_a_load_error(tmp_path: Path) -> None:
+    rows = MAX_TOML_BYTES // 2 // 12 + 1
+    files = {f"data/{n}.toml": "".join(f"k{i:07d} = 1\n" for i in range(rows)) for n in "ab"}
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(write_policy(tmp_path / "p", {**files, "Ping.rules": 'reject "x"'}))
+    [error] = info.value.errors
+    assert isinstance(error, LoadLimitError) and str(error.location) == "data/b.toml"
+    assert error.message.startswith("the TOML data files come to")
+    assert error.hint == "write large data as JSON: it loads about 100 times faster"
+
+
+def test_data_files_inside_the_total_load(tmp_path: Path) -> None:
+    third = MAX_DATA_BYTES // 3 - 2
+    files = {f"data/{n}.json": '"' + n * third + '"' for n in "abc"}
+    policy = load_policy(write_policy(tmp_path / "p", {**files, "Ping.rules": 'reject "{len(data.a)}"'}))
+    assert sorted(policy.data) == ["a", "b", "c"]
+
+
+def test_rule_files_over_the_policy_node_total_stop_the_load_at_that_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real total (400,000 nodes) takes seconds to reach: the same code with a small one."""
+    monkeypatch.setattr(statements, "MAX_POLICY_NODES", 150)
+    rule = 'reject "x" when user.user == "a" and user.metas.team == "b"\n'  # 18 nodes
+    files = {"Login.rules": rule * 5, "Ping.rules": rule * 5, "NewProxy.rules": rule * 5}
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(write_policy(tmp_path / "p", files))
+    [error] = info.value.errors  # one error: the files after it are not compiled
+    assert isinstance(error, LoadLimitError)
+    assert str(error.location) == "NewProxy.rules:4"  # files in name order: the 9th rule, 162 nodes
+    assert error.message == (
+        "the rule files hold more than 150 expression parts together; "
+        "this rule passes that limit, so loading stops here"
+    )
+
+
+def test_rules_reused_by_a_reload_count_toward_the_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = 'reject "x" when user.user == "a" and user.metas.team == "b"\n'
+    policies = write_policy(tmp_path / "p", {"Login.rules": rule * 5})
+    previous = load_policy(policies)
+    assert [s.cost for s in previous.rules[Op.LOGIN].statements] == [18] * 5
+    monkeypatch.setattr(statements, "MAX_POLICY_NODES", 60)
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(policies, previous=previous)  # every rule comes from the cache
+    assert [str(e.location) for e in info.value.errors] == ["Login.rules:4"]
+
+
+def test_the_shipped_and_benchmark_policies_fit_the_totals() -> None:
+    shipped = load_policy(SHIPPED_POLICIES)
+    assert sum(s.cost for f in shipped.rules.values() for s in f.statements) < MAX_POLICY_NODES / 100
+    # The 10,000-rule benchmark policy: every rule has one shape, so its largest rules say it all
+    # (loading it whole takes seconds; benchmarks/limits.py does).
+    files = big_policy()
+    rules = [r for text in files.values() for r in text.splitlines() if not r.startswith("#")]
+    costs = [
+        rule_cost(parse_rule("x.rules", Line(r + "\n", 1)))
+        for text in files.values()
+        for r in (text.splitlines()[1], text.splitlines()[-1])
+    ]
+    assert len(rules) == 10_000 and max(costs) * len(rules) <= MAX_POLICY_NODES

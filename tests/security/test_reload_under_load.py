@@ -266,11 +266,11 @@ def test_a_swap_during_a_load_never_mixes_versions(tmp_path: Path, monkeypatch: 
     (root / "..data").symlink_to("..v1")
     (root / "NewProxy.rules").symlink_to("..data/NewProxy.rules")
     (root / "data").symlink_to("..data/data")
-    real_read = policy_module._read
+    real_read = policy_module.read_policy_file
     swapped: list[bool] = []
 
-    def read_then_swap(path: Path, shown: str) -> bytes:
-        raw = real_read(path, shown)
+    def read_then_swap(path: Path, shown: str, inside: policy_module.Inside | None = None) -> bytes:
+        raw = real_read(path, shown, inside)
         if shown.startswith("data/") and not swapped:
             swapped.append(True)
             configmap_version(root, "..v2", 2, "valid")
@@ -278,7 +278,7 @@ def test_a_swap_during_a_load_never_mixes_versions(tmp_path: Path, monkeypatch: 
             os.replace(root / "..data_tmp", root / "..data")
         return raw
 
-    monkeypatch.setattr(policy_module, "_read", read_then_swap)
+    monkeypatch.setattr(policy_module, "read_policy_file", read_then_swap)
     policy = policy_module.load_policy(root)
     assert swapped
     assert decide(policy, Op.NEW_PROXY, REQUEST["content"]).reason == "v2 data 2"

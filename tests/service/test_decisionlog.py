@@ -80,12 +80,11 @@ def test_a_reject_logs_the_deciding_rule_and_reason(policyd_server: Callable[...
 
 def test_warns_are_logged_with_their_rule(policyd_server: Callable[..., PolicydProcess]) -> None:
     server = policyd_server()
-    server.post(fixture("Login-reconnect"))
+    server.post(fixture("NewProxy-udp-bandwidth"))
     [line] = server.decision_lines(1)
-    assert line["outcome"] == "allow"
-    assert line["client_address"] == "[2001:db8::42]:61000"
+    assert line["outcome"] == "rewrite"
     assert line["warnings"] == [
-        {"message": "login of team blue from [2001:db8::42]:61000 without a token", "rule": "Login.rules:8"}
+        {"message": "proxy alice.dns of team red has no encryption", "rule": "NewProxy.rules:26"}
     ]
 
 

@@ -161,8 +161,8 @@ def test_config_file_sets_port_policies_and_handler_path(
     config.write_text(f'port = {port}\npolicies = "{shipped}"\nhandler_path = "/frps"\n')
     server = policyd_server(None, "--config", str(config), port=port, port_flag=False)
     assert server.post({"op": "Ping", "content": {}}, path="/frps").json() == {
-        "reject": False,
-        "unchange": True,
+        "reject": True,
+        "reject_reason": "unknown user or bad token",  # the shipped Ping rules answered
     }
     assert server.post({"op": "Ping", "content": {}}).status_code == 404
 

@@ -6,6 +6,9 @@ import gc
 import weakref
 from pathlib import Path
 
+import pytest
+
+import policyd.service.store as store_module
 from policyd.errors import MAX_LOAD_ERRORS
 from policyd.rules.decision import Op
 from policyd.service.store import PolicyStore
@@ -34,3 +37,29 @@ def test_a_failed_reload_past_the_error_limit_counts_the_rest(tmp_path: Path) ->
     attempt = store.reload(("Ping.rules",))
     assert not attempt.ok
     assert (len(attempt.errors), attempt.errors_omitted) == (MAX_LOAD_ERRORS, 7)
+
+
+def test_anything_a_load_raises_is_a_counted_failed_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "Ping.rules").write_text('reject "a"\n')
+    store = PolicyStore(tmp_path)
+    version = store.policy.version
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("the unexpected")
+
+    monkeypatch.setattr(store_module, "load_policy", broken)
+    attempt = store.reload(("Ping.rules",))
+    assert not attempt.ok and attempt.version == version and store.stats.failures == 1
+    [error] = attempt.errors
+    assert (error.code, str(error)) == (
+        "internal_error",
+        ".: policyd failed to load the policy: RuntimeError: the unexpected "
+        "(a bug in policyd; please report it)",
+    )
+    monkeypatch.undo()
+    (tmp_path / "Ping.rules").write_text('reject "b"\n')
+    attempt = store.reload(("Ping.rules",))
+    assert attempt.ok and attempt.changed
+    assert [n.code for n in attempt.notices] == ["reload_recovered"]

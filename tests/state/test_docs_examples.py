@@ -1,7 +1,7 @@
-"""docs/state.md's examples do what the page says, with the state each needs preset.
+"""docs/state.md's examples do what the page says through sequences of requests that record.
 
-(The docs-example harness of tests/test_docs.py loads every rules block; this module runs the
-state examples against state, until that harness can preset it.)
+(tests/test_docs.py runs each example's cases, one decision each on preset state; this module
+lets state build up the way a stream of ops builds it.)
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ def test_at_most_5_proxies_per_user(tmp_path: Path) -> None:
 
 def test_at_most_20_per_team(tmp_path: Path) -> None:
     p, b = example(tmp_path, 1), MemoryBackend()
-    preset_proxies(b, {"alice": 12, "bob": 7, "carol": 30})
-    assert decided(p, b, Op.NEW_PROXY, proxy("bob", "x"))[0] is Outcome.ALLOW  # red: 19 before it
+    # users.toml: alice and root are red, bob is blue.
+    preset_proxies(b, {"alice": 12, "root": 7, "bob": 3})
+    assert decided(p, b, Op.NEW_PROXY, proxy("root", "x"))[0] is Outcome.ALLOW  # red: 19 before it
     assert decided(p, b, Op.NEW_PROXY, proxy("alice", "y")) == (Outcome.REJECT, "team red has its 20 proxies")
+    assert decided(p, b, Op.NEW_PROXY, proxy("bob", "z"))[0] is Outcome.ALLOW  # blue is not red
 
 
 def test_one_client_per_user(tmp_path: Path) -> None:
@@ -102,10 +104,10 @@ def test_the_11th_login_from_one_address_within_a_minute_is_refused(tmp_path: Pa
 
 def test_a_held_port_names_its_holder(tmp_path: Path) -> None:
     p, b = example(tmp_path, 4), MemoryBackend()
-    preset_proxies(b, {"carol": 1}, port=6022)
+    preset_proxies(b, {"bob": 1}, port=6022)
     assert decided(p, b, Op.NEW_PROXY, proxy("alice", "ssh", 6022)) == (
         Outcome.REJECT,
-        "port 6022 is held by carol",
+        "port 6022 is held by bob",
     )
     assert decided(p, b, Op.NEW_PROXY, proxy("alice", "ssh", 6023))[0] is Outcome.ALLOW
 

@@ -223,7 +223,7 @@ def test_set_of_the_user_object_outside_login_is_flagged(tmp_path: Path) -> None
 
 def test_an_empty_policy_is_flagged(tmp_path: Path) -> None:
     warnings = lint(load_policy(tmp_path))
-    assert [w.code for w in warnings] == ["lint_warning"]
+    assert [w.code for w in warnings] == ["empty_policy"]
     assert "no rule files" in warnings[0].message
 
 
@@ -239,7 +239,7 @@ def test_the_docs_check_session_is_what_check_prints(tmp_path: Path, monkeypatch
     policies = shutil.copytree(SHIPPED_POLICIES, tmp_path / "policies")
     for name, old, new in [
         ("NewProxy.rules", "content.remote_port not in range", "content.remote_prot not in range"),
-        ("Login.rules", "when team not in data.teams", "when team not in data.team"),
+        ("Login.rules", "in data.access.banned_users", "in data.acess.banned_users"),
     ]:
         path = policies / name
         path.write_text(path.read_text().replace(old, new))

@@ -43,11 +43,11 @@ def test_first_line_is_the_exact_answer_of_a_rewrite() -> None:
 def test_explanation_shows_each_rule_reached_with_its_value() -> None:
     result = run_eval("--request", str(FIXTURES / "NewProxy-tcp.json"))
     lines = result.stdout.splitlines()
-    i = lines.index("  NewProxy.rules:2:1  let team = user.metas.team")
+    i = lines.index("  NewProxy.rules:7:1  let team = account.team")
     assert lines[i + 1] == '      = "red"'
-    i = lines.index("  NewProxy.rules:3:1  allow when user.user in data.access.admins")
+    i = lines.index('  NewProxy.rules:6:1  allow when account.get("admin", False)')
     assert lines[i + 1] == "      when -> false; not fired"
-    i = lines.index("  NewProxy.rules:21:1  set content.metas.team = team")
+    i = lines.index("  NewProxy.rules:25:1  set content.metas.team = team")
     assert lines[i + 1] == '      fired: set to "red"'
 
 
@@ -58,7 +58,8 @@ def test_explanation_shows_the_content_diff_and_outcome() -> None:
 
 
 def test_reject_names_the_rule_that_fired_and_skips_the_rest() -> None:
-    content = '{"user": {"user": "bob", "metas": {"team": "red"}}, "proxy_type": "tcp", "remote_port": 7000}'
+    alice = '{"user": "alice", "metas": {"token": "tk-alice"}}'
+    content = '{"user": ' + alice + ', "proxy_type": "tcp", "remote_port": 7000}'
     result = run_eval("--op", "NewProxy", "--content", content)
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
@@ -68,7 +69,7 @@ def test_reject_names_the_rule_that_fired_and_skips_the_rest() -> None:
     }
     assert "      fired" in lines and "  (6 rules below not reached)" in lines
     assert (
-        "outcome: reject by NewProxy.rules:9:1: tcp/udp ports for team red are 6000-6999 (asked for 7000)"
+        "outcome: reject by NewProxy.rules:13:1: tcp/udp ports for team red are 6000-6999 (asked for 7000)"
         in lines
     )
 
@@ -87,10 +88,10 @@ def test_json_format_carries_answer_trace_and_changes() -> None:
     assert doc["outcome"] == "rewrite" and doc["rule"] is None and doc["error"] is None
     assert doc["changes"] == [{"path": "metas.team", "before": "", "after": "red"}]
     fired = [step["rule"] for step in doc["trace"] if step["fired"] and step["action"] != "let"]
-    assert fired == ["NewProxy.rules:21:1"]
-    assert doc["trace"][1] == {
-        "rule": "NewProxy.rules:3:1",
-        "source": "allow when user.user in data.access.admins",
+    assert fired == ["NewProxy.rules:25:1"]
+    assert doc["trace"][2] == {
+        "rule": "NewProxy.rules:6:1",
+        "source": 'allow when account.get("admin", False)',
         "action": "allow",
         "condition": False,
         "value": None,
@@ -212,9 +213,9 @@ def test_a_policy_that_does_not_load_exits_2_with_its_errors(tmp_path: Path) -> 
 def test_explain_library_counts_rules_not_reached() -> None:
     policy = load_policy(SHIPPED_POLICIES)
     explanation = explain(policy, Op.NEW_PROXY, fixture("NewProxy-no-user")["content"])
-    assert str(explanation.decision.rule) == "NewProxy.rules:4:1"
-    assert explanation.rules_not_reached == len(policy.rules[Op.NEW_PROXY].statements) - 3
-    assert explanation.deciding_source.startswith('reject "unknown team"')
+    assert str(explanation.decision.rule) == "NewProxy.rules:5:1"
+    assert explanation.rules_not_reached == len(policy.rules[Op.NEW_PROXY].statements) - 2
+    assert explanation.deciding_source.startswith('reject "unknown user or bad token"')
 
 
 def test_eval_through_python_dash_m_reads_stdin() -> None:

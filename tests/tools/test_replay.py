@@ -135,27 +135,33 @@ def test_hashed_secrets_compare_equal_across_a_replay(tmp_path: Path) -> None:
     assert "2 unchanged, 0 changed, 0 depend on a masked secret" in output
 
 
+TOKEN_CHECK = {
+    "Login.rules": 'reject "bad token for {user.user}" when user.metas.token not in data.tokens.valid\n',
+    "data/tokens.toml": 'valid = ["tk-alice-0123"]\n',
+}
+
+
 def test_a_decision_on_a_masked_secret_is_reported_not_counted_as_changed(tmp_path: Path) -> None:
-    """The shipped Login.rules checks the token against data/teams.toml's clear tokens: the
-    replay has only the token's hash, so it cannot say what that rule would decide."""
-    good, bad = login("alice", "tk-alice"), login("mallory", "tk-wrong-token")
-    recording = record(tmp_path / "r.jsonl", SHIPPED_POLICIES, [good, bad])
-    candidate = shutil.copytree(SHIPPED_POLICIES, tmp_path / "candidate")
+    """A rule checks the token against tokens written in clear: the replay has only the
+    token's hash, so it cannot say what that rule would decide."""
+    policies = write_policy(tmp_path / "p", TOKEN_CHECK)
+    good, bad = login("alice", "tk-alice-0123"), login("mallory", "tk-wrong-token")
+    recording = record(tmp_path / "r.jsonl", policies, [good, bad])
+    candidate = shutil.copytree(policies, tmp_path / "candidate")
     with (candidate / "Login.rules").open("a") as rules:
         rules.write('warn "login of {user.user}"\n')  # Login is decided again
     code, output = replay(str(recording), "--policies", str(candidate), "--key", str(key_file(tmp_path)))
     assert code == 0, output
     assert "1 unchanged, 0 changed, 1 depend on a masked secret" in output
     assert "depend on a masked secret (the replay cannot know it; not counted as changed):" in output
-    assert (
-        "Login alice reqid r0" in output and "now: reject 'bad token for team red' (Login.rules:6)" in output
-    )
+    assert "Login alice reqid r0" in output and "now: reject 'bad token for alice' (Login.rules:1)" in output
     assert "reads: user.metas.token (hashed in the recording)" in output
 
 
 def test_a_change_the_secret_does_not_decide_is_still_a_change(tmp_path: Path) -> None:
     """A request with a hashed secret whose new decision reads no secret is an honest change."""
-    recording = record(tmp_path / "r.jsonl", SHIPPED_POLICIES, [login("alice", "tk-alice")])
+    policies = write_policy(tmp_path / "a", TOKEN_CHECK)
+    recording = record(tmp_path / "r.jsonl", policies, [login("alice", "tk-alice-0123")])
     banned = write_policy(tmp_path / "p", {"Login.rules": 'reject "closed" when user.user == "alice"\n'})
     code, output = replay(str(recording), "--policies", str(banned))
     assert code == 1 and "0 unchanged, 1 changed, 0 depend on a masked secret" in output

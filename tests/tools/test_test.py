@@ -337,3 +337,81 @@ def test_toml_dates_are_refused() -> None:
     raw = tomllib.loads('name = "n"\nexpect = "allow"\ncontent = { when = 1979-05-27 }\n')
     with pytest.raises(CaseError, match=re.escape("content.when: a date has no JSON form")):
         read_case(raw, Op.PING, FIXTURES, "x", 1)
+
+
+# -- the case's own content is checked against the op's fields (issue 13 §4) ------------------------
+def test_a_misspelled_field_in_a_case_fails_it_with_a_suggestion(tmp_path: Path) -> None:
+    cases = """
+[[case]]
+name = "misspelled"
+op = "NewProxy"
+content = { proxy_nam = "web", proxy_type = "tcp", remote_port = 8000 }
+expect = "reject"
+
+[[case]]
+name = "fine"
+request = "requests/tcp.json"
+expect = "reject"
+"""
+    result = run_test(policy_with_tests(tmp_path, cases))
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 1
+    assert "FAIL tests/cases.toml:2: misspelled" in lines
+    assert (
+        "    invalid test case: content: NewProxy has no field 'proxy_nam' (did you mean 'proxy_name'?)"
+    ) in lines
+    assert lines[-1] == "1 passed, 1 failed"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"override": {"remote_prot": 1}},
+            "override: NewProxy has no field 'remote_prot' (did you mean 'remote_port'?)",
+        ),
+        (
+            {"override": {"user": {"usr": "x"}}},
+            "override.user: NewProxy has no field 'usr' (did you mean 'user'?)",
+        ),
+        (
+            {"override": {"client_address": "x"}},
+            "override: NewProxy has no field 'client_address' ('client_address' is a field of Login)",
+        ),
+        (
+            {"remove": ["user.metas.token", "proxy_nam"]},
+            "remove: NewProxy has no field 'proxy_nam' (did you mean 'proxy_name'?)",
+        ),
+        (
+            {"expect": "rewrite", "rewrite": {"metas": {"team": "x"}, "subdomian": "a"}},
+            "rewrite: NewProxy has no field 'subdomian' (did you mean 'subdomain'?)",
+        ),
+    ],
+)
+def test_override_remove_and_rewrite_are_checked_against_the_op(
+    extra: dict[str, object], message: str
+) -> None:
+    raw = {"name": "n", "request": "NewProxy-tcp.json", "expect": "allow", **extra}
+    with pytest.raises(CaseError) as info:
+        read_case(raw, None, FIXTURES, "x", 1)
+    assert str(info.value) == message
+
+
+def test_metas_and_request_files_take_any_key() -> None:
+    raw = {
+        "name": "n",
+        "request": "NewProxy-future-field.json",  # frps's own body: fields newer than the schema
+        "override": {"metas": {"anything": "goes"}, "user": {"metas": {"x": "y"}}},
+        "expect": "allow",
+    }
+    case = read_case(raw, None, FIXTURES, "x", 1)
+    assert case.content["metas"]["anything"] == "goes"
+
+
+def test_a_request_file_outside_the_policy_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "outside.json").write_text(TCP)
+    cases = '[[case]]\nname = "n"\nop = "NewProxy"\nrequest = "../../outside.json"\nexpect = "reject"\n'
+    result = run_test(policy_with_tests(tmp_path / "p", cases))
+    assert result.exit_code == 1
+    assert "request file ../../outside.json: resolves to" in result.stdout
+    assert "outside the policy directory" in result.stdout

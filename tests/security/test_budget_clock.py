@@ -1,0 +1,105 @@
+"""The budget measures the decision's own work: a reload holding the GIL never flips a decision.
+
+A reload parsing a big data file holds the GIL for tens of milliseconds (orjson parses in C
+without releasing it). A budget read from the wall clock ran out while its decision waited,
+and for fail-open ops the decision was then *allowed*: a banned user's heartbeats got through.
+The budget counts the deciding thread's CPU time instead (sandbox.Budget).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policyd.engine import EvalOptions, decide
+from policyd.errors import LimitError
+from policyd.policy import load_policy
+from policyd.rules import sandbox
+from policyd.rules.decision import Op, Outcome
+from policyd.rules.sandbox import Budget
+from tests.support import write_policy
+
+# Each Ping does ~0.5 ms of work (a comprehension of 400 items) under a 20 ms budget: whenever
+# the reload thread takes the GIL mid-decision, the wall clock passes the budget.
+PING_RULES = (
+    'reject "user {user.user} is banned" when user.user in data.access.banned_users'
+    " and len([u for u in data.access.banned_users * 4 if u != user.user]) >= 0\n"
+)
+BANNED = {"banned_users": [f"user-{i}" for i in range(99)] + ["mallory"]}
+PING = {"user": {"user": "mallory", "metas": {"team": "red"}, "run_id": "r1"}}
+# A ~7.5 MB compact JSON data file, near the 8 MiB total of data: orjson holds the GIL for tens
+# of milliseconds to parse it.
+BIG_ROWS = 250_000
+
+
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """Switch threads every 0.5 ms, so the reload interrupts decisions mid-way."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_a_reload_parsing_a_big_data_file_never_times_out_a_decision(
+    tmp_path: Path, switch_often: None
+) -> None:
+    policies = write_policy(
+        tmp_path,
+        {
+            "Ping.rules": PING_RULES,
+            "data/access.json": json.dumps(BANNED),
+            "data/big.json": json.dumps(
+                {"rows": [{"id": i, "name": f"n{i}"} for i in range(BIG_ROWS)]}, separators=(",", ":")
+            ),
+        },
+    )
+    policy = load_policy(policies)
+    stop = threading.Event()
+    reloads = 0
+
+    def reload_forever() -> None:
+        nonlocal reloads
+        while not stop.is_set():
+            load_policy(policies)
+            reloads += 1
+
+    loader = threading.Thread(target=reload_forever, daemon=True)
+    options = EvalOptions(fail_open_ops=frozenset({Op.PING}), eval_seconds=0.02)
+    outcomes: list[tuple[Outcome, str]] = []
+    loader.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline or reloads < 2:
+            d = decide(policy, Op.PING, PING, options=options)
+            outcomes.append((d.outcome, "" if d.error is None else d.error.message))
+    finally:
+        stop.set()
+        loader.join(timeout=30)
+    assert reloads >= 2 and len(outcomes) > 100, (reloads, len(outcomes))
+    failures = [o for o in outcomes if o != (Outcome.REJECT, "")]
+    assert not failures, f"{len(failures)} of {len(outcomes)} decisions flipped or failed: {failures[:3]}"
+
+
+def test_cpu_time_still_ends_a_decision_that_works_too_long() -> None:
+    """CPU-bound work is charged: a decision that keeps working runs out of time."""
+    budget = Budget(max_steps=10**12, seconds=0.01)
+    with pytest.raises(LimitError, match="out of time"):
+        while True:
+            budget.charge()
+
+
+def test_a_decision_that_never_gets_to_run_meets_the_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread that waits forever for a CPU spends no CPU time: the backstop still ends it."""
+    monkeypatch.setattr(sandbox, "MIN_BACKSTOP_SECONDS", 0.05)
+    monkeypatch.setattr(sandbox, "_cpu", lambda: 0.0)  # a thread that is never scheduled
+    budget = Budget(max_steps=10**12, seconds=0.001)
+    with pytest.raises(LimitError, match="backstop"):
+        while True:
+            budget.charge()
