@@ -26,10 +26,10 @@ from policyd.rules.compiler import ExpressionCompiler
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Scope
 from policyd.rules.schema import SCALAR_ZERO, Kind, Record, ZeroMap, zero_value
 from policyd.rules.shapes import (
+    call_invoker,
     constant_key_path,
     constant_operand,
     field_path,
-    invoker,
     is_dynamic_range,
     range_member,
 )
@@ -245,6 +245,9 @@ class _Emitter:
         if isinstance(func, ast.Attribute):
             receiver = self.expr(func.value)
             args = [self.expr(a) for a in node.args]
+            fast = sandbox.method_caller(func.attr, len(args)) if len(args) <= 1 else None
+            if fast is not None:
+                return f"{self.ref(fast)}({receiver}, " + "".join(f"{a}, " for a in args) + f"{BUDGET})"
             values = "(" + "".join(f"{a}, " for a in args) + ")"
             method = self.ref(sandbox.call_method)
             return f"{method}({receiver}, {self.ref(func.attr)}, {values}, {BUDGET})"
@@ -265,7 +268,7 @@ class _Emitter:
             )
         fn, iterable_first = functions.FUNCTIONS[func.id]
         args = [self.expr(a) for a in node.args]
-        invoke = self.ref(invoker(func.id, fn, iterable_first))
+        invoke = self.ref(call_invoker(func.id, fn, iterable_first, node.args))
         return f"{invoke}({BUDGET}" + "".join(f", {a}" for a in args) + ")"
 
     def _display(self, node: ast.List | ast.Tuple, opening: str, closing: str) -> str | None:

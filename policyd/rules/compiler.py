@@ -378,7 +378,7 @@ class ExpressionCompiler:
             return _any_all(finish, plan)
         args, kwargs = self._compile_args(node, scope)
         if not kwargs:
-            return positional_call(name, fn, iterable_first, args)
+            return positional_call(name, fn, iterable_first, args, node.args)
 
         def call(ctx: Ctx) -> Any:
             values = [a(ctx) for a in args]

@@ -446,17 +446,51 @@ ne = _compare(operator.ne)
 
 
 def _in(a: Any, b: Any, budget: Budget) -> bool:
+    """`a in b`: contains(b, a) with its two common cases first, without the second call (a
+    rule's `x in data.list` or `x in data.table` runs this once per request)."""
+    kind = type(b)
+    if kind is dict:
+        if type(a) is tuple:
+            deep_size(a, budget)
+        return a in b
+    if kind is list:
+        n = len(b)
+        if n:
+            k = type(a)
+            if k in _CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(b, budget)
+        return a in b
     return contains(b, a, budget)
 
 
 def _not_in(a: Any, b: Any, budget: Budget) -> bool:
-    return not contains(b, a, budget)
+    return not _in(a, b, budget)
 
 
 # AST operator → the function that applies it: the only operators a rule can use. Binary
 # operators and comparisons take the budget last: they charge what their operands cost.
+def _add(a: Any, b: Any, budget: Budget) -> Any:
+    """`a + b` as rules apply it (safe_add, then the result charged as built), with two strings
+    and two integers, the common cases, in one call."""
+    ka = type(a)
+    if ka is str and type(b) is str:
+        n = len(a) + len(b)
+        if n > MAX_STRING_LENGTH:
+            raise LimitError(f"string of {n} characters exceeds {MAX_STRING_LENGTH}")
+        if n >= COPY_CHARS_PER_STEP:
+            result = a + b
+            budget.charge(n // COPY_CHARS_PER_STEP, "building a string")
+            return result
+        return a + b
+    if ka is int and type(b) is int:
+        return a + b
+    return charge_built(safe_add(a, b), budget)
+
+
 BINARY_OPERATORS: dict[type[ast.operator], Callable[[Any, Any, Budget], Any]] = {
-    ast.Add: _charged_operator(safe_add, False),
+    ast.Add: _add,
     ast.Sub: _charged_operator(operator.sub, True),
     ast.Mult: _charged_operator(safe_mul, False),
     ast.Div: _charged_operator(operator.truediv, False),
@@ -830,6 +864,79 @@ def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget)
     if isinstance(result, list):
         budget.charge(len(result))
     return check_length(result)
+
+
+# String methods callable without an argument that call_method charges len(receiver) steps.
+_STR_NO_ARGUMENT = frozenset(
+    {
+        "capitalize", "casefold", "isalnum", "isalpha", "isdecimal", "isdigit", "islower",
+        "isnumeric", "isspace", "istitle", "isupper", "lower", "lstrip", "rsplit", "rstrip",
+        "split", "splitlines", "strip", "swapcase", "title", "upper",
+    }
+)  # fmt: skip
+_MAPPINGS = frozenset({dict, ZeroMap, Record})  # receivers of get/keys/values/items (none overrides them)
+
+
+def method_caller(name: str, arity: int) -> Callable[..., Any] | None:
+    """`receiver.name()` as `fn(receiver, budget)`, or `receiver.name(arg)` as `fn(receiver, arg,
+    budget)`: call_method with the common receiver's case first (a string's prefix test, a
+    mapping's get/keys/values/items, a string's own text work), charging and checking exactly as
+    call_method does; any other receiver or argument goes to call_method. None: no fast case."""
+    what = _METHOD_WHAT.get(name, "")
+    if arity == 1 and name in ("startswith", "endswith"):
+        prefix_test = getattr(str, name)
+
+        def prefix(receiver: Any, arg: Any, budget: Budget) -> Any:
+            if type(receiver) is str and type(arg) is str:
+                n = len(arg) // COPY_CHARS_PER_STEP
+                if n:
+                    budget.charge(n, what)
+                return prefix_test(receiver, arg)
+            return call_method(receiver, name, (arg,), budget)
+
+        return prefix
+    if arity == 1 and name == "get":
+
+        def get(receiver: Any, arg: Any, budget: Budget) -> Any:
+            if type(receiver) in _MAPPINGS and type(arg) is str:
+                result = dict.get(receiver, arg)
+                kind = type(result)
+                if kind in _CHEAP:
+                    return result
+                if isinstance(result, list):
+                    budget.charge(len(result))
+                return check_length(result)
+            return call_method(receiver, name, (arg,), budget)
+
+        return get
+    if arity == 0 and name in ("keys", "values", "items"):
+        view_of = getattr(dict, name)
+
+        def dict_view(receiver: Any, budget: Budget) -> Any:
+            if type(receiver) in _MAPPINGS:
+                return view_of(receiver)  # a view: nothing to charge or check
+            return call_method(receiver, name, (), budget)
+
+        return dict_view
+    if arity == 0 and name in _STR_NO_ARGUMENT:
+        text_work = getattr(str, name)
+
+        def str_method(receiver: Any, budget: Budget) -> Any:
+            if type(receiver) is str:
+                n = len(receiver) // TEXT_CHARS_PER_STEP
+                if n:
+                    budget.charge(n, what)
+                result = text_work(receiver)
+                kind = type(result)
+                if kind is bool:
+                    return result
+                if kind is list:
+                    budget.charge(len(result))
+                return check_length(result)
+            return call_method(receiver, name, (), budget)
+
+        return str_method
+    return None
 
 
 def precheck_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> None:
