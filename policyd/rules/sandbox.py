@@ -874,7 +874,8 @@ _STR_NO_ARGUMENT = frozenset(
         "split", "splitlines", "strip", "swapcase", "title", "upper",
     }
 )  # fmt: skip
-_MAPPINGS = frozenset({dict, ZeroMap, Record})  # receivers of get/keys/values/items (none overrides them)
+# Receivers of get/keys/values/items (neither view class overrides them).
+_MAPPINGS: frozenset[type] = frozenset((dict, ZeroMap, Record))
 
 
 def method_caller(name: str, arity: int) -> Callable[..., Any] | None:
