@@ -466,7 +466,22 @@ def _in(a: Any, b: Any, budget: Budget) -> bool:
 
 
 def _not_in(a: Any, b: Any, budget: Budget) -> bool:
-    return not _in(a, b, budget)
+    """`a not in b`: _in's two common cases, copied (one call less per request)."""
+    kind = type(b)
+    if kind is dict:
+        if type(a) is tuple:
+            deep_size(a, budget)
+        return a not in b
+    if kind is list:
+        n = len(b)
+        if n:
+            k = type(a)
+            if k in _CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(b, budget)
+        return a not in b
+    return not contains(b, a, budget)
 
 
 # AST operator → the function that applies it: the only operators a rule can use. Binary
