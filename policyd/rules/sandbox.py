@@ -54,14 +54,15 @@ CIDR_NETWORK_STEPS = 64  # one network tested by cidr(), parsed or cached (~1 µ
 PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() pattern
 
 # -- the clock ------------------------------------------------------------------------------
-# The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns).
-# A decision reads the wall clock every CLOCK_EVERY steps, before every operation charged that
-# many steps or more, and between chunks of rules (engine.decide). Only when the wall clock says
-# the budget is spent does it read the CPU clock: time spent waiting for the GIL (a reload
-# parsing a big data file) or for a CPU is not the decision's own work and is not counted.
+# The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns,
+# over 1.5 µs on a busy host). A decision reads the wall clock every CLOCK_EVERY steps, before
+# every operation charged that many steps or more, and between chunks of rules (engine.decide).
+# It reads the CPU clock once it has run CPU_CLOCK_AFTER_S of wall time (a thread cannot have
+# spent more CPU than that before), and when the wall clock says the budget is spent: time spent
+# waiting for the GIL (a reload parsing a big data file) or for a CPU is not the decision's own
+# work and is not counted. Most decisions end well before CPU_CLOCK_AFTER_S and never read it.
 CLOCK_EVERY = 256  # steps between two reads of the wall clock
-CPU_CLOCK_AFTER_STEPS = 2_048  # a decision reads the CPU clock once it has done this much work
-CPU_CLOCK_AFTER_CHUNKS = 4  # ... or reached this many chunks of rules (64 rules)
+CPU_CLOCK_AFTER_S = 0.0005  # wall seconds a decision runs before its CPU time is counted
 BACKSTOP_FACTOR = 10  # wall-clock backstop: this many budgets of wall time ...
 MIN_BACKSTOP_SECONDS = 1.0  # ... and at least this long, whatever the CPU clock says
 
@@ -86,13 +87,14 @@ class Budget:
     for the GIL while a reload parses a big data file, or for a CPU on a busy host, is not charged
     for the wait; a wall-clock backstop (BACKSTOP_FACTOR budgets, at least MIN_BACKSTOP_SECONDS)
     still ends one that never gets to run. The CPU clock is read lazily (see the clock constants):
-    a decision counts its CPU from its first CPU_CLOCK_AFTER_STEPS steps or CPU_CLOCK_AFTER_CHUNKS chunks of
-    rules, whichever comes first, or from the moment the wall clock first passes the budget.
+    a decision counts its CPU from the first clock read after CPU_CLOCK_AFTER_S of wall time, or
+    from the moment the wall clock first passes the budget. What it did before is not counted: at
+    most CPU_CLOCK_AFTER_S of CPU, plus the work between two clock reads (SECURITY.md's bound).
 
     One Budget per decision, never shared: compiled rules keep no per-call state of their own.
     """
 
-    __slots__ = ("backstop", "chunks", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
+    __slots__ = ("backstop", "cpu_due", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
 
     def __init__(self, max_steps: int = MAX_STEPS, seconds: float = DEFAULT_EVAL_SECONDS) -> None:
         # Built for every decision: only what the first clock read needs (backstop: lazily).
@@ -100,9 +102,10 @@ class Budget:
         self.steps = 0
         self.next_read = CLOCK_EVERY
         self.seconds = seconds
-        self.deadline = _wall() + seconds
+        now = _wall()
+        self.deadline = now + seconds
+        self.cpu_due = now + CPU_CLOCK_AFTER_S
         self.cpu_start = -1.0  # not read yet
-        self.chunks = 1
 
     def charge(self, n: int = 1, what: str = "") -> None:
         """Charge n steps before doing their work; refuse it if that is more than is left."""
@@ -149,18 +152,17 @@ class Budget:
         now = _wall()
         if now > self.deadline:
             self._past_deadline(now)
-        elif self.cpu_start < 0 and self.steps >= CPU_CLOCK_AFTER_STEPS:
+        elif now >= self.cpu_due and self.cpu_start < 0:
             self.cpu_start = _cpu()
 
     def tick(self) -> None:
-        """Between two chunks of rules: read the clock; from the CPU_CLOCK_AFTER_CHUNKS-th on,
-        start the CPU clock if not yet (the work of the chunks before is bounded and not counted)."""
-        self.chunks = chunks = self.chunks + 1
-        if self.cpu_start < 0 and chunks >= CPU_CLOCK_AFTER_CHUNKS:
-            self.cpu_start = _cpu()
+        """Between two chunks of rules: read the clock as read_clock does (16 rules at most go
+        without a read: SECURITY.md's bound)."""
         now = _wall()
         if now > self.deadline:
             self._past_deadline(now)
+        elif now >= self.cpu_due and self.cpu_start < 0:
+            self.cpu_start = _cpu()
 
     def _past_deadline(self, now: float) -> None:
         backstop = getattr(self, "backstop", None)
@@ -171,8 +173,8 @@ class Budget:
             raise LimitError("evaluation ran out of time (wall-clock backstop)")
         cpu = _cpu()
         if self.cpu_start < 0:
-            # Little work was done so far (under CPU_CLOCK_AFTER_STEPS steps, in one chunk of
-            # rules): the wall time was spent waiting. Count the budget's CPU time from here.
+            # The last clock read came before CPU_CLOCK_AFTER_S of wall time: little work was
+            # done since, and the rest of the wall time was spent waiting. Count from here.
             self.cpu_start = cpu
             self.deadline = now + self.seconds
             return
