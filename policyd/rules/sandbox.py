@@ -58,11 +58,13 @@ PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() 
 # over 1.5 µs on a busy host). A decision reads the wall clock every CLOCK_EVERY steps, before
 # every operation charged that many steps or more, and between chunks of rules (engine.decide).
 # It reads the CPU clock once it has run CPU_CLOCK_AFTER_S of wall time (a thread cannot have
-# spent more CPU than that before), and when the wall clock says the budget is spent: time spent
+# spent more CPU than that before) or charged CPU_CLOCK_AFTER_STEPS steps (before the operation
+# that reaches them runs), and when the wall clock says the budget is spent: time spent
 # waiting for the GIL (a reload parsing a big data file) or for a CPU is not the decision's own
 # work and is not counted. Most decisions end well before CPU_CLOCK_AFTER_S and never read it.
 CLOCK_EVERY = 256  # steps between two reads of the wall clock
-CPU_CLOCK_AFTER_S = 0.0005  # wall seconds a decision runs before its CPU time is counted
+CPU_CLOCK_AFTER_S = 0.0005  # wall seconds a decision runs before its CPU time is counted ...
+CPU_CLOCK_AFTER_STEPS = 2_048  # ... or steps it has charged (an operation this big or bigger)
 BACKSTOP_FACTOR = 10  # wall-clock backstop: this many budgets of wall time ...
 MIN_BACKSTOP_SECONDS = 1.0  # ... and at least this long, whatever the CPU clock says
 
@@ -87,9 +89,10 @@ class Budget:
     for the GIL while a reload parses a big data file, or for a CPU on a busy host, is not charged
     for the wait; a wall-clock backstop (BACKSTOP_FACTOR budgets, at least MIN_BACKSTOP_SECONDS)
     still ends one that never gets to run. The CPU clock is read lazily (see the clock constants):
-    a decision counts its CPU from the first clock read after CPU_CLOCK_AFTER_S of wall time, or
-    from the moment the wall clock first passes the budget. What it did before is not counted: at
-    most CPU_CLOCK_AFTER_S of CPU, plus the work between two clock reads (SECURITY.md's bound).
+    a decision counts its CPU from the first clock read after CPU_CLOCK_AFTER_S of wall time or
+    CPU_CLOCK_AFTER_STEPS steps, or from the moment the wall clock first passes the budget. What
+    it did before is not counted: under CPU_CLOCK_AFTER_STEPS steps of work, and at most
+    CPU_CLOCK_AFTER_S of CPU plus the constant work of the rules since the last clock read.
 
     One Budget per decision, never shared: compiled rules keep no per-call state of their own.
     """
@@ -152,8 +155,8 @@ class Budget:
         now = _wall()
         if now > self.deadline:
             self._past_deadline(now)
-        elif now >= self.cpu_due and self.cpu_start < 0:
-            self.cpu_start = _cpu()
+        elif self.cpu_start < 0 and (self.steps >= CPU_CLOCK_AFTER_STEPS or now >= self.cpu_due):
+            self.cpu_start = _cpu()  # before the operation charged: its work is counted
 
     def tick(self) -> None:
         """Between two chunks of rules: read the clock as read_clock does (16 rules at most go
