@@ -186,16 +186,24 @@ def _set(decision: Decision, ctx: Ctx, statement: Statement, value: Any) -> Any:
     on the path, which is copied and later read again as a view."""
     names = ctx.names
     assert isinstance(names, RequestNames)
-    deep_size(value, ctx.budget)
+    f = statement.field
+    kind = type(value)
+    # A string or a boolean set to a field of its kind (most sets): nothing to walk or convert.
+    plain = f is not None and ((kind is str and f.kind is Kind.STR) or (kind is bool and f.kind is Kind.BOOL))
+    if not plain:
+        deep_size(value, ctx.budget)
     current = names.content_raw
-    node: Any = current
-    for key in statement.path[:-1]:
-        node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            ctx.budget.charge(2 * len(node), "copying a map")
-    value = _check_type(statement, value)
-    before = _view_at(SCHEMAS[decision.op], current, statement.path)
-    if _same(before, value):
+    path = statement.path
+    if len(path) > 1:
+        node: Any = current
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                ctx.budget.charge(2 * len(node), "copying a map")
+    if not plain:
+        value = _check_type(statement, value)
+    before = _view_at(SCHEMAS[decision.op], current, path)
+    if (type(before) is kind and before == value) if plain else _same(before, value):
         return value
     work = decision.content
     if work is None:

@@ -446,8 +446,26 @@ def _compare(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Budget], Any]
     return compare
 
 
-eq = _compare(operator.eq)
-ne = _compare(operator.ne)
+def eq(a: Any, b: Any, budget: Budget) -> Any:
+    """`a == b`: charge_compare then the comparison, two strings (the common case) in one call."""
+    if type(a) is str and type(b) is str:
+        n = min(len(a), len(b)) // COPY_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "comparing strings")
+        return a == b
+    charge_compare(a, b, budget)
+    return a == b
+
+
+def ne(a: Any, b: Any, budget: Budget) -> Any:
+    """`a != b`, as eq()."""
+    if type(a) is str and type(b) is str:
+        n = min(len(a), len(b)) // COPY_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "comparing strings")
+        return a != b
+    charge_compare(a, b, budget)
+    return a != b
 
 
 def _in(a: Any, b: Any, budget: Budget) -> bool:
