@@ -99,12 +99,18 @@ def new_context(
     Rules see the names `reference.request_names()` defines; the `content` and `user` views are
     built only if a rule uses them whole (field reads come from the raw request).
     """
+    if op is Op.LOGIN:
+        user_raw = _raw_user(op, content)
+    else:  # _raw_user, inline: every decision makes a context
+        user_raw = content.get("user")
+        if type(user_raw) is not dict:
+            user_raw = user_raw if isinstance(user_raw, dict) else None
     names = RequestNames(
         {"op": op._value_, "data": data, "reqid": reqid, "now": int(time.time() if now is None else now)},
         SCHEMAS[op],
         content,
         USER,
-        _raw_user(op, content),
+        user_raw,
     )
     return Ctx(names, budget, None, state)
 
@@ -180,16 +186,24 @@ def _set(decision: Decision, ctx: Ctx, statement: Statement, value: Any) -> Any:
     on the path, which is copied and later read again as a view."""
     names = ctx.names
     assert isinstance(names, RequestNames)
-    deep_size(value, ctx.budget)
+    f = statement.field
+    kind = type(value)
+    # A string or a boolean set to a field of its kind (most sets): nothing to walk or convert.
+    plain = f is not None and ((kind is str and f.kind is Kind.STR) or (kind is bool and f.kind is Kind.BOOL))
+    if not plain:
+        deep_size(value, ctx.budget)
     current = names.content_raw
-    node: Any = current
-    for key in statement.path[:-1]:
-        node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            ctx.budget.charge(2 * len(node), "copying a map")
-    value = _check_type(statement, value)
-    before = _view_at(SCHEMAS[decision.op], current, statement.path)
-    if _same(before, value):
+    path = statement.path
+    if len(path) > 1:
+        node: Any = current
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                ctx.budget.charge(2 * len(node), "copying a map")
+    if not plain:
+        value = _check_type(statement, value)
+    before = _view_at(SCHEMAS[decision.op], current, path)
+    if (type(before) is kind and before == value) if plain else _same(before, value):
         return value
     work = decision.content
     if work is None:
@@ -265,13 +279,13 @@ def _interpret(
 def _later_chunks(program: tuple[Chunk, ...], ctx: Ctx, names: RequestNames, decision: Decision) -> int:
     """The chunks after the first, the clock read before each: no run of CHUNK_STATEMENTS rules
     goes without it, and a decision that reaches them starts counting its CPU time."""
-    budget = ctx.budget
-    for n in range(1, len(program)):
+    tick = ctx.budget.tick
+    for n, chunk in enumerate(program[1:], 1):
         try:
-            budget.tick()
+            tick()
         except LimitError as e:
             raise RuleFailed(n * CHUNK_STATEMENTS, e) from None
-        index = program[n](ctx, names, decision, _warn, _set)
+        index = chunk(ctx, names, decision, _warn, _set)
         if index >= 0:
             return index
     return -1
@@ -337,7 +351,7 @@ def decide_with_state(
     user, run_id = request_identity(op, content)
     held: Held | None = None
     recording = state.recording and not state.offline
-    prefetched: dict[str, UserState] = {}
+    prefetched: dict[str, UserState] | None = None
     try:
         wanted = [user]
         if backend.remote and not state.offline and rule_file is not None and rule_file.reads_other_users:
@@ -346,7 +360,7 @@ def decide_with_state(
             names = UsersWanted()
             _decide(policy, op, content, rule_file, reqid, at, options, None, names)
             wanted += sorted(names.users - {user})
-        if recording and op in _LOCKED_OPS and not reads.isdisjoint(TRACKING_FUNCTIONS):
+        if recording and op in _LOCKED_OPS and reads and not reads.isdisjoint(TRACKING_FUNCTIONS):
             scope = "*" if policy.reads_other_users else "u:" + user
             try:
                 held = backend.acquire(scope, wanted, at)
@@ -460,11 +474,12 @@ def _decide(
     statements = rule_file.statements
     try:
         index = -1
-        if trace is None and rule_file.program is not None:
-            program = rule_file.program
-            index = program[0](ctx, names, decision, _warn, _set) if program else -1
-            if index < 0 and len(program) > 1:
-                index = _later_chunks(program, ctx, names, decision)
+        program = rule_file.program
+        if trace is None and program is not None:
+            if program:
+                index = program[0](ctx, names, decision, _warn, _set)
+                if index < 0 and len(program) > 1:
+                    index = _later_chunks(program, ctx, names, decision)
         else:
             index = _interpret(statements, ctx, names, decision, trace)
         if index >= 0:

@@ -26,10 +26,10 @@ from policyd.rules.compiler import ExpressionCompiler
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Scope
 from policyd.rules.schema import SCALAR_ZERO, Kind, Record, ZeroMap, zero_value
 from policyd.rules.shapes import (
+    call_invoker,
     constant_key_path,
     constant_operand,
     field_path,
-    invoker,
     is_dynamic_range,
     range_member,
 )
@@ -37,7 +37,15 @@ from policyd.rules.shapes import (
 # The generated function's locals an expression may use (see policyd.rules.program).
 CTX, NAMES, CONTENT, USER, BUDGET = "ctx", "names", "c", "u", "b"
 # The only builtins generated code uses; policyd.rules.program binds them under these names.
-BUILTINS: dict[str, Any] = {"_type": type, "_dict": dict, "_int": int}
+BUILTINS: dict[str, Any] = {
+    "_type": type,
+    "_dict": dict,
+    "_int": int,
+    "_str": str,
+    "_list": list,
+    "_len": len,
+}
+MAX_INLINE_KEYS = 3  # `data.a.b.c`: keys of a let or `data` walked inline (more: the closure)
 
 _COMPARE_SYMBOLS: dict[type[ast.cmpop], str] = {
     ast.Eq: "==",
@@ -53,6 +61,9 @@ _ITERABLES = frozenset(
     {str, list, tuple, set, frozenset, dict, ZeroMap, Record, sandbox.SafeRange}
     | {type({}.keys()), type({}.values()), type({}.items())}
 )
+
+
+_MISS = object()  # a key walk that left the fast path (see _Emitter._read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +142,21 @@ class _Emitter:
         ):
             return None  # a slice, or a key path the compiler reads from the raw request
         container, key = self.expr(node.value), self.expr(node.slice)
-        return f"{self.ref(sandbox.lookup)}({container}, {key}, False, {BUDGET})"
+        lookup = self.ref(sandbox.lookup)
+        t = self.temp()
+        if isinstance(node.slice, ast.Constant) and type(node.slice.value) is int and node.slice.value >= 0:
+            # `t.ports[0]`: an index into a list, in range (anything else: lookup's answer)
+            k = self.ref(node.slice.value)
+            return (
+                f"({t}[{k}] if _type({t} := {container}) is _list and {k} < _len({t})"
+                f" else {lookup}({t}, {k}, False, {BUDGET}))"
+            )
+        # `data.teams[team]`: a string key of a dict, present (lookup charges only tuple keys)
+        k = self.temp()
+        return (
+            f"(({t} := {container}), ({k} := {key}), {t}[{k}] if _type({t}) is _dict and _type({k}) is _str"
+            f" and {k} in {t} else {lookup}({t}, {k}, False, {BUDGET}))[2]"
+        )
 
     def _field(self, node: ast.Attribute | ast.Subscript, of_user: bool, keys: tuple[str, ...]) -> str | None:
         """`content.field`, `content.metas.key`, `user.metas["key"]`: shapes.field_reader's
@@ -180,14 +205,20 @@ class _Emitter:
         name, keys = found
         if name in ("content", "user") and name not in self.scope.lets:
             return self._field(node, name == "user", keys)
-        if len(keys) != 1 or not (name in self.scope.lets or name in BUILTIN_NAMES):
+        if len(keys) > MAX_INLINE_KEYS or not (name in self.scope.lets or name in BUILTIN_NAMES):
             return None
-        (key,) = keys
-        t, k = self.temp(), self.ref(key)
-        return (
-            f"({t}[{k}] if _type({t} := {NAMES}[{self.ref(name)}]) is _dict and {k} in {t}"
-            f" else {self.closure(node)})"
-        )
+        # shapes.key_walk, inline: each step a dict holding the key; else `_MISS` goes on to the
+        # end, where the closure decides (the generic error, or a view's own lookup)
+        source = f"{NAMES}[{self.ref(name)}]"
+        if len(keys) == 1:
+            t, k = self.temp(), self.ref(keys[0])
+            return f"({t}[{k}] if _type({t} := {source}) is _dict and {k} in {t} else {self.closure(node)})"
+        miss = self.ref(_MISS)
+        for key in keys:
+            t, k = self.temp(), self.ref(key)
+            source = f"({t}[{k}] if _type({t} := {source}) is _dict and {k} in {t} else {miss})"
+        t = self.temp()
+        return f"({t} if ({t} := {source}) is not {miss} else {self.closure(node)})"
 
     # -- operators ---------------------------------------------------------------------------
     def _BoolOp(self, node: ast.BoolOp) -> str:
@@ -245,6 +276,9 @@ class _Emitter:
         if isinstance(func, ast.Attribute):
             receiver = self.expr(func.value)
             args = [self.expr(a) for a in node.args]
+            fast = sandbox.method_caller(func.attr, len(args)) if len(args) <= 1 else None
+            if fast is not None:
+                return f"{self.ref(fast)}({receiver}, " + "".join(f"{a}, " for a in args) + f"{BUDGET})"
             values = "(" + "".join(f"{a}, " for a in args) + ")"
             method = self.ref(sandbox.call_method)
             return f"{method}({receiver}, {self.ref(func.attr)}, {values}, {BUDGET})"
@@ -265,7 +299,7 @@ class _Emitter:
             )
         fn, iterable_first = functions.FUNCTIONS[func.id]
         args = [self.expr(a) for a in node.args]
-        invoke = self.ref(invoker(func.id, fn, iterable_first))
+        invoke = self.ref(call_invoker(func.id, fn, iterable_first, node.args))
         return f"{invoke}({BUDGET}" + "".join(f", {a}" for a in args) + ")"
 
     def _display(self, node: ast.List | ast.Tuple, opening: str, closing: str) -> str | None:

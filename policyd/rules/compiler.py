@@ -33,7 +33,14 @@ from policyd.rules.shapes import (
     positional_call,
     short_method_call,
 )
-from policyd.rules.statefns import STATE_FUNCTIONS, Param, call_cost, literal_problem
+from policyd.rules.statefns import (
+    MAX_STATE_KEY_CHARS,
+    STATE_CALL_STEPS,
+    STATE_FUNCTIONS,
+    Param,
+    call_cost,
+    literal_problem,
+)
 from policyd.rules.suggestions import function_hint, method_hint
 
 _KEYWORDS = frozenset({"key", "reverse", "default"})
@@ -378,7 +385,7 @@ class ExpressionCompiler:
             return _any_all(finish, plan)
         args, kwargs = self._compile_args(node, scope)
         if not kwargs:
-            return positional_call(name, fn, iterable_first, args)
+            return positional_call(name, fn, iterable_first, args, node.args)
 
         def call(ctx: Ctx) -> Any:
             values = [a(ctx) for a in args]
@@ -413,10 +420,17 @@ class ExpressionCompiler:
         call = spec.call
         if len(args) == 1:  # proxies(u), sessions(u): the common calls, without the list
             (only,) = args
+            method = name  # the StateReader method of the same name (statefns: _proxies, _sessions)
 
             def state_call1(ctx: Ctx) -> Any:
-                result = call(ctx.state, only(ctx))
-                ctx.budget.charge(call_cost(result))
+                who = only(ctx)
+                if type(who) is str and len(who) <= MAX_STATE_KEY_CHARS:  # check_name's checks
+                    result = getattr(ctx.state, method)(who)
+                else:
+                    result = call(ctx.state, who)
+                ctx.budget.charge(
+                    STATE_CALL_STEPS + len(result) if type(result) is list else STATE_CALL_STEPS
+                )
                 return result
 
             return state_call1

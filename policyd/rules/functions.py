@@ -28,6 +28,7 @@ from policyd.errors import EvaluationError, LimitError, did_you_mean
 from policyd.rules.sandbox import (
     CIDR_NETWORK_STEPS,
     COPY_CHARS_PER_STEP,
+    MAX_OPERATION_STEPS,
     MAX_REGEX_CHARS,
     MAX_REGEX_MEMORY,
     MAX_ROUND_DIGITS,
@@ -265,6 +266,39 @@ def _pattern_cost(to_re2: Callable[[str], str]) -> Callable[[Budget, tuple[Any, 
         budget.charge((len(value) + 1) * _program_size(to_re2(pattern)), "matching a pattern")
 
     return cost
+
+
+def literal_pattern_matcher(name: str, pattern: str) -> Callable[[Budget, Any, Any], bool] | None:
+    """`regex("literal", x)` / `glob("literal", x)` as `match(budget, pattern, x)`: what the call
+    through CHARGES does (both charges, then the search), with the pattern's checks done once and
+    its program size kept after the first call. The compiled pattern itself stays in the bounded
+    cache (_re2); a pattern RE2 refuses is left to the generic call, which gives its error."""
+    if len(pattern) > MAX_REGEX_CHARS:
+        return None
+    re2_pattern = pattern if name == "regex" else glob_pattern(pattern)
+    compile_steps = len(pattern) * PATTERN_COMPILE_STEPS
+    fn = regex if name == "regex" else glob
+    size = 0  # the program size, once known
+
+    def match(budget: Budget, literal: Any, value: Any) -> bool:
+        nonlocal size
+        if type(value) is not str:
+            return call(name, fn, (literal, value), budget)  # type: ignore[no-any-return]
+        if not size:
+            try:
+                size = _program_size(re2_pattern)
+            except EvaluationError:
+                return call(name, fn, (literal, value), budget)  # type: ignore[no-any-return]
+        match_steps = (len(value) + 1) * size
+        steps = budget.steps + compile_steps + match_steps
+        if steps < budget.next_read and steps <= budget.max_steps and match_steps <= MAX_OPERATION_STEPS:
+            budget.steps = steps  # both charges at once: neither reaches a limit or a clock read
+        else:
+            budget.charge(compile_steps, "compiling a pattern")
+            budget.charge(match_steps, "matching a pattern")
+        return _search(_re2(re2_pattern), value)
+
+    return match
 
 
 @functools.lru_cache(maxsize=REGEX_CACHE_SIZE)

@@ -54,14 +54,17 @@ CIDR_NETWORK_STEPS = 64  # one network tested by cidr(), parsed or cached (~1 µ
 PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() pattern
 
 # -- the clock ------------------------------------------------------------------------------
-# The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns).
-# A decision reads the wall clock every CLOCK_EVERY steps, before every operation charged that
-# many steps or more, and between chunks of rules (engine.decide). Only when the wall clock says
-# the budget is spent does it read the CPU clock: time spent waiting for the GIL (a reload
-# parsing a big data file) or for a CPU is not the decision's own work and is not counted.
+# The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns,
+# over 1.5 µs on a busy host). A decision reads the wall clock every CLOCK_EVERY steps, before
+# every operation charged that many steps or more, and between chunks of rules (engine.decide).
+# It reads the CPU clock once it has run CPU_CLOCK_AFTER_S of wall time (a thread cannot have
+# spent more CPU than that before) or charged CPU_CLOCK_AFTER_STEPS steps (before the operation
+# that reaches them runs), and when the wall clock says the budget is spent: time spent
+# waiting for the GIL (a reload parsing a big data file) or for a CPU is not the decision's own
+# work and is not counted. Most decisions end well before CPU_CLOCK_AFTER_S and never read it.
 CLOCK_EVERY = 256  # steps between two reads of the wall clock
-CPU_CLOCK_AFTER_STEPS = 2_048  # a decision reads the CPU clock once it has done this much work
-CPU_CLOCK_AFTER_CHUNKS = 4  # ... or reached this many chunks of rules (64 rules)
+CPU_CLOCK_AFTER_S = 0.0005  # wall seconds a decision runs before its CPU time is counted ...
+CPU_CLOCK_AFTER_STEPS = 2_048  # ... or steps it has charged (an operation this big or bigger)
 BACKSTOP_FACTOR = 10  # wall-clock backstop: this many budgets of wall time ...
 MIN_BACKSTOP_SECONDS = 1.0  # ... and at least this long, whatever the CPU clock says
 
@@ -86,13 +89,15 @@ class Budget:
     for the GIL while a reload parses a big data file, or for a CPU on a busy host, is not charged
     for the wait; a wall-clock backstop (BACKSTOP_FACTOR budgets, at least MIN_BACKSTOP_SECONDS)
     still ends one that never gets to run. The CPU clock is read lazily (see the clock constants):
-    a decision counts its CPU from its first CPU_CLOCK_AFTER_STEPS steps or CPU_CLOCK_AFTER_CHUNKS chunks of
-    rules, whichever comes first, or from the moment the wall clock first passes the budget.
+    a decision counts its CPU from the first clock read after CPU_CLOCK_AFTER_S of wall time or
+    CPU_CLOCK_AFTER_STEPS steps, or from the moment the wall clock first passes the budget. What
+    it did before is not counted: under CPU_CLOCK_AFTER_STEPS steps of work, and at most
+    CPU_CLOCK_AFTER_S of CPU plus the constant work of the rules since the last clock read.
 
     One Budget per decision, never shared: compiled rules keep no per-call state of their own.
     """
 
-    __slots__ = ("backstop", "chunks", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
+    __slots__ = ("backstop", "cpu_due", "cpu_start", "deadline", "max_steps", "next_read", "seconds", "steps")
 
     def __init__(self, max_steps: int = MAX_STEPS, seconds: float = DEFAULT_EVAL_SECONDS) -> None:
         # Built for every decision: only what the first clock read needs (backstop: lazily).
@@ -100,9 +105,10 @@ class Budget:
         self.steps = 0
         self.next_read = CLOCK_EVERY
         self.seconds = seconds
-        self.deadline = _wall() + seconds
+        now = _wall()
+        self.deadline = now + seconds
+        self.cpu_due = now + CPU_CLOCK_AFTER_S
         self.cpu_start = -1.0  # not read yet
-        self.chunks = 1
 
     def charge(self, n: int = 1, what: str = "") -> None:
         """Charge n steps before doing their work; refuse it if that is more than is left."""
@@ -149,18 +155,17 @@ class Budget:
         now = _wall()
         if now > self.deadline:
             self._past_deadline(now)
-        elif self.cpu_start < 0 and self.steps >= CPU_CLOCK_AFTER_STEPS:
-            self.cpu_start = _cpu()
+        elif self.cpu_start < 0 and (self.steps >= CPU_CLOCK_AFTER_STEPS or now >= self.cpu_due):
+            self.cpu_start = _cpu()  # before the operation charged: its work is counted
 
     def tick(self) -> None:
-        """Between two chunks of rules: read the clock; from the CPU_CLOCK_AFTER_CHUNKS-th on,
-        start the CPU clock if not yet (the work of the chunks before is bounded and not counted)."""
-        self.chunks = chunks = self.chunks + 1
-        if self.cpu_start < 0 and chunks >= CPU_CLOCK_AFTER_CHUNKS:
-            self.cpu_start = _cpu()
+        """Between two chunks of rules: read the clock as read_clock does (16 rules at most go
+        without a read: SECURITY.md's bound)."""
         now = _wall()
         if now > self.deadline:
             self._past_deadline(now)
+        elif now >= self.cpu_due and self.cpu_start < 0:
+            self.cpu_start = _cpu()
 
     def _past_deadline(self, now: float) -> None:
         backstop = getattr(self, "backstop", None)
@@ -171,8 +176,8 @@ class Budget:
             raise LimitError("evaluation ran out of time (wall-clock backstop)")
         cpu = _cpu()
         if self.cpu_start < 0:
-            # Little work was done so far (under CPU_CLOCK_AFTER_STEPS steps, in one chunk of
-            # rules): the wall time was spent waiting. Count the budget's CPU time from here.
+            # The last clock read came before CPU_CLOCK_AFTER_S of wall time: little work was
+            # done since, and the rest of the wall time was spent waiting. Count from here.
             self.cpu_start = cpu
             self.deadline = now + self.seconds
             return
@@ -441,22 +446,89 @@ def _compare(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Budget], Any]
     return compare
 
 
-eq = _compare(operator.eq)
-ne = _compare(operator.ne)
+def eq(a: Any, b: Any, budget: Budget) -> Any:
+    """`a == b`: charge_compare then the comparison, two strings (the common case) in one call."""
+    if type(a) is str and type(b) is str:
+        n = min(len(a), len(b)) // COPY_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "comparing strings")
+        return a == b
+    charge_compare(a, b, budget)
+    return a == b
+
+
+def ne(a: Any, b: Any, budget: Budget) -> Any:
+    """`a != b`, as eq()."""
+    if type(a) is str and type(b) is str:
+        n = min(len(a), len(b)) // COPY_CHARS_PER_STEP
+        if n:
+            budget.charge(n, "comparing strings")
+        return a != b
+    charge_compare(a, b, budget)
+    return a != b
 
 
 def _in(a: Any, b: Any, budget: Budget) -> bool:
+    """`a in b`: contains(b, a) with its two common cases first, without the second call (a
+    rule's `x in data.list` or `x in data.table` runs this once per request)."""
+    kind = type(b)
+    if kind is dict:
+        if type(a) is tuple:
+            deep_size(a, budget)
+        return a in b
+    if kind is list:
+        n = len(b)
+        if n:
+            k = type(a)
+            if k in _CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(b, budget)
+        return a in b
     return contains(b, a, budget)
 
 
 def _not_in(a: Any, b: Any, budget: Budget) -> bool:
+    """`a not in b`: _in's two common cases, copied (one call less per request)."""
+    kind = type(b)
+    if kind is dict:
+        if type(a) is tuple:
+            deep_size(a, budget)
+        return a not in b
+    if kind is list:
+        n = len(b)
+        if n:
+            k = type(a)
+            if k in _CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
+                budget.charge(n + 1, "'in' over a list")
+            else:
+                deep_size(b, budget)
+        return a not in b
     return not contains(b, a, budget)
 
 
 # AST operator → the function that applies it: the only operators a rule can use. Binary
 # operators and comparisons take the budget last: they charge what their operands cost.
+def _add(a: Any, b: Any, budget: Budget) -> Any:
+    """`a + b` as rules apply it (safe_add, then the result charged as built), with two strings
+    and two integers, the common cases, in one call."""
+    ka = type(a)
+    if ka is str and type(b) is str:
+        n = len(a) + len(b)
+        if n > MAX_STRING_LENGTH:
+            raise LimitError(f"string of {n} characters exceeds {MAX_STRING_LENGTH}")
+        if n >= COPY_CHARS_PER_STEP:
+            result = a + b
+            budget.charge(n // COPY_CHARS_PER_STEP, "building a string")
+            return result
+        return a + b
+    if ka is int and type(b) is int:
+        return a + b
+    return charge_built(safe_add(a, b), budget)
+
+
 BINARY_OPERATORS: dict[type[ast.operator], Callable[[Any, Any, Budget], Any]] = {
-    ast.Add: _charged_operator(safe_add, False),
+    ast.Add: _add,
     ast.Sub: _charged_operator(operator.sub, True),
     ast.Mult: _charged_operator(safe_mul, False),
     ast.Div: _charged_operator(operator.truediv, False),
@@ -830,6 +902,80 @@ def call_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget)
     if isinstance(result, list):
         budget.charge(len(result))
     return check_length(result)
+
+
+# String methods callable without an argument that call_method charges len(receiver) steps.
+_STR_NO_ARGUMENT = frozenset(
+    {
+        "capitalize", "casefold", "isalnum", "isalpha", "isdecimal", "isdigit", "islower",
+        "isnumeric", "isspace", "istitle", "isupper", "lower", "lstrip", "rsplit", "rstrip",
+        "split", "splitlines", "strip", "swapcase", "title", "upper",
+    }
+)  # fmt: skip
+# Receivers of get/keys/values/items (neither view class overrides them).
+_MAPPINGS: frozenset[type] = frozenset((dict, ZeroMap, Record))
+
+
+def method_caller(name: str, arity: int) -> Callable[..., Any] | None:
+    """`receiver.name()` as `fn(receiver, budget)`, or `receiver.name(arg)` as `fn(receiver, arg,
+    budget)`: call_method with the common receiver's case first (a string's prefix test, a
+    mapping's get/keys/values/items, a string's own text work), charging and checking exactly as
+    call_method does; any other receiver or argument goes to call_method. None: no fast case."""
+    what = _METHOD_WHAT.get(name, "")
+    if arity == 1 and name in ("startswith", "endswith"):
+        prefix_test = getattr(str, name)
+
+        def prefix(receiver: Any, arg: Any, budget: Budget) -> Any:
+            if type(receiver) is str and type(arg) is str:
+                n = len(arg) // COPY_CHARS_PER_STEP
+                if n:
+                    budget.charge(n, what)
+                return prefix_test(receiver, arg)
+            return call_method(receiver, name, (arg,), budget)
+
+        return prefix
+    if arity == 1 and name == "get":
+
+        def get(receiver: Any, arg: Any, budget: Budget) -> Any:
+            if type(receiver) in _MAPPINGS and type(arg) is str:
+                result = dict.get(receiver, arg)
+                kind = type(result)
+                if kind in _CHEAP:
+                    return result
+                if isinstance(result, list):
+                    budget.charge(len(result))
+                return check_length(result)
+            return call_method(receiver, name, (arg,), budget)
+
+        return get
+    if arity == 0 and name in ("keys", "values", "items"):
+        view_of = getattr(dict, name)
+
+        def dict_view(receiver: Any, budget: Budget) -> Any:
+            if type(receiver) in _MAPPINGS:
+                return view_of(receiver)  # a view: nothing to charge or check
+            return call_method(receiver, name, (), budget)
+
+        return dict_view
+    if arity == 0 and name in _STR_NO_ARGUMENT:
+        text_work = getattr(str, name)
+
+        def str_method(receiver: Any, budget: Budget) -> Any:
+            if type(receiver) is str:
+                n = len(receiver) // TEXT_CHARS_PER_STEP
+                if n:
+                    budget.charge(n, what)
+                result = text_work(receiver)
+                kind = type(result)
+                if kind is bool:
+                    return result
+                if kind is list:
+                    budget.charge(len(result))
+                return check_length(result)
+            return call_method(receiver, name, (), budget)
+
+        return str_method
+    return None
 
 
 def precheck_method(receiver: Any, name: str, args: tuple[Any, ...], budget: Budget) -> None:

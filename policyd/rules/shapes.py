@@ -351,11 +351,29 @@ def invoker(name: str, fn: Callable[..., Any], iterable_first: bool) -> Callable
     return invoke
 
 
+def call_invoker(
+    name: str, fn: Callable[..., Any], iterable_first: bool, arg_nodes: list[ast.expr]
+) -> Callable[..., Any]:
+    """invoker(), or for `regex("literal", x)` and `glob("literal", x)` the pattern's own
+    matcher (functions.literal_pattern_matcher): same arguments, charges and result."""
+    if name in ("regex", "glob") and len(arg_nodes) == 2:
+        first = arg_nodes[0]
+        if isinstance(first, ast.Constant) and type(first.value) is str:
+            matcher = functions.literal_pattern_matcher(name, first.value)
+            if matcher is not None:
+                return matcher
+    return invoker(name, fn, iterable_first)
+
+
 def positional_call(
-    name: str, fn: Callable[..., Any], iterable_first: bool, args: list[Compiled]
+    name: str,
+    fn: Callable[..., Any],
+    iterable_first: bool,
+    args: list[Compiled],
+    arg_nodes: list[ast.expr] | None = None,
 ) -> Compiled:
     """A function call without keyword arguments (the generic call, minus the keyword handling)."""
-    invoke = invoker(name, fn, iterable_first)
+    invoke = call_invoker(name, fn, iterable_first, arg_nodes or [])
     if len(args) == 1:
         (arg,) = args
         return lambda ctx: invoke(ctx.budget, arg(ctx))
@@ -438,7 +456,20 @@ def _in_dynamic_range(
 
 
 def short_method_call(name: str, receiver: Compiled, arg: Compiled | None) -> Compiled:
-    """A method call with at most one argument (the generic method call, minus the tuple)."""
+    """A method call with at most one argument (the generic method call, minus the tuple; the
+    common receivers' cases first, sandbox.method_caller)."""
+    fast = sandbox.method_caller(name, 0 if arg is None else 1)
+    if fast is not None:
+        if arg is None:
+            call0 = fast
+            return lambda ctx: call0(receiver(ctx), ctx.budget)
+        call1, argument = fast, arg
+
+        def fast_call(ctx: Ctx) -> Any:
+            obj = receiver(ctx)
+            return call1(obj, argument(ctx), ctx.budget)
+
+        return fast_call
 
     def method_call(ctx: Ctx) -> Any:
         obj = receiver(ctx)

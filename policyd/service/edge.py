@@ -32,8 +32,9 @@ from typing import Any
 
 import httptools
 import orjson
+from starlette.types import Message
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
 
@@ -112,6 +113,59 @@ def _response(status: int, message: str) -> bytes:
     body = orjson.dumps({"error": message})
     head = b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
     return STATUS_LINE[status] + head + body
+
+
+class _Held:
+    """Stands in for the transport while uvicorn writes a response's head: keeps the bytes."""
+
+    __slots__ = ("closed", "parts")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, with a response's status line and headers held back
+    until its first body message and written with it: one write() (one send() system call)
+    per response instead of two. uvicorn builds and checks both exactly as before (its own
+    send() runs, against `_Held`); only when the bytes reach the socket changes."""
+
+    _head: list[bytes] | None = None
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started and not self.flow.write_paused:
+            await self._held_send(message, [])
+            return
+        head = self._head
+        if head is None or kind != "http.response.body":
+            await super().send(message)  # type: ignore[arg-type]
+            return
+        self._head = None
+        await self._held_send(message, head)
+
+    async def _held_send(self, message: Message, parts: list[bytes]) -> None:
+        transport = self.transport
+        held = _Held(parts)
+        self.transport = held  # type: ignore[assignment]
+        try:
+            await super().send(message)  # type: ignore[arg-type]
+        finally:
+            self.transport = transport
+        if message["type"] == "http.response.start" and not held.closed:
+            self._head = held.parts  # written with the body
+            return
+        if not self.disconnected:
+            transport.write(b"".join(held.parts))
+        if held.closed:
+            transport.close()
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -253,6 +307,10 @@ class EdgeProtocol(HttpToolsProtocol):
         self._headers_done += 1
         self._arm(self.edge.body_timeout_s, Refusal.BODY_TIMEOUT)
         super().on_headers_complete()
+        if type(self.cycle) is RequestResponseCycle:
+            # The cycle's task has not run yet: from its first step it sends through
+            # _OneWriteCycle.send (which only changes when the head is written).
+            self.cycle.__class__ = _OneWriteCycle
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -177,6 +177,10 @@ class Backend(ABC):
     def read_users(self, users: Sequence[str], now: float) -> dict[str, UserState]:
         """The live state of each user (one pipelined round trip for all of them)."""
 
+    def read_user(self, user: str, now: float) -> UserState:
+        """One user's live state: read_users() of one (a backend may answer it faster)."""
+        return self.read_users([user], now)[user]
+
     @abstractmethod
     def rate(self, key: str, limit: int, per_s: float, now: float) -> bool:
         """Count one hit under `key` and answer whether it is at most the `limit`-th in the

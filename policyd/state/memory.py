@@ -77,6 +77,13 @@ class MemoryBackend(Backend):
         with self._lock:
             return {u: self._read(u, now) for u in users}
 
+    def read_user(self, user: str, now: float) -> UserState:
+        cached = self._live.get(user)  # as read_users(): a cached state needs no lock
+        if cached is not None and cached[0] <= now < cached[1].until:
+            return cached[1]
+        with self._lock:
+            return self._read(user, now)
+
     def _read(self, user: str, now: float) -> UserState:
         cached = self._live.get(user)
         if cached is not None and cached[0] <= now < cached[1].until:

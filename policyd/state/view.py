@@ -90,7 +90,7 @@ class DecisionState:
         try:
             if self.offline:
                 self._check_online()
-            state = self.backend.read_users([user], self.now)[user]
+            state = self.backend.read_user(user, self.now)
         except StateUnavailable as e:
             self._unavailable(function, e)
             return None

@@ -145,7 +145,7 @@ def test_corpus_attacks_that_load_fail_closed_alike(rule: str, expected: str) ->
 
 # -- what the generated source may contain --------------------------------------------------
 ALLOWED_NAMES = {"ctx", "names", "decision", "warn", "set_", "b", "c", "u", "at", "e", "chunk"}
-ALLOWED_NAMES |= {"_type", "_dict", "_int", "_Exception", "_RuleFailed"}
+ALLOWED_NAMES |= {"_type", "_dict", "_int", "_str", "_list", "_len", "_Exception", "_RuleFailed"}
 # attributes of ours
 ALLOWED_NAMES |= {"budget", "content_raw", "user_raw", "get", "add", "add2", "field_view"}
 KEYWORDS = {"def", "try", "except", "as", "raise", "from", "return", "if", "else", "and", "or", "not"}

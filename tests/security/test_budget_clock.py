@@ -103,3 +103,45 @@ def test_a_decision_that_never_gets_to_run_meets_the_backstop(monkeypatch: pytes
     with pytest.raises(LimitError, match="backstop"):
         while True:
             budget.charge()
+
+
+def test_a_short_decision_never_reads_the_cpu_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU clock is a system call: a decision that ends within CPU_CLOCK_AFTER_S of wall time
+    (here: every one, the wall clock standing still) decides without it, however many rules."""
+    reads: list[float] = []
+    monkeypatch.setattr(sandbox, "_cpu", lambda: reads.append(0.0) or 0.0)
+    monkeypatch.setattr(sandbox, "_wall", lambda: 1000.0)
+    policy = load_policy(Path(__file__).resolve().parents[2] / "benchmarks" / "policy50")
+    content = {"user": {"user": "alice", "metas": {"team": "red"}, "run_id": "r"}, "proxy_name": "alice.a"}
+    decision = decide(policy, Op.NEW_PROXY, content)
+    assert decision.error is None and len(policy.rules[Op.NEW_PROXY].statements) > 48
+    assert reads == []
+
+
+def test_the_cpu_clock_starts_once_the_decision_has_run_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After CPU_CLOCK_AFTER_S of wall time the next clock read starts the CPU clock, once; what
+    the decision spends from there is what the budget counts."""
+    wall = [1000.0]
+    cpu = [5.0]
+    reads: list[float] = []
+
+    def read_cpu() -> float:
+        reads.append(cpu[0])
+        return cpu[0]
+
+    monkeypatch.setattr(sandbox, "_wall", lambda: wall[0])
+    monkeypatch.setattr(sandbox, "_cpu", read_cpu)
+    budget = Budget(max_steps=10**12, seconds=0.01)
+    budget.tick()
+    assert reads == []
+    wall[0] += sandbox.CPU_CLOCK_AFTER_S
+    budget.tick()
+    budget.tick()
+    assert reads == [5.0] and budget.cpu_start == 5.0
+    wall[0] += 0.02  # past the deadline, with 2 ms of CPU spent since: 8 ms of the budget left
+    cpu[0] += 0.002
+    budget.tick()
+    cpu[0] += 0.008  # and then the rest of it
+    wall[0] += 0.02
+    with pytest.raises(LimitError, match="out of time"):
+        budget.tick()
