@@ -2,8 +2,8 @@
 
 The service builds it with what it needs passed in (`ConsoleServices`): the store, the service's
 EvalOptions, the admin allowlist, the token file, the feed the plugin route fills, the /status
-document and, once stateful rules exist, the live state. The console imports nothing of the
-service at run time.
+document, the live state and the state layer's non-recording view of it (what the playground
+decides with). The console imports nothing of the service at run time.
 
 Pages (`/ui/`, `/ui/decisions`, `/ui/playground`, `/ui/policy`, `/ui/state`) are plain HTML with
 their script in `static/js/`; every figure on them comes from the APIs below, documented in
@@ -52,7 +52,7 @@ from policyd.console.guard import ConsoleGuard
 from policyd.console.playground import evaluate, read_playground_request
 from policyd.console.rings import OUTCOMES, ConsoleFeed
 from policyd.console.tokens import TokenFile
-from policyd.engine import EvalOptions
+from policyd.engine import EvalOptions, StateBinding
 from policyd.errors import PolicydError
 from policyd.policy import MAX_POLICY_FILE_BYTES, policy_sources, read_policy_file
 from policyd.rules.decision import Op
@@ -157,7 +157,10 @@ class ConsoleServices:
     allows: Callable[[str | None], bool]  # admin_allow
     status: Callable[[], dict[str, Any]]  # the /status document
     tokens: TokenFile | None = None  # required for edit mode
+    # The live state and the view the playground decides with: the same backend, not recording
+    # (rate() answers as if it counted; nothing is counted, registered or forgotten).
     state: LiveState | None = None
+    state_view: StateBinding | None = None
     hosts: tuple[str, ...] = ()  # names besides IP addresses and localhost the console answers to
     pause: Callable[[], Callable[[], None]] | None = None  # makes a pacer for loading candidates
     workers: int = 1
@@ -256,6 +259,11 @@ class Console:
     def _pause(self) -> Callable[[], None] | None:
         return self.s.pause() if self.s.pause is not None else None
 
+    def state_in_use(self) -> bool:
+        """Whether the serving policy keeps state: read on every call, so a reload that starts or
+        stops calling a state function shows at once."""
+        return self.s.state is not None and bool(self.s.store.policy.state_functions)
+
     # -- pages ------------------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
         name = request.path_params.get("page", "")
@@ -287,7 +295,7 @@ class Console:
                 "started_at": status["started_at"],
                 "uptime_s": status["uptime_s"],
                 "worker": {"pid": os.getpid(), "workers": self.s.workers},
-                "state": self.s.state is not None,
+                "state": self.state_in_use(),
             }
         )
 
@@ -353,12 +361,12 @@ class Console:
         return _json({"examples": found})
 
     async def state(self, request: Request) -> Response:
-        if self.s.state is None:
+        live = self.s.state
+        if live is None or not self.state_in_use():
             return _json({"in_use": False, "reason": "stateful rules are not in use"})
         try:
-            snapshot = await asyncio.wait_for(
-                asyncio.to_thread(self.s.state.snapshot, MAX_STATE_ENTRIES), STATE_TIMEOUT_S
-            )
+            reading = asyncio.to_thread(live.snapshot, MAX_STATE_ENTRIES)
+            snapshot = await asyncio.wait_for(reading, STATE_TIMEOUT_S)
         except TimeoutError:
             return _error(
                 f"the state backend did not answer within {STATE_TIMEOUT_S} s", 503, "state_timeout"
@@ -379,6 +387,7 @@ class Console:
                 root=self.directory,
                 serving=serving,
                 options=self.s.options,
+                state=self.s.state_view,
                 pause=self._pause(),
             )
         return _json(result)

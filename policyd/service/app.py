@@ -459,9 +459,10 @@ def create_app(
             hosts=(settings.host,),
             pause=pacer,
             workers=settings.workers,
-            # The Live state page shows "not in use" for a policy that keeps no state (as at
-            # start-up; a reload that adds state rules shows there after a restart).
-            state=state if store.policy.state_functions else None,
+            # The Live state page follows the serving policy (it says "not in use" while no rule
+            # calls a state function); the playground decides with the live state, not recording.
+            state=state,
+            state_view=dataclasses.replace(binding, recording=False),
         )
         app.mount(CONSOLE_PATH, create_console(services))
 
