@@ -9,9 +9,10 @@ Pages (`/ui/`, `/ui/decisions`, `/ui/playground`, `/ui/policy`, `/ui/state`) are
 their script in `static/js/`; every figure on them comes from the APIs below, documented in
 docs/console.md:
 
-    GET  /ui/api/overview            the serving policy, the last reload (errors with carets), mode
+    GET  /ui/api/overview            the serving policy, the last reload (errors with carets), mode,
+                                     the shadow policy and its agreement counts, the history's links
     GET  /ui/api/charts              per-second decisions, p50/p99 decision time, reloads: 15 min
-    GET  /ui/api/decisions           recent decisions, newest first (?after=SEQ&op=&user=&outcome=)
+    GET  /ui/api/decisions           recent decisions, newest first (?after=SEQ&op=&user=&outcome=&shadow=)
     GET  /ui/api/decisions/{seq}     one decision, with its masked request
     GET  /ui/api/files               the policy's files;  GET /ui/api/file?path=...  one file
     GET  /ui/api/examples            example requests: built in, and the policy's tests/requests
@@ -117,6 +118,7 @@ MAX_DECISION_ROWS = 1000
 MAX_STATE_ENTRIES = 500  # users (and rate keys) the state page lists
 STATE_TIMEOUT_S = 2.0
 DEFAULT_EDIT_OFF = "the console runs in read mode (console = read)"
+SHADOW_DISAGREE = "disagree"  # GET /ui/api/decisions?shadow=disagree
 
 
 class ConsoleMode(enum.StrEnum):
@@ -161,6 +163,8 @@ class ConsoleServices:
     # (rate() answers as if it counted; nothing is counted, registered or forgotten).
     state: LiveState | None = None
     state_view: StateBinding | None = None
+    shadow: Callable[[], dict[str, Any]] | None = None  # the shadow policy's /status, when one runs
+    versions_path: str | None = None  # GET {versions_path}/{version}: a version's files (the history)
     hosts: tuple[str, ...] = ()  # names besides IP addresses and localhost the console answers to
     pause: Callable[[], Callable[[], None]] | None = None  # makes a pacer for loading candidates
     workers: int = 1
@@ -296,8 +300,17 @@ class Console:
                 "uptime_s": status["uptime_s"],
                 "worker": {"pid": os.getpid(), "workers": self.s.workers},
                 "state": self.state_in_use(),
+                "shadow": self.s.shadow() if self.s.shadow is not None else None,
+                "history": self._history(status["policy"]["version"]),
             }
         )
+
+    def _history(self, version: str) -> dict[str, str] | None:
+        """Where the version history serves a version's files (the serving one is always kept)."""
+        path = self.s.versions_path
+        if path is None:
+            return None
+        return {"versions": path, "serving": f"{path}/{version}"}
 
     async def charts(self, request: Request) -> Response:
         return _json(self.s.feed.charts())
@@ -314,10 +327,21 @@ class Console:
             return _error(f"unknown op {op!r}", 400, "bad_query")
         if outcome and outcome not in OUTCOMES:
             return _error(f"outcome is one of {', '.join(OUTCOMES)}", 400, "bad_query")
+        shadow = query.get("shadow", "")
+        if shadow not in ("", SHADOW_DISAGREE):
+            return _error(
+                f"shadow is {SHADOW_DISAGREE!r} (the rows the shadow decided otherwise)", 400, "bad_query"
+            )
         rows, last = self.s.feed.decisions(
-            after=after, limit=limit, op=op, outcome=outcome, user=query.get("user", "")
+            after=after,
+            limit=limit,
+            op=op,
+            outcome=outcome,
+            user=query.get("user", ""),
+            disagree=shadow == SHADOW_DISAGREE,
         )
-        return _json({"decisions": rows, "last": last, "kept": self.s.feed.kept})
+        doc = {"decisions": rows, "last": last, "kept": self.s.feed.kept, "shadow": self.s.shadow is not None}
+        return _json(doc)
 
     async def decision(self, request: Request) -> Response:
         seq = request.path_params["seq"]

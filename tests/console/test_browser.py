@@ -76,6 +76,9 @@ def server(policy_dir: Path) -> Iterator[PolicydProcess]:
         str(tokens),
         "--reload-debounce-s",
         "0.05",
+        # A shadow that agrees until a test edits the main policy: rows come with their lines.
+        "--shadow-policies",
+        str(copy_policy(policy_dir.parent / "candidate")),
     )
     try:
         yield process.wait_ready()
@@ -289,6 +292,11 @@ def test_a_broken_edit_on_disk_shows_on_the_overview_with_its_position(page: Pag
     finally:
         target.write_text(good)
     page.wait_text("reload-result", "Loaded", timeout=WAIT_S)
+    # The shadow policy's card, and the serving version linked to its files in the history.
+    assert "same" in page.wait_text("shadow-counts", "same, ", "different")
+    version = page.text("serving-version")
+    link = page.driver.find_element(By.CSS_SELECTOR, "#serving-version a").get_attribute("href")
+    assert link == f"{page.server.url}/versions/{version}"
     assert page.errors() == []
 
 
