@@ -12,7 +12,8 @@ Target: policyd adds at most 10% over the raw plugin.
 
 Runs where FRPS_BIN and FRPC_BIN point at real frp binaries (v0.33.0 with INI configs, v0.52+
 such as v0.70.0 with TOML: chosen from `frps --version`); elsewhere it says so and is skipped.
-The config writers and the fleet are plain functions (tests/test_benchmarks.py checks them).
+The configs (written by policyd.tools.frpsconfig's writers) and the fleet are plain functions
+(tests/test_benchmarks.py checks them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.users import shipped_policy_with, token_for
+from policyd.tools.frpsconfig import render_ini, render_toml
 
 LOOPBACK = "127.0.0.1"
 SCENARIO = "frps + 21 frpc: time until 220 proxies are registered"
@@ -129,37 +131,6 @@ def fleet(red_ports: Sequence[int], blue_ports: Sequence[int]) -> list[Client]:
     return clients
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for the plain values written here
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def _toml(top: dict[str, object], tables: Iterable[tuple[str, dict[str, object]]]) -> str:
-    """Top-level keys first (TOML puts keys after a [[table]] header inside it), then the tables."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
-    for name, options in tables:
-        lines += ["", f"[[{name}]]", *(f"{key} = {_toml_value(value)}" for key, value in options.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _ini(sections: Iterable[tuple[str, dict[str, object]]]) -> str:
-    lines = []
-    for name, options in sections:
-        lines.append(f"[{name}]")
-        for key, value in options.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: Sequence[str]) -> str:
     """frps on loopback: proxies, vhost and API bound to 127.0.0.1; one plugin, or none."""
     if fmt is ConfigFormat.TOML:
@@ -178,10 +149,8 @@ def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: S
             "log.level": "info",
             "log.disablePrintColor": True,
         }
-        plugins = [
-            ("httpPlugins", {"name": "bench", "addr": plugin_addr, "path": "/handler", "ops": list(ops)})
-        ]
-        return _toml(top, plugins if plugin_addr else [])
+        plugin = {"name": "bench", "addr": plugin_addr, "path": "/handler", "ops": list(ops)}
+        return render_toml(top, {"httpPlugins": [plugin]} if plugin_addr else None)
     common: dict[str, object] = {
         "bind_addr": LOOPBACK,
         "bind_port": ports.bind,
@@ -197,10 +166,10 @@ def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: S
         "log_level": "info",
         "disable_log_color": True,
     }
-    sections: list[tuple[str, dict[str, object]]] = [("common", common)]
+    sections: dict[str, dict[str, object]] = {"common": common}
     if plugin_addr:
-        sections.append(("plugin.bench", {"addr": plugin_addr, "path": "/handler", "ops": ",".join(ops)}))
-    return _ini(sections)
+        sections["plugin.bench"] = {"addr": plugin_addr, "path": "/handler", "ops": list(ops)}
+    return render_ini(sections)
 
 
 def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
@@ -222,8 +191,8 @@ def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
         for p in client.proxies:
             options: dict[str, object] = {"name": p.name, "type": p.type, "localIP": LOOPBACK, "localPort": 9}
             options.update({"remotePort": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
-            proxies.append(("proxies", options))
-        return _toml(top, proxies)
+            proxies.append(options)
+        return render_toml(top, {"proxies": proxies})
     common: dict[str, object] = {
         "server_addr": LOOPBACK,
         "server_port": server_port,
@@ -235,12 +204,12 @@ def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
         "log_level": "info",
         "disable_log_color": True,
     }
-    sections: list[tuple[str, dict[str, object]]] = [("common", common)]
+    sections: dict[str, dict[str, object]] = {"common": common}
     for p in client.proxies:
         options = {"type": p.type, "local_ip": LOOPBACK, "local_port": 9}
         options.update({"remote_port": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
-        sections.append((p.name, options))
-    return _ini(sections)
+        sections[p.name] = options
+    return render_ini(sections)
 
 
 def online(answers: Iterable[dict[str, Any]]) -> int:

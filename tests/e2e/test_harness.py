@@ -29,8 +29,6 @@ from tests.e2e.harness import (
     pong_refused,
     proxy_label,
     proxy_refused,
-    render_ini,
-    render_toml,
     tcp_proxy,
     wait_settled,
 )
@@ -190,17 +188,6 @@ def test_a_client_without_user_writes_none() -> None:
     settings = FrpcSettings(server_port=1, user="", metas={}, admin_port=2, proxies={})
     assert "user" not in tomllib.loads(frpc_config(V070, settings)[1])
     assert "user =" not in frpc_config(V033, settings)[1]
-
-
-def test_toml_strings_are_escaped_and_keys_checked() -> None:
-    text = render_toml({"a": 'quote " and \\ and é', "b.c": [1, "x"]}, {"t": [{"k": False}]})
-    assert tomllib.loads(text) == {"a": 'quote " and \\ and é', "b": {"c": [1, "x"]}, "t": [{"k": False}]}
-    with pytest.raises(ValueError, match="not a bare or dotted TOML key"):
-        render_toml({"a b": 1})
-
-
-def test_ini_lists_are_comma_joined() -> None:
-    assert render_ini({"s": {"ops": ["Login", "Ping"], "on": True}}) == "[s]\nops = Login,Ping\non = true\n"
 
 
 # What frpc prints, from logs of both releases (shared/frp/README.md).
