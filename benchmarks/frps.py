@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import enum
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -36,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.users import shipped_policy_with, token_for
-from policyd.tools.frpsconfig import render_ini, render_toml
+from policyd.rules.decision import Op
+from policyd.rules.schema import OP_FACTS, FrpsVersion
+from policyd.tools.frpsconfig import ConfigFormat, default_format, render_ini, render_toml, version_in_output
 
 LOOPBACK = "127.0.0.1"
 SCENARIO = "frps + 21 frpc: time until 220 proxies are registered"
@@ -50,32 +50,15 @@ READY_TIMEOUT_S = 30.0
 REGISTER_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.02
 ALL_OPS = ("Login", "NewProxy", "CloseProxy", "Ping", "NewWorkConn", "NewUserConn")
-TOML_SINCE = (0, 52, 0)  # frps reads [[httpPlugins]] TOML from v0.52.0
-CLOSE_PROXY_SINCE = (0, 40, 0)  # frps validates ops: older ones refuse CloseProxy
+CLOSE_PROXY_SINCE = OP_FACTS[Op.CLOSE_PROXY].since  # frps validates ops: older ones refuse CloseProxy
+
+# The version and the config format come from policyd's frps facts (what `policyd frps-config
+# --frps-version` uses): TOML from 0.52, INI before.
+parse_version = version_in_output
+config_format = default_format
 
 
-class ConfigFormat(enum.Enum):
-    TOML = "toml"
-    INI = "ini"
-
-
-Version = tuple[int, int, int]
-
-
-def parse_version(text: str) -> Version:
-    """`frps --version` prints e.g. "0.70.0"; raises ValueError on anything else."""
-    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
-    if match is None:
-        raise ValueError(f"no frp version (x.y.z) in {text.strip()!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
-
-
-def config_format(version: Version) -> ConfigFormat:
-    return ConfigFormat.TOML if version >= TOML_SINCE else ConfigFormat.INI
-
-
-def plugin_ops(version: Version) -> tuple[str, ...]:
+def plugin_ops(version: FrpsVersion) -> tuple[str, ...]:
     """Every op this frps can send to a plugin (v0.33's NewWorkConn arrives as Ping, as in use)."""
     return tuple(op for op in ALL_OPS if op != "CloseProxy" or version >= CLOSE_PROXY_SINCE)
 
@@ -322,7 +305,7 @@ def _wait_ready(server: _Process, ports: Ports) -> None:
 
 
 def one_round(
-    frps_bin: Path, frpc_bin: Path, version: Version, plugin_addr: str | None, directory: Path
+    frps_bin: Path, frpc_bin: Path, version: FrpsVersion, plugin_addr: str | None, directory: Path
 ) -> float:
     """Start frps, then all frpc at once; seconds until frps lists every proxy online."""
     fmt = config_format(version)
@@ -373,7 +356,7 @@ def scenario(rounds: int, log_dir: Path) -> list[dict[str, Any]]:
         [str(frps_bin), "--version"], capture_output=True, text=True, timeout=30
     ).stdout
     version = parse_version(version_text)
-    shown = ".".join(map(str, version))
+    shown = str(version)
     print(f"frps: v{shown} ({config_format(version).value} configs)", file=sys.stderr)
 
     from benchmarks.run import baseline, policyd

@@ -67,6 +67,18 @@ class Snippet:
     warnings: tuple[str, ...]
 
 
+_VERSION_IN_OUTPUT = re.compile(r"\bv?(\d+\.\d+\.\d+)\b")
+
+
+def version_in_output(output: str) -> FrpsVersion:
+    """The release `frps --version` / `frpc --version` printed ("0.33.0", "frps version v0.70.0");
+    ValueError when there is none."""
+    match = _VERSION_IN_OUTPUT.search(output)
+    if match is None:
+        raise ValueError(f"no frp version in {output.strip()[:200]!r}")
+    return FrpsVersion.parse(match.group(1))
+
+
 def default_format(version: FrpsVersion) -> ConfigFormat:
     return ConfigFormat.TOML if version >= TOML_CONFIG_SINCE else ConfigFormat.INI
 

@@ -34,7 +34,14 @@ import pytest
 
 from policyd.rules.decision import Op
 from policyd.rules.schema import FrpsVersion
-from policyd.tools.frpsconfig import ConfigFormat, default_format, ops_for_version, render_ini, render_toml
+from policyd.tools.frpsconfig import (
+    ConfigFormat,
+    default_format,
+    ops_for_version,
+    render_ini,
+    render_toml,
+    version_in_output,
+)
 from tests.support import PolicydProcess, free_port, stop_process, write_policy
 
 LOOPBACK = "127.0.0.1"  # everything binds here, never to another address
@@ -50,16 +57,6 @@ T = TypeVar("T")
 
 # -- versions ------------------------------------------------------------------------------------
 
-_VERSION_IN_OUTPUT = re.compile(r"\bv?(\d+\.\d+\.\d+)\b")
-
-
-def parse_frp_version(output: str) -> FrpsVersion:
-    """The release `frps --version` / `frpc --version` printed ("0.33.0", "frps version v0.70.0")."""
-    match = _VERSION_IN_OUTPUT.search(output)
-    if match is None:
-        raise ValueError(f"no frp version in {output.strip()[:200]!r}")
-    return FrpsVersion.parse(match.group(1))
-
 
 def binary_version(binary: Path) -> FrpsVersion:
     done = subprocess.run(
@@ -69,7 +66,7 @@ def binary_version(binary: Path) -> FrpsVersion:
         timeout=READY_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
-    return parse_frp_version(done.stdout + done.stderr)
+    return version_in_output(done.stdout + done.stderr)
 
 
 def plugin_ops(version: FrpsVersion) -> list[Op]:

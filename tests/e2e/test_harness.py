@@ -14,6 +14,7 @@ import pytest
 
 from policyd.rules.decision import Op
 from policyd.rules.schema import FrpsVersion
+from policyd.tools.frpsconfig import version_in_output
 from tests.e2e.harness import (
     LOOPBACK,
     FrpcSettings,
@@ -24,7 +25,6 @@ from tests.e2e.harness import (
     http_proxy,
     login_refused,
     login_succeeded,
-    parse_frp_version,
     plugin_ops,
     pong_refused,
     proxy_label,
@@ -46,12 +46,12 @@ V033, V070 = FrpsVersion(0, 33, 0), FrpsVersion(0, 70, 0)
     ],
 )
 def test_the_version_comes_from_frps_version_output(output: str, version: FrpsVersion) -> None:
-    assert parse_frp_version(output) == version
+    assert version_in_output(output) == version
 
 
 def test_output_without_a_version_is_an_error() -> None:
     with pytest.raises(ValueError, match="no frp version in 'flag provided but not defined'"):
-        parse_frp_version("flag provided but not defined")
+        version_in_output("flag provided but not defined")
 
 
 def test_old_frps_is_asked_only_for_the_ops_it_sends_once() -> None:
