@@ -12,17 +12,16 @@ Target: policyd adds at most 10% over the raw plugin.
 
 Runs where FRPS_BIN and FRPC_BIN point at real frp binaries (v0.33.0 with INI configs, v0.52+
 such as v0.70.0 with TOML: chosen from `frps --version`); elsewhere it says so and is skipped.
-The config writers and the fleet are plain functions (tests/test_benchmarks.py checks them).
+The configs (written by policyd.tools.frpsconfig's writers) and the fleet are plain functions
+(tests/test_benchmarks.py checks them).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import enum
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -35,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.users import shipped_policy_with, token_for
+from policyd.rules.decision import Op
+from policyd.rules.schema import OP_FACTS, FrpsVersion
+from policyd.tools.frpsconfig import ConfigFormat, default_format, render_ini, render_toml, version_in_output
 
 LOOPBACK = "127.0.0.1"
 SCENARIO = "frps + 21 frpc: time until 220 proxies are registered"
@@ -48,32 +50,15 @@ READY_TIMEOUT_S = 30.0
 REGISTER_TIMEOUT_S = 180.0
 POLL_INTERVAL_S = 0.02
 ALL_OPS = ("Login", "NewProxy", "CloseProxy", "Ping", "NewWorkConn", "NewUserConn")
-TOML_SINCE = (0, 52, 0)  # frps reads [[httpPlugins]] TOML from v0.52.0
-CLOSE_PROXY_SINCE = (0, 40, 0)  # frps validates ops: older ones refuse CloseProxy
+CLOSE_PROXY_SINCE = OP_FACTS[Op.CLOSE_PROXY].since  # frps validates ops: older ones refuse CloseProxy
+
+# The version and the config format come from policyd's frps facts (what `policyd frps-config
+# --frps-version` uses): TOML from 0.52, INI before.
+parse_version = version_in_output
+config_format = default_format
 
 
-class ConfigFormat(enum.Enum):
-    TOML = "toml"
-    INI = "ini"
-
-
-Version = tuple[int, int, int]
-
-
-def parse_version(text: str) -> Version:
-    """`frps --version` prints e.g. "0.70.0"; raises ValueError on anything else."""
-    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
-    if match is None:
-        raise ValueError(f"no frp version (x.y.z) in {text.strip()!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
-
-
-def config_format(version: Version) -> ConfigFormat:
-    return ConfigFormat.TOML if version >= TOML_SINCE else ConfigFormat.INI
-
-
-def plugin_ops(version: Version) -> tuple[str, ...]:
+def plugin_ops(version: FrpsVersion) -> tuple[str, ...]:
     """Every op this frps can send to a plugin (v0.33's NewWorkConn arrives as Ping, as in use)."""
     return tuple(op for op in ALL_OPS if op != "CloseProxy" or version >= CLOSE_PROXY_SINCE)
 
@@ -129,37 +114,6 @@ def fleet(red_ports: Sequence[int], blue_ports: Sequence[int]) -> list[Client]:
     return clients
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string for the plain values written here
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def _toml(top: dict[str, object], tables: Iterable[tuple[str, dict[str, object]]]) -> str:
-    """Top-level keys first (TOML puts keys after a [[table]] header inside it), then the tables."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
-    for name, options in tables:
-        lines += ["", f"[[{name}]]", *(f"{key} = {_toml_value(value)}" for key, value in options.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _ini(sections: Iterable[tuple[str, dict[str, object]]]) -> str:
-    lines = []
-    for name, options in sections:
-        lines.append(f"[{name}]")
-        for key, value in options.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: Sequence[str]) -> str:
     """frps on loopback: proxies, vhost and API bound to 127.0.0.1; one plugin, or none."""
     if fmt is ConfigFormat.TOML:
@@ -178,10 +132,8 @@ def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: S
             "log.level": "info",
             "log.disablePrintColor": True,
         }
-        plugins = [
-            ("httpPlugins", {"name": "bench", "addr": plugin_addr, "path": "/handler", "ops": list(ops)})
-        ]
-        return _toml(top, plugins if plugin_addr else [])
+        plugin = {"name": "bench", "addr": plugin_addr, "path": "/handler", "ops": list(ops)}
+        return render_toml(top, {"httpPlugins": [plugin]} if plugin_addr else None)
     common: dict[str, object] = {
         "bind_addr": LOOPBACK,
         "bind_port": ports.bind,
@@ -197,10 +149,10 @@ def frps_config(fmt: ConfigFormat, ports: Ports, plugin_addr: str | None, ops: S
         "log_level": "info",
         "disable_log_color": True,
     }
-    sections: list[tuple[str, dict[str, object]]] = [("common", common)]
+    sections: dict[str, dict[str, object]] = {"common": common}
     if plugin_addr:
-        sections.append(("plugin.bench", {"addr": plugin_addr, "path": "/handler", "ops": ",".join(ops)}))
-    return _ini(sections)
+        sections["plugin.bench"] = {"addr": plugin_addr, "path": "/handler", "ops": list(ops)}
+    return render_ini(sections)
 
 
 def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
@@ -222,8 +174,8 @@ def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
         for p in client.proxies:
             options: dict[str, object] = {"name": p.name, "type": p.type, "localIP": LOOPBACK, "localPort": 9}
             options.update({"remotePort": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
-            proxies.append(("proxies", options))
-        return _toml(top, proxies)
+            proxies.append(options)
+        return render_toml(top, {"proxies": proxies})
     common: dict[str, object] = {
         "server_addr": LOOPBACK,
         "server_port": server_port,
@@ -235,12 +187,12 @@ def frpc_config(fmt: ConfigFormat, client: Client, server_port: int) -> str:
         "log_level": "info",
         "disable_log_color": True,
     }
-    sections: list[tuple[str, dict[str, object]]] = [("common", common)]
+    sections: dict[str, dict[str, object]] = {"common": common}
     for p in client.proxies:
         options = {"type": p.type, "local_ip": LOOPBACK, "local_port": 9}
         options.update({"remote_port": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
-        sections.append((p.name, options))
-    return _ini(sections)
+        sections[p.name] = options
+    return render_ini(sections)
 
 
 def online(answers: Iterable[dict[str, Any]]) -> int:
@@ -353,7 +305,7 @@ def _wait_ready(server: _Process, ports: Ports) -> None:
 
 
 def one_round(
-    frps_bin: Path, frpc_bin: Path, version: Version, plugin_addr: str | None, directory: Path
+    frps_bin: Path, frpc_bin: Path, version: FrpsVersion, plugin_addr: str | None, directory: Path
 ) -> float:
     """Start frps, then all frpc at once; seconds until frps lists every proxy online."""
     fmt = config_format(version)
@@ -404,7 +356,7 @@ def scenario(rounds: int, log_dir: Path) -> list[dict[str, Any]]:
         [str(frps_bin), "--version"], capture_output=True, text=True, timeout=30
     ).stdout
     version = parse_version(version_text)
-    shown = ".".join(map(str, version))
+    shown = str(version)
     print(f"frps: v{shown} ({config_format(version).value} configs)", file=sys.stderr)
 
     from benchmarks.run import baseline, policyd

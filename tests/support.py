@@ -15,10 +15,16 @@ from typing import Any
 
 import httpx
 
+from policyd.engine import EvalOptions
 from tests.oracle import checked_client
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_POLICIES = ROOT / "policies"
+# For tests that compare decisions and need no time limit: the default budget (0.1 s of the
+# deciding thread's CPU) can be spent by a garbage collection or a descheduled thread on a busy
+# machine, and the comparison would then fail for a reason that is not the test's. The budget's
+# clock has tests of its own that set it explicitly.
+UNTIMED = EvalOptions(eval_seconds=60.0)
 
 
 # The project's own copy of frps's request bodies (from shared/fixtures, byte for byte): the

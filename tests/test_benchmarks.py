@@ -31,6 +31,7 @@ from policyd.policy import load_policy
 from policyd.rules.decision import Op
 from policyd.service.settings import DEFAULTS
 from policyd.tools.rollout import Agreement, agreement, ops_decided_alike
+from tests.support import UNTIMED
 
 POLICYD = Policyd()
 FLOOR = Floor()
@@ -284,12 +285,12 @@ def test_the_shipped_policy_lets_the_whole_fleet_in(tmp_path: Path) -> None:
             "pool_count": 1,
             "client_address": f"127.0.0.1:{40000 + n}",
         }
-        assert decide(policy, ops["Login"], login).outcome.value == "allow", client.user
+        assert decide(policy, ops["Login"], login, options=UNTIMED).outcome.value == "allow", client.user
         user = {"user": client.user, "metas": client.metas, "run_id": f"{n:016x}"}
         for p in client.proxies:
             content = {"user": user, "proxy_name": f"{client.user}.{p.name}", "proxy_type": p.type}
             content.update({"remote_port": p.remote_port} if p.type == "tcp" else {"subdomain": p.subdomain})
-            decision = decide(policy, ops["NewProxy"], content)
+            decision = decide(policy, ops["NewProxy"], content, options=UNTIMED)
             assert decision.outcome.value != "reject", (content, decision.reason)
 
 
@@ -346,7 +347,8 @@ def test_the_shipped_policy_rejects_exactly_the_expected_storm_requests(tmp_path
     ops = {op.value: op for op in policy.rules}
     outcomes: list[str] = []
     for r in storm.storm():
-        outcomes.append(decide(policy, ops[r.op], json.loads(r.body)["content"]).outcome.value)
+        decision = decide(policy, ops[r.op], json.loads(r.body)["content"], options=UNTIMED)
+        outcomes.append(decision.outcome.value)
     assert outcomes.count("reject") == storm.expected_rejects() > 100
     edge = storm.CONNECTIONS
     assert "reject" not in outcomes[:edge] + outcomes[-edge:], "repeats or late answers could not hide one"
@@ -391,8 +393,9 @@ def test_the_shadow_scenarios_candidate_decides_newproxy_again_and_alike(tmp_pat
     assert Op.NEW_PROXY not in ops_decided_alike(main, shadow)
     assert shadow.rule_count == main.rule_count
     content = json.loads(BODY.read_text())["content"]
-    first = decide(main, Op.NEW_PROXY, content, now=NOW)
-    assert agreement(first, decide(shadow, Op.NEW_PROXY, content, now=NOW)) is Agreement.SAME
+    first = decide(main, Op.NEW_PROXY, content, now=NOW, options=UNTIMED)
+    again = decide(shadow, Op.NEW_PROXY, content, now=NOW, options=UNTIMED)
+    assert agreement(first, again) is Agreement.SAME
     budget = EvalOptions(eval_seconds=DEFAULTS.shadow_eval_budget_ms / 1000)
     slow_decision = decide(load_policy(slow), Op.NEW_PROXY, content, now=NOW, options=budget)
     assert slow_decision.error is not None and "ran out of time" in slow_decision.error.message

@@ -17,7 +17,7 @@ from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, view
 from tests.rules.expressions import records
-from tests.support import ROOT, SHIPPED_POLICIES, fixture
+from tests.support import ROOT, SHIPPED_POLICIES, UNTIMED, fixture
 
 
 def _old_read_path(content: dict[str, Any], op: Op, path: tuple[str, ...]) -> Any:
@@ -99,7 +99,7 @@ def test_whole_decisions_agree_with_a_plain_engine_on_the_reference(directory: P
     @settings(max_examples=300, derandomize=True, database=None, deadline=None)
     @given(newproxy_contents())
     def check(content: dict[str, Any]) -> None:
-        decision = decide(policy, Op.NEW_PROXY, content)
+        decision = decide(policy, Op.NEW_PROXY, content, options=UNTIMED)
         assert decision.error is None
         outcome, reason = plain.decide(content)
         assert (decision.outcome.value, decision.reason) == (outcome, reason)

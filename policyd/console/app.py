@@ -2,16 +2,17 @@
 
 The service builds it with what it needs passed in (`ConsoleServices`): the store, the service's
 EvalOptions, the admin allowlist, the token file, the feed the plugin route fills, the /status
-document and, once stateful rules exist, the live state. The console imports nothing of the
-service at run time.
+document, the live state and the state layer's non-recording view of it (what the playground
+decides with). The console imports nothing of the service at run time.
 
 Pages (`/ui/`, `/ui/decisions`, `/ui/playground`, `/ui/policy`, `/ui/state`) are plain HTML with
 their script in `static/js/`; every figure on them comes from the APIs below, documented in
 docs/console.md:
 
-    GET  /ui/api/overview            the serving policy, the last reload (errors with carets), mode
+    GET  /ui/api/overview            the serving policy, the last reload (errors with carets), mode,
+                                     the shadow policy and its agreement counts, the history's links
     GET  /ui/api/charts              per-second decisions, p50/p99 decision time, reloads: 15 min
-    GET  /ui/api/decisions           recent decisions, newest first (?after=SEQ&op=&user=&outcome=)
+    GET  /ui/api/decisions           recent decisions, newest first (?after=SEQ&op=&user=&outcome=&shadow=)
     GET  /ui/api/decisions/{seq}     one decision, with its masked request
     GET  /ui/api/files               the policy's files;  GET /ui/api/file?path=...  one file
     GET  /ui/api/examples            example requests: built in, and the policy's tests/requests
@@ -52,7 +53,7 @@ from policyd.console.guard import ConsoleGuard
 from policyd.console.playground import evaluate, read_playground_request
 from policyd.console.rings import OUTCOMES, ConsoleFeed
 from policyd.console.tokens import TokenFile
-from policyd.engine import EvalOptions
+from policyd.engine import EvalOptions, StateBinding
 from policyd.errors import PolicydError
 from policyd.policy import MAX_POLICY_FILE_BYTES, policy_sources, read_policy_file
 from policyd.rules.decision import Op
@@ -117,6 +118,7 @@ MAX_DECISION_ROWS = 1000
 MAX_STATE_ENTRIES = 500  # users (and rate keys) the state page lists
 STATE_TIMEOUT_S = 2.0
 DEFAULT_EDIT_OFF = "the console runs in read mode (console = read)"
+SHADOW_DISAGREE = "disagree"  # GET /ui/api/decisions?shadow=disagree
 
 
 class ConsoleMode(enum.StrEnum):
@@ -157,7 +159,12 @@ class ConsoleServices:
     allows: Callable[[str | None], bool]  # admin_allow
     status: Callable[[], dict[str, Any]]  # the /status document
     tokens: TokenFile | None = None  # required for edit mode
+    # The live state and the view the playground decides with: the same backend, not recording
+    # (rate() answers as if it counted; nothing is counted, registered or forgotten).
     state: LiveState | None = None
+    state_view: StateBinding | None = None
+    shadow: Callable[[], dict[str, Any]] | None = None  # the shadow policy's /status, when one runs
+    versions_path: str | None = None  # GET {versions_path}/{version}: a version's files (the history)
     hosts: tuple[str, ...] = ()  # names besides IP addresses and localhost the console answers to
     pause: Callable[[], Callable[[], None]] | None = None  # makes a pacer for loading candidates
     workers: int = 1
@@ -256,6 +263,11 @@ class Console:
     def _pause(self) -> Callable[[], None] | None:
         return self.s.pause() if self.s.pause is not None else None
 
+    def state_in_use(self) -> bool:
+        """Whether the serving policy keeps state: read on every call, so a reload that starts or
+        stops calling a state function shows at once."""
+        return self.s.state is not None and bool(self.s.store.policy.state_functions)
+
     # -- pages ------------------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
         name = request.path_params.get("page", "")
@@ -287,9 +299,18 @@ class Console:
                 "started_at": status["started_at"],
                 "uptime_s": status["uptime_s"],
                 "worker": {"pid": os.getpid(), "workers": self.s.workers},
-                "state": self.s.state is not None,
+                "state": self.state_in_use(),
+                "shadow": self.s.shadow() if self.s.shadow is not None else None,
+                "history": self._history(status["policy"]["version"]),
             }
         )
+
+    def _history(self, version: str) -> dict[str, str] | None:
+        """Where the version history serves a version's files (the serving one is always kept)."""
+        path = self.s.versions_path
+        if path is None:
+            return None
+        return {"versions": path, "serving": f"{path}/{version}"}
 
     async def charts(self, request: Request) -> Response:
         return _json(self.s.feed.charts())
@@ -306,10 +327,21 @@ class Console:
             return _error(f"unknown op {op!r}", 400, "bad_query")
         if outcome and outcome not in OUTCOMES:
             return _error(f"outcome is one of {', '.join(OUTCOMES)}", 400, "bad_query")
+        shadow = query.get("shadow", "")
+        if shadow not in ("", SHADOW_DISAGREE):
+            return _error(
+                f"shadow is {SHADOW_DISAGREE!r} (the rows the shadow decided otherwise)", 400, "bad_query"
+            )
         rows, last = self.s.feed.decisions(
-            after=after, limit=limit, op=op, outcome=outcome, user=query.get("user", "")
+            after=after,
+            limit=limit,
+            op=op,
+            outcome=outcome,
+            user=query.get("user", ""),
+            disagree=shadow == SHADOW_DISAGREE,
         )
-        return _json({"decisions": rows, "last": last, "kept": self.s.feed.kept})
+        doc = {"decisions": rows, "last": last, "kept": self.s.feed.kept, "shadow": self.s.shadow is not None}
+        return _json(doc)
 
     async def decision(self, request: Request) -> Response:
         seq = request.path_params["seq"]
@@ -353,12 +385,12 @@ class Console:
         return _json({"examples": found})
 
     async def state(self, request: Request) -> Response:
-        if self.s.state is None:
+        live = self.s.state
+        if live is None or not self.state_in_use():
             return _json({"in_use": False, "reason": "stateful rules are not in use"})
         try:
-            snapshot = await asyncio.wait_for(
-                asyncio.to_thread(self.s.state.snapshot, MAX_STATE_ENTRIES), STATE_TIMEOUT_S
-            )
+            reading = asyncio.to_thread(live.snapshot, MAX_STATE_ENTRIES)
+            snapshot = await asyncio.wait_for(reading, STATE_TIMEOUT_S)
         except TimeoutError:
             return _error(
                 f"the state backend did not answer within {STATE_TIMEOUT_S} s", 503, "state_timeout"
@@ -379,6 +411,7 @@ class Console:
                 root=self.directory,
                 serving=serving,
                 options=self.s.options,
+                state=self.s.state_view,
                 pause=self._pause(),
             )
         return _json(result)

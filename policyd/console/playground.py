@@ -5,18 +5,22 @@ the service's loader (the serving directory with that file replaced, see `files`
 decided by `explain()` (the service's `decide()` with the trace kept) under the service's own
 EvalOptions (fail-open ops, step and time budgets), and the answer is the exact JSON frps would
 get. Nothing is written to the policy directory.
+
+State functions read the service's live state through the state layer's non-recording view:
+`proxies()` and `sessions()` see what the service sees, `rate()` answers as if this evaluation
+counted, and nothing is counted, registered or forgotten.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from policyd.console.editing import Pause, diagnostics, load_candidate
 from policyd.console.errors import ConsoleError
 from policyd.console.files import candidate_directory
-from policyd.engine import EvalOptions
+from policyd.engine import EvalOptions, StateBinding
 from policyd.policy import RULES_SUFFIX, Policy, policy_sources
 from policyd.rules.decision import OPS
 from policyd.tools.check import lint
@@ -65,9 +69,14 @@ def evaluate(
     root: Path,
     serving: Policy,
     options: EvalOptions,
+    state: StateBinding | None = None,
     pause: Pause | None = None,
 ) -> dict[str, Any]:
-    """The playground's answer: the explanation, or the candidate's load errors (with positions)."""
+    """The playground's answer: the explanation, or the candidate's load errors (with positions).
+
+    `state` is the service's live state; it is read through its non-recording view whatever it
+    says. Without it, state functions read an empty state.
+    """
     op = OPS[request.op]
     rel = f"{op.value}{RULES_SUFFIX}"
     result: dict[str, Any] = {"op": op.value, "rule_file": rel, "edited": request.rules is not None}
@@ -82,7 +91,11 @@ def evaluate(
             policy = loaded
             findings = [w for w in lint(policy) if w.location is not None and w.location.file == rel]
             warnings = diagnostics(findings, policy_sources(candidate, (root.resolve(),)))
-    explanation = explain(policy, op, request.content, reqid=request.reqid, now=request.now, options=options)
+    view = None if state is None else replace(state, recording=False)
+    explanation = explain(
+        policy, op, request.content, reqid=request.reqid, now=request.now, options=options, state=view
+    )
+    rule_file = policy.rules.get(op)
     return {
         **result,
         "ok": True,
@@ -90,4 +103,10 @@ def evaluate(
         "serving_version": serving.version,
         "lint": warnings,
         "explanation": explanation.to_dict(),
+        # What the rules' state functions read: the service's live state, never changed.
+        "state": {
+            "functions": sorted(rule_file.state_functions) if rule_file is not None else [],
+            "backend": view.backend.kind if view is not None else None,
+            "recorded": False,
+        },
     }

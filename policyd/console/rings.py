@@ -17,6 +17,10 @@ in a housekeeping tick on the event loop (every TICK_S):
 The rings hold masked data only: a request waits unmasked in the hand-off queue for at most one
 tick (or until the console reads, which drains it first). Everything runs on the event-loop
 thread, so nothing takes a lock.
+
+With a shadow policy, a request's decision-log line waits for its shadow decision, and so does
+its row: `add()` then only counts, and the shadow hands the row over (`add_shadowed()`) when it
+writes the line, with the line's `shadow` object where the two policies disagree.
 """
 
 from __future__ import annotations
@@ -58,26 +62,48 @@ RecordDecision = Callable[[Decision, Mapping[str, Any], str, datetime], dict[str
 # What `add()` keeps of a decision until it is masked: (time, body or None, reqid, op, outcome,
 # policy version, reason, rule, eval_us, failed_open, warnings, changes, error, and the deciding
 # statement and the reason's parts, which masking and the line's `read` need). Not the Decision:
-# it holds two lists (mostly empty) and, for a rewrite, the whole new content.
+# it holds two lists (mostly empty) and, for a rewrite, the whole new content. A row the shadow
+# hands over holds the parsed content instead of the body, and the line's `shadow` object last.
 Snapshot = tuple[Any, ...]
 
 
-def _restore(snapshot: Snapshot) -> tuple[float, bytes | None, str, Decision]:
+def _snapshot(decision: Decision, at: float, body: Any, reqid: str) -> Snapshot:
+    return (
+        at,
+        body,
+        reqid,
+        decision.op,
+        decision.outcome,
+        decision.policy_version,
+        decision.reason,
+        decision.rule,
+        decision.eval_us,
+        decision.failed_open,
+        decision.warnings or (),  # the empty lists of most decisions are not kept alive
+        decision.changes or (),
+        decision.error,
+        decision.statement,
+        decision.reason_parts,
+        decision.reason_kinds,
+    )
+
+
+def _restore(snapshot: Snapshot) -> tuple[float, Any, str, Decision]:
     """The decision as `add()` saw it, from its snapshot (for the decision log's record)."""
     at, body, reqid, op, outcome, version, reason, rule, eval_us, failed_open, warnings, changes, error = (
         snapshot[:13]
     )
     decision = Decision(outcome, op, version, reason=reason, rule=rule, error=error, failed_open=failed_open)
-    decision.statement, decision.reason_parts, decision.reason_kinds = snapshot[13:]
+    decision.statement, decision.reason_parts, decision.reason_kinds = snapshot[13:16]
     decision.eval_us = eval_us
     decision.warnings = list(warnings)
     decision.changes = list(changes)
     return at, body, reqid, decision
 
 
-def _content(body: bytes | None) -> Mapping[str, Any] | None:
-    if body is None:
-        return None
+def _content(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if body is None or isinstance(body, Mapping):
+        return body
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -128,10 +154,12 @@ class ConsoleFeed:
         clock: Callable[[], float] = time.time,
         kept: int = DECISIONS_KEPT,
         window_s: int = WINDOW_S,
+        rows_from_shadow: bool = False,
     ) -> None:
         """`record` is the decision log's; `reloads()` is the store's running (successes,
-        failures), read once per tick."""
+        failures), read once per tick. With `rows_from_shadow`, rows come from add_shadowed()."""
         self._record = record
+        self.rows_from_shadow = rows_from_shadow
         self._reloads = reloads
         self._clock = clock
         self.window_s = window_s
@@ -154,34 +182,34 @@ class ConsoleFeed:
         current = self._second
         if int(now) != current.at:
             current = self._open_second(int(now))
-        op, error, rule = decision.op, decision.error, decision.rule
-        if error is None:
+        op = decision.op
+        if decision.error is None:
             current.counts[_OP_INDEX[op] + _OUTCOME_INDEX[decision.outcome]] += 1
         else:
             current.counts[_OP_INDEX[op] + _ERROR_INDEX] += 1
         latencies = current.latencies
         if len(latencies) < MAX_LATENCY_SAMPLES:
             latencies.append(decision.eval_us)
+        if self.rows_from_shadow:
+            return  # its row comes with its shadow decision (add_shadowed)
         self._waiting.append(
-            (
-                now,
-                body if len(body) <= MAX_KEPT_BODY_BYTES else None,
-                reqid,
-                op,
-                decision.outcome,
-                decision.policy_version,
-                decision.reason,
-                rule,
-                decision.eval_us,
-                decision.failed_open,
-                decision.warnings or (),  # the empty lists of most decisions are not kept alive
-                decision.changes or (),
-                error,
-                decision.statement,
-                decision.reason_parts,
-                decision.reason_kinds,
-            )
+            _snapshot(decision, now, body if len(body) <= MAX_KEPT_BODY_BYTES else None, reqid)
         )
+
+    def add_shadowed(
+        self,
+        decision: Decision,
+        content: dict[str, Any],
+        reqid: str,
+        at: datetime,
+        size: int,
+        shadow: dict[str, Any] | None,
+    ) -> None:
+        """A decision's row, once the shadow decided it (or let it go): at the moment its
+        decision-log line is written, with the line's `shadow` object (None: they agree).
+        `size` is the request body's, so the same requests are kept as add() keeps."""
+        kept = content if size <= MAX_KEPT_BODY_BYTES else None
+        self._waiting.append((*_snapshot(decision, at.timestamp(), kept, reqid), shadow))
 
     def _open_second(self, at: int) -> _Second:
         """Close the current second (its percentiles are worked out at the next tick)."""
@@ -234,7 +262,8 @@ class ConsoleFeed:
     def _mask_waiting(self, limit: int) -> None:
         waiting, rows, record = self._waiting, self._rows, self._record
         for _ in range(min(limit, len(waiting))):
-            at, body, reqid, decision = _restore(waiting.popleft())
+            snapshot = waiting.popleft()
+            at, body, reqid, decision = _restore(snapshot)
             content = _content(body)
             try:
                 row = record(decision, content or {}, reqid, datetime.fromtimestamp(at, UTC))
@@ -244,6 +273,8 @@ class ConsoleFeed:
             self._seq += 1
             row["seq"] = self._seq
             row["request"] = request
+            if len(snapshot) > 16 and snapshot[16] is not None:
+                row["shadow"] = snapshot[16]
             rows.append(row)
 
     def _summarise(self, now: int) -> None:
@@ -268,10 +299,12 @@ class ConsoleFeed:
         op: str = "",
         outcome: str = "",
         user: str = "",
+        disagree: bool = False,
     ) -> tuple[list[dict[str, Any]], int]:
         """Rows newer than `after` matching the filters, newest first, and the newest row's seq.
 
-        `user` matches part of the user name, case-insensitively; `op` and `outcome` exactly.
+        `user` matches part of the user name, case-insensitively; `op` and `outcome` exactly;
+        `disagree` keeps the rows the shadow policy decided otherwise (a `shadow` object).
         """
         self._mask_waiting(len(self._waiting))
         wanted = user.casefold()
@@ -284,6 +317,8 @@ class ConsoleFeed:
             if outcome and row["outcome"] != outcome:
                 continue
             if wanted and wanted not in row["user"].casefold():
+                continue
+            if disagree and "shadow" not in row:
                 continue
             out.append(row)
         return out, self._seq

@@ -263,14 +263,20 @@ def create_app(
     offline = dataclasses.replace(binding, offline=True)
     metrics = Metrics(store, handler_path=settings.handler_path, multiprocess_dir=metrics_dir)
     metrics.register_state(state.backend, state.counts)
-    shadow = open_shadow(settings, store, decisions, metrics, state)
-    recorder = RequestRecorder.open(settings, metrics)
-    started_at = time.time()
-    started = False
     console = ConsoleMode(settings.console)
     feed = None
     if console is not ConsoleMode.OFF:
-        feed = ConsoleFeed(decision_record, reloads=lambda: (store.stats.successes, store.stats.failures))
+        feed = ConsoleFeed(
+            decision_record,
+            reloads=lambda: (store.stats.successes, store.stats.failures),
+            # A shadow writes each line once it decided; the row then comes with the line.
+            rows_from_shadow=settings.shadow_policies is not None,
+        )
+    rows = feed.add_shadowed if feed is not None else None
+    shadow = open_shadow(settings, store, decisions, metrics, state, rows)
+    recorder = RequestRecorder.open(settings, metrics)
+    started_at = time.time()
+    started = False
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -459,9 +465,12 @@ def create_app(
             hosts=(settings.host,),
             pause=pacer,
             workers=settings.workers,
-            # The Live state page shows "not in use" for a policy that keeps no state (as at
-            # start-up; a reload that adds state rules shows there after a restart).
-            state=state if store.policy.state_functions else None,
+            # The Live state page follows the serving policy (it says "not in use" while no rule
+            # calls a state function); the playground decides with the live state, not recording.
+            state=state,
+            state_view=dataclasses.replace(binding, recording=False),
+            shadow=shadow.status if shadow is not None else None,
+            versions_path=VERSIONS_PATH,
         )
         app.mount(CONSOLE_PATH, create_console(services))
 

@@ -26,7 +26,8 @@ both policies is counted as `same` without a second decision: it could only repe
 
 A disagreement on outcome, reason or rewritten content puts a `shadow` object into the
 request's decision-log line (which therefore waits for the shadow decision, moments at most);
-every shadow decision is counted in `policyd_shadow_decisions_total{op, agreement}`.
+every shadow decision is counted in `policyd_shadow_decisions_total{op, agreement}`. The console's
+decisions table gets its row with that line (`rows`), so it shows the disagreement too.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -67,6 +69,9 @@ SHADOW_SLICE_S = 0.00025  # the longest the shadow decides before letting reques
 # A shadow decision that raised (a bug, not a rule error): the log has the traceback.
 SHADOW_FAILED = {"code": "shadow_failed", "message": "the shadow decision failed; see the diagnostic log"}
 SHADOW_KEYS = ("outcome", "reason", "rule", "changes", "error", "failed_open", "policy_version", "eval_us")
+# Where a request's row goes once its line is written (the console's decisions table): the
+# decision, its content, reqid, answer time, body size and the line's `shadow` object (or None).
+Rows = Callable[[Decision, dict[str, Any], str, datetime, int, "dict[str, Any] | None"], None]
 
 
 class ShadowPolicy:
@@ -169,6 +174,7 @@ class ShadowRunner:
         state: StateService | None = None,
         *,
         thread_options: EvalOptions | None = None,
+        rows: Rows | None = None,
         queue_max: int = SHADOW_QUEUE_MAX,
         queue_max_bytes: int = SHADOW_QUEUE_MAX_BYTES,
         max_share: float = SHADOW_MAX_SHARE,
@@ -183,6 +189,7 @@ class ShadowRunner:
         # Off the event loop, a shadow decision waiting on Redis holds no one up: it gets the
         # serving decisions' budget, as the round trips count against it.
         self.thread_options = thread_options or options
+        self.rows = rows
         self.queue_max = queue_max
         self.queue_max_bytes = queue_max_bytes
         self.max_share = max_share
@@ -207,6 +214,7 @@ class ShadowRunner:
         """Take an answered request; its decision-log line is written once the shadow decided."""
         at = datetime.now(UTC)
         reason = ""  # not started (no event loop yet) or stopped: logged as if there were no shadow
+        item = _Waiting(decision, content, reqid, now, at, size)
         if self._wake is None:
             pass
         elif self.shadow.store is None:
@@ -214,13 +222,20 @@ class ShadowRunner:
         elif len(self._queue) >= self.queue_max or self._queued_bytes + size > self.queue_max_bytes:
             reason = "queue_full"
         else:
-            self._queue.append(_Waiting(decision, content, reqid, now, at, size))
+            self._queue.append(item)
             self._queued_bytes += size
             self._wake.set()
             return
         if reason:
             self._skip(reason)
-        self.decisions.write(decision, content, reqid, at=at)
+        self._write(item)
+
+    def _write(self, item: _Waiting, shadow: dict[str, Any] | None = None) -> None:
+        """The request's decision-log line (with the `shadow` object of a disagreement), and
+        its row in the console's table."""
+        self.decisions.write(item.decision, item.content, item.reqid, at=item.at, shadow=shadow)
+        if self.rows is not None:
+            self.rows(item.decision, item.content, item.reqid, item.at, item.size, shadow)
 
     def _skip(self, reason: str) -> None:
         self.skipped[reason] += 1
@@ -247,8 +262,7 @@ class ShadowRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while self._queue:
-            item = self._queue.popleft()
-            self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
+            self._write(self._queue.popleft())
         self._queued_bytes = 0
 
     async def _run(self, wake: asyncio.Event) -> None:
@@ -280,7 +294,7 @@ class ShadowRunner:
             policy = self.shadow.policy
             if policy is None or self._credit <= 0:
                 self._skip("not_loaded" if policy is None else "time_share")
-                self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
+                self._write(item)
                 continue
             if self._waits_on_state(item, policy):
                 self._decide_in_thread(item, policy)
@@ -290,7 +304,7 @@ class ShadowRunner:
             after = time.perf_counter()
             self._credit -= after - before
             self.spent_s += after - before
-            self.decisions.write(item.decision, item.content, item.reqid, at=item.at, shadow=shadow_line)
+            self._write(item, shadow_line)
             if after >= deadline:
                 break
 
@@ -357,7 +371,7 @@ class ShadowRunner:
         written once it is done, on the loop."""
         if self._in_threads >= SHADOW_STATE_THREADS:
             self._skip("state_busy")
-            self.decisions.write(item.decision, item.content, item.reqid, at=item.at)
+            self._write(item)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(SHADOW_STATE_THREADS, thread_name_prefix="policyd-shadow")
@@ -369,8 +383,7 @@ class ShadowRunner:
         def done(future: asyncio.Future[Decision | None]) -> None:
             self._in_threads -= 1
             decision = None if future.cancelled() or future.exception() else future.result()
-            shadow_line = self._compared(item, decision)
-            self.decisions.write(item.decision, item.content, item.reqid, at=item.at, shadow=shadow_line)
+            self._write(item, self._compared(item, decision))
 
         future.add_done_callback(done)
 
@@ -411,9 +424,11 @@ def open_shadow(
     decisions: DecisionLog,
     metrics: Metrics,
     state: StateService | None = None,
+    rows: Rows | None = None,
 ) -> ShadowRunner | None:
     """The shadow of `settings.shadow_policies`, or None when there is none. Its decisions read
-    `state` without recording anything."""
+    `state` without recording anything; `rows` takes each request's row once its line is
+    written (the console's decisions table)."""
     if settings.shadow_policies is None:
         return None
     shadow = ShadowPolicy(settings.shadow_policies, settings)
@@ -426,4 +441,5 @@ def open_shadow(
         metrics,
         state,
         thread_options=settings.eval_options,
+        rows=rows,
     )

@@ -16,7 +16,7 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -65,6 +65,18 @@ class Snippet:
     ops: tuple[Op, ...]
     version: FrpsVersion
     warnings: tuple[str, ...]
+
+
+_VERSION_IN_OUTPUT = re.compile(r"\bv?(\d+\.\d+\.\d+)\b")
+
+
+def version_in_output(output: str) -> FrpsVersion:
+    """The release `frps --version` / `frpc --version` printed ("0.33.0", "frps version v0.70.0");
+    ValueError when there is none."""
+    match = _VERSION_IN_OUTPUT.search(output)
+    if match is None:
+        raise ValueError(f"no frp version in {output.strip()[:200]!r}")
+    return FrpsVersion.parse(match.group(1))
 
 
 def default_format(version: FrpsVersion) -> ConfigFormat:
@@ -133,6 +145,64 @@ def ops_with_rules(directory: Path) -> list[Op]:
     return [op for op in Op if op.value in present]
 
 
+# -- frp config files: frps's and frpc's, in either format (also for the e2e suite and benchmarks) --
+
+Options = Mapping[str, object]
+_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_lines(options: Options) -> list[str]:
+    lines = []
+    for key, value in options.items():
+        if not _TOML_KEY.fullmatch(key):
+            raise ValueError(f"not a bare or dotted TOML key: {key!r}")
+        lines.append(f"{key} = {_toml_value(value)}")
+    return lines
+
+
+def render_toml(top: Options, tables: Mapping[str, Sequence[Options]] | None = None) -> str:
+    """frp's TOML (v0.52+): top-level keys (dotted ones as `auth.token`), then arrays of tables
+    (`[[proxies]]`, `[[httpPlugins]]`).
+
+    Every top-level key comes first: TOML reads a key after `[[x]]` as part of that table.
+    """
+    lines = _toml_lines(top)
+    for name, entries in (tables or {}).items():
+        for entry in entries:
+            lines += [*([""] if lines else []), f"[[{name}]]", *_toml_lines(entry)]
+    return "\n".join(lines) + "\n"
+
+
+def render_ini(sections: Mapping[str, Options]) -> str:
+    """frp's legacy INI: `[section]` and `key = value`; booleans as frp's true/false, lists
+    comma-joined."""
+    lines = []
+    for section, options in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in options.items():
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, list | tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME, fmt: ConfigFormat) -> str:
     """The snippet, in README.md's shape; raises FrpsConfigError for a value frps could not read back."""
     wanted = set(ops)
@@ -148,24 +218,11 @@ def render(ops: Iterable[Op], *, addr: str, path: str, name: str = DEFAULT_NAME,
             )
     if not path.startswith("/"):
         path = "/" + path
+    names = [op.value for op in chosen]
     if fmt is ConfigFormat.TOML:
-        return "\n".join(
-            [
-                "[[httpPlugins]]",
-                f"name = {json.dumps(name)}",
-                f"addr = {json.dumps(addr)}",
-                f"path = {json.dumps(path)}",
-                f"ops = [{', '.join(json.dumps(op.value) for op in chosen)}]",
-            ]
-        )
-    return "\n".join(
-        [
-            f"[plugin.{name}]",
-            f"addr = {addr}",
-            f"path = {path}",
-            f"ops = {','.join(op.value for op in chosen)}",
-        ]
-    )
+        plugin = {"name": name, "addr": addr, "path": path, "ops": names}
+        return render_toml({}, {"httpPlugins": [plugin]}).rstrip("\n")
+    return render_ini({f"plugin.{name}": {"addr": addr, "path": path, "ops": names}}).rstrip("\n")
 
 
 def _format_warnings(fmt: ConfigFormat, version: FrpsVersion, addr: str) -> list[str]:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from policyd.console.app import ConsoleMode, ConsoleServices, create_console
-from policyd.console.rings import ConsoleFeed
-from policyd.engine import EvalOptions
-from policyd.service.decisionlog import decision_record
 from policyd.service.settings import Settings
-from policyd.service.store import PolicyStore
 from tests.console.support import bearer, console_client, console_settings, copy_policy, sync, token_file
-from tests.support import SHIPPED_POLICIES, fixture
+from tests.support import SHIPPED_POLICIES, fixture, write_policy
 
 NEW_PROXY = fixture("NewProxy-tcp")["content"]
 REJECT_ALICE = 'reject "no proxies for {user.user}" when user.user == "alice"\n'
@@ -333,40 +326,65 @@ async def test_examples_come_from_policyd_and_the_policys_test_requests(edit_set
     }
 
 
-class _State:
-    def snapshot(self, limit: int) -> Mapping[str, Any]:
-        return {
-            "backend": "memory",
-            "healthy": True,
-            "users": [{"user": "alice", "sessions": [{"run_id": "r1"}], "proxies": [{"name": "ssh"}]}][
-                :limit
-            ],
-            "rates": [{"key": "login:203.0.113.7", "count": 3, "per_s": 60}],
-            "truncated": False,
-        }
-
-
 @sync
-async def test_the_state_page_says_when_stateful_rules_are_not_in_use_or_shows_them() -> None:
-    async with console_client(console_settings(SHIPPED_POLICIES, console="read")) as (client, _, _):
+async def test_the_state_page_follows_the_serving_policy_across_reloads(tmp_path: Path) -> None:
+    """Real state (the memory backend) behind real answers: the page shows what the serving
+    policy keeps, from the reload that starts calling proxies() to the one that stops."""
+    policies = write_policy(tmp_path / "p", {"NewProxy.rules": "allow\n"})
+    async with console_client(console_settings(policies, console="read")) as (client, store, _):
+        assert (await client.get("/ui/api/state")).json()["in_use"] is False
+        assert (await client.get("/ui/api/overview")).json()["state"] is False
+
+        (policies / "NewProxy.rules").write_text(QUOTA)
+        assert store.reload().ok
+        assert (await client.get("/ui/api/overview")).json()["state"] is True
+        empty = (await client.get("/ui/api/state")).json()
+        assert (empty["in_use"], empty["backend"], empty["users"]) == (True, "memory", [])
+
+        assert (await client.post("/handler", json=fixture("NewProxy-tcp"))).json() == ALLOWED
+        doc = (await client.get("/ui/api/state")).json()
+        [alice] = doc["users"]
+        assert alice["user"] == "alice" and [p["name"] for p in alice["proxies"]] == ["alice.ssh"]
+        assert alice["proxies"][0]["remote_port"] == 6022
+
+        (policies / "NewProxy.rules").write_text("allow\n")
+        assert store.reload().ok
         assert (await client.get("/ui/api/state")).json() == {
             "in_use": False,
             "reason": "stateful rules are not in use",
         }
-    store = PolicyStore(SHIPPED_POLICIES)
-    services = ConsoleServices(
-        mode=ConsoleMode.READ,
-        store=store,
-        options=EvalOptions(),
-        feed=ConsoleFeed(decision_record),
-        allows=lambda peer: True,
-        status=lambda: {},
-        state=_State(),
-    )
-    import httpx
 
-    transport = httpx.ASGITransport(app=create_console(services), client=("127.0.0.1", 1))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-        doc = (await client.get("/api/state")).json()
-    assert doc["in_use"] is True and doc["users"][0]["proxies"] == [{"name": "ssh"}]
-    assert orjson.loads(orjson.dumps(doc))["rates"][0]["count"] == 3
+
+QUOTA = 'reject "{user.user} has {len(proxies(user.user))} proxies" when len(proxies(user.user)) >= 1\n'
+ALLOWED = {"reject": False, "unchange": True}
+
+
+@sync
+async def test_the_playground_decides_with_the_live_state_and_records_nothing(tmp_path: Path) -> None:
+    policies = write_policy(tmp_path / "p", {"NewProxy.rules": QUOTA})
+    async with console_client(console_settings(policies, console="read")) as (client, _, _):
+        assert (await client.post("/handler", json=fixture("NewProxy-tcp"))).json() == ALLOWED
+        second = {**NEW_PROXY, "proxy_name": "alice.web"}
+
+        async def playground(rules: str | None = None) -> dict[str, Any]:
+            body = {"op": "NewProxy", "content": second, "rules": rules}
+            result = (await client.post("/ui/api/eval", json=body)).json()
+            assert result["ok"] is True, result
+            return result  # type: ignore[no-any-return]
+
+        # The serving rules, against the proxy the handler registered:
+        served = await playground()
+        refused = {"reject": True, "reject_reason": "alice has 1 proxies"}
+        assert served["explanation"]["answer"] == refused
+        assert served["state"] == {"functions": ["proxies"], "backend": "memory", "recorded": False}
+        # An edited rule file too; rate() answers as if it counted, and never counts.
+        counted = 'reject "over" when not rate("tries:" + user.user, 1, "1m")\n'
+        for _ in range(3):
+            assert (await playground(counted))["explanation"]["answer"] == ALLOWED
+        doc = (await client.get("/ui/api/state")).json()
+        [alice] = doc["users"]
+        assert [p["name"] for p in alice["proxies"]] == ["alice.ssh"]  # alice.web not registered
+        assert doc["rates"] == []
+        # The handler still answers from the state as it was: one proxy, so alice.web is refused.
+        answer = (await client.post("/handler", json={**fixture("NewProxy-tcp"), "content": second})).json()
+        assert answer == refused

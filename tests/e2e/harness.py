@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import json
 import re
 import socket
 import socketserver
@@ -35,7 +34,14 @@ import pytest
 
 from policyd.rules.decision import Op
 from policyd.rules.schema import FrpsVersion
-from policyd.tools.frpsconfig import ConfigFormat, default_format, ops_for_version
+from policyd.tools.frpsconfig import (
+    ConfigFormat,
+    default_format,
+    ops_for_version,
+    render_ini,
+    render_toml,
+    version_in_output,
+)
 from tests.support import PolicydProcess, free_port, stop_process, write_policy
 
 LOOPBACK = "127.0.0.1"  # everything binds here, never to another address
@@ -47,20 +53,9 @@ PLUGIN_NAME = "policyd"
 HANDLER_PATH = "/handler"
 
 T = TypeVar("T")
-Options = Mapping[str, object]
 
 
 # -- versions ------------------------------------------------------------------------------------
-
-_VERSION_IN_OUTPUT = re.compile(r"\bv?(\d+\.\d+\.\d+)\b")
-
-
-def parse_frp_version(output: str) -> FrpsVersion:
-    """The release `frps --version` / `frpc --version` printed ("0.33.0", "frps version v0.70.0")."""
-    match = _VERSION_IN_OUTPUT.search(output)
-    if match is None:
-        raise ValueError(f"no frp version in {output.strip()[:200]!r}")
-    return FrpsVersion.parse(match.group(1))
 
 
 def binary_version(binary: Path) -> FrpsVersion:
@@ -71,68 +66,13 @@ def binary_version(binary: Path) -> FrpsVersion:
         timeout=READY_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
-    return parse_frp_version(done.stdout + done.stderr)
+    return version_in_output(done.stdout + done.stderr)
 
 
 def plugin_ops(version: FrpsVersion) -> list[Op]:
     """The ops the suite's frps asks policyd about: what `policyd frps-config` lists for it."""
     ops, _ = ops_for_version(list(Op), version, explicit=False)
     return ops
-
-
-# -- config writers ------------------------------------------------------------------------------
-
-_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml_lines(options: Options) -> list[str]:
-    lines = []
-    for key, value in options.items():
-        if not _TOML_KEY.fullmatch(key):
-            raise ValueError(f"not a bare or dotted TOML key: {key!r}")
-        lines.append(f"{key} = {_toml_value(value)}")
-    return lines
-
-
-def render_toml(top: Options, tables: Mapping[str, Sequence[Options]] | None = None) -> str:
-    """Top-level keys (dotted ones as `auth.token`), then arrays of tables (`[[proxies]]`).
-
-    Every top-level key comes first: TOML reads a key after `[[x]]` as part of that table.
-    """
-    lines = _toml_lines(top)
-    for name, entries in (tables or {}).items():
-        for entry in entries:
-            lines += ["", f"[[{name}]]", *_toml_lines(entry)]
-    return "\n".join(lines) + "\n"
-
-
-def render_ini(sections: Mapping[str, Options]) -> str:
-    """Legacy INI: `[section]` and `key = value`; booleans as frp's true/false, lists comma-joined."""
-    lines = []
-    for section, options in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in options.items():
-            if isinstance(value, bool):
-                text = str(value).lower()
-            elif isinstance(value, list | tuple):
-                text = ",".join(str(v) for v in value)
-            else:
-                text = str(value)
-            lines.append(f"{key} = {text}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pytest
 
 from policyd.rules.decision import Op
 from policyd.rules.schema import FrpsVersion
+from policyd.tools.frpsconfig import version_in_output
 from tests.e2e.harness import (
     LOOPBACK,
     FrpcSettings,
@@ -24,13 +25,10 @@ from tests.e2e.harness import (
     http_proxy,
     login_refused,
     login_succeeded,
-    parse_frp_version,
     plugin_ops,
     pong_refused,
     proxy_label,
     proxy_refused,
-    render_ini,
-    render_toml,
     tcp_proxy,
     wait_settled,
 )
@@ -48,12 +46,12 @@ V033, V070 = FrpsVersion(0, 33, 0), FrpsVersion(0, 70, 0)
     ],
 )
 def test_the_version_comes_from_frps_version_output(output: str, version: FrpsVersion) -> None:
-    assert parse_frp_version(output) == version
+    assert version_in_output(output) == version
 
 
 def test_output_without_a_version_is_an_error() -> None:
     with pytest.raises(ValueError, match="no frp version in 'flag provided but not defined'"):
-        parse_frp_version("flag provided but not defined")
+        version_in_output("flag provided but not defined")
 
 
 def test_old_frps_is_asked_only_for_the_ops_it_sends_once() -> None:
@@ -190,17 +188,6 @@ def test_a_client_without_user_writes_none() -> None:
     settings = FrpcSettings(server_port=1, user="", metas={}, admin_port=2, proxies={})
     assert "user" not in tomllib.loads(frpc_config(V070, settings)[1])
     assert "user =" not in frpc_config(V033, settings)[1]
-
-
-def test_toml_strings_are_escaped_and_keys_checked() -> None:
-    text = render_toml({"a": 'quote " and \\ and é', "b.c": [1, "x"]}, {"t": [{"k": False}]})
-    assert tomllib.loads(text) == {"a": 'quote " and \\ and é', "b": {"c": [1, "x"]}, "t": [{"k": False}]}
-    with pytest.raises(ValueError, match="not a bare or dotted TOML key"):
-        render_toml({"a b": 1})
-
-
-def test_ini_lists_are_comma_joined() -> None:
-    assert render_ini({"s": {"ops": ["Login", "Ping"], "on": True}}) == "[s]\nops = Login,Ping\non = true\n"
 
 
 # What frpc prints, from logs of both releases (shared/frp/README.md).

@@ -27,7 +27,7 @@ from tests.helpers import policy_of
 from tests.rules.expressions import CONTENTS, SPECIALISED
 from tests.security.corpus import EVAL_FAILS, as_rule
 from tests.security.harness import CONTENT, rules_policy
-from tests.support import ROOT, SHIPPED_POLICIES, fixture, fixture_names
+from tests.support import ROOT, SHIPPED_POLICIES, UNTIMED, fixture, fixture_names
 
 BENCHMARK_POLICY = ROOT / "benchmarks" / "policy50"
 TEAMS = 'red = { ports = [6000, 6999], members = ["alice"] }\n'
@@ -49,6 +49,9 @@ def summary(decision: Decision) -> dict[str, Any]:
 
 
 def both_paths(policy: Policy, op: Op, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Decide on the program and one rule at a time; both must agree. Without `options`, with
+    no time limit: a budget spent on one path and not the other is not what is compared."""
+    kwargs.setdefault("options", UNTIMED)
     assert policy.rules[op].program is not None, "the rule file has no program"
     program = summary(decide(policy, op, content, now=1_700_000_000, **kwargs))
     one_by_one = summary(decide(policy, op, content, now=1_700_000_000, trace=[], **kwargs))
@@ -103,9 +106,10 @@ def rule_files(draw: st.DrawFn) -> str:
 @given(rule_files(), st.sampled_from(range(len(CONTENTS))), st.sampled_from([1, 30, 200_000]))
 def test_generated_rule_files_decide_alike(rules: str, index: int, max_steps: int) -> None:
     policy = policy_of({"NewProxy.rules": rules, "data/teams.toml": TEAMS, "data/access.toml": ACCESS})
-    options = EvalOptions(max_steps=max_steps)
+    options = EvalOptions(max_steps=max_steps, eval_seconds=UNTIMED.eval_seconds)
     both_paths(policy, Op.NEW_PROXY, CONTENTS[index], options=options)
-    both_paths(policy, Op.NEW_PROXY, CONTENTS[index], options=EvalOptions(frozenset({Op.NEW_PROXY})))
+    fail_open = EvalOptions(frozenset({Op.NEW_PROXY}), eval_seconds=UNTIMED.eval_seconds)
+    both_paths(policy, Op.NEW_PROXY, CONTENTS[index], options=fail_open)
 
 
 def test_rules_across_chunks_see_lets_sets_and_report_their_own_line() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +56,10 @@ CONTENT: dict[str, Any] = {
     "remote_port": 0,
 }
 
-# "Did not hang": far above any budget, far below a hang. Not a performance assertion.
-HANG_SECONDS = 2.0
-# Size and step limits, not the clock, should stop the attacks, also on a busy CI machine; the
-# wall-clock budget has tests of its own that set it explicitly.
-STEADY = EvalOptions(eval_seconds=HANG_SECONDS / 2)
+# Size and step limits, not the clock, must stop the attacks (on any machine, however busy):
+# with a budget of a second of CPU, ten times the default, a decision that still runs out of
+# time was not stopped by them. The budget's clock has tests of its own that set it explicitly.
+STEADY = EvalOptions(eval_seconds=1.0)
 
 
 def load(files: dict[str, str]) -> Policy:
@@ -96,7 +94,6 @@ def assert_positioned(error: PolicyError, file: str) -> None:
 @dataclass(frozen=True)
 class Run:
     decision: Decision
-    seconds: float
 
 
 def decide_and_check_unchanged(
@@ -105,16 +102,17 @@ def decide_and_check_unchanged(
     op: Op = Op.NEW_PROXY,
     options: EvalOptions | None = None,
 ) -> Run:
-    """Decide once; assert neither the shared data nor the request changed, and it did not hang."""
+    """Decide once; assert neither the shared data nor the request changed and, unless `options`
+    sets a budget of its own, that a size or step limit stopped it, not the clock."""
     content = copy.deepcopy(CONTENT) if content is None else content
     data_before, content_before = copy.deepcopy(policy.data), copy.deepcopy(content)
-    started = time.perf_counter()
     decision = decide(policy, op, content, options=options or STEADY)
-    seconds = time.perf_counter() - started
     assert policy.data == data_before, "a rule changed the shared data"
     assert content == content_before, "a rule changed the request"
-    assert seconds < HANG_SECONDS, f"took {seconds:.1f} s"
-    return Run(decision, seconds)
+    if options is None and decision.error is not None:
+        message = decision.error.message
+        assert "ran out of time" not in message, f"stopped by the clock, not by a limit: {message}"
+    return Run(decision)
 
 
 def assert_failed_closed(decision: Decision) -> None:

@@ -75,14 +75,16 @@ def test_a_reload_parsing_a_big_data_file_never_times_out_a_decision(
     outcomes: list[tuple[Outcome, str]] = []
     loader.start()
     try:
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline or reloads < 2:
+        # Decisions go on until two reloads are done and a hundred decisions were made meanwhile,
+        # however long a busy machine takes for that.
+        deadline = time.monotonic() + 120
+        while reloads < 2 or len(outcomes) < 100:
+            assert time.monotonic() < deadline, f"{reloads} reloads, {len(outcomes)} decisions in 120 s"
             d = decide(policy, Op.PING, PING, options=options)
             outcomes.append((d.outcome, "" if d.error is None else d.error.message))
     finally:
         stop.set()
         loader.join(timeout=30)
-    assert reloads >= 2 and len(outcomes) > 100, (reloads, len(outcomes))
     failures = [o for o in outcomes if o != (Outcome.REJECT, "")]
     assert not failures, f"{len(failures)} of {len(outcomes)} decisions flipped or failed: {failures[:3]}"
 

@@ -76,12 +76,10 @@ def test_unfinished_headers_are_dropped_after_the_header_timeout(
     server = policyd_server(SHIPPED_POLICIES, "--header-timeout-s", "0.5")
     with connection(server) as silent, connection(server) as partial:
         partial.sendall(b"POST /handler?op=Ping HTTP/1.1\r\nHost: x\r\n")
-        started = time.monotonic()
-        answer = read_all(partial)
+        answer = read_all(partial)  # a server that kept waiting would be the socket's timeout
         assert status_of(answer) == 408
         assert b"request headers not received within 0.5 s" in answer
         assert read_all(silent).startswith(b"HTTP/1.1 408 ")  # connected and sent nothing
-        assert time.monotonic() - started < 5
     assert refusals(server)["header_timeout"] == 2
     # A prompt request on a fresh connection is served as usual.
     with connection(server) as sock:
@@ -148,8 +146,8 @@ def test_idle_kept_alive_connections_are_closed_after_the_keep_alive_timeout(
         sock.sendall(post_ping())
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
-        assert read_all(sock) == b""
-        assert 0.3 < time.monotonic() - started < 5
+        assert read_all(sock) == b""  # closed, not the socket's timeout (10 s)
+        assert time.monotonic() - started > 0.3  # kept open until then
 
 
 def test_connections_past_the_cap_are_answered_503_and_closed(
@@ -192,9 +190,7 @@ def test_a_peer_on_no_allowlist_is_closed_before_its_headers_are_read(
         except OSError:
             time.sleep(0.05)
     with connection(server) as sock:  # sends nothing: the answer cannot depend on a request
-        started = time.monotonic()
-        answer = read_all(sock)
-    assert time.monotonic() - started < 5  # not the header timeout (30 s)
+        answer = read_all(sock)  # at once: the header timeout (30 s) is past the socket's (10 s)
     assert status_of(answer) == 403
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": "client 127.0.0.1 may not connect"}
     with connection(server, allowed) as sock:

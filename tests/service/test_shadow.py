@@ -186,8 +186,10 @@ def test_a_shadow_over_its_budget_is_an_error_not_a_slower_answer(
         "code": "limit_error",
         "message": "evaluation ran out of time",
     }
-    # The answer did not wait for its own shadow decision, which took the whole budget:
-    assert line["shadow"]["eval_us"] >= 400_000 > 2 * answered_after_s * 1e6
+    # The answer did not wait for its own shadow decision, which took the whole budget (had
+    # it waited, it would have come after at least that long, however busy the machine):
+    assert line["shadow"]["eval_us"] >= 400_000
+    assert answered_after_s * 1e6 < line["shadow"]["eval_us"]
     assert shadow_counts(server)["error"] == 1
 
 
@@ -202,13 +204,20 @@ def test_a_slow_shadow_gives_way_to_requests_within_its_share(policyd_server: St
     started = time.perf_counter()
     for _ in range(30):
         assert server.post(ping("alice")).json() == {"reject": False, "unchange": True}
-    elapsed = time.perf_counter() - started
     scrape = server.client.get("/metrics").text
     decided = metric(scrape, "policyd_shadow_decisions_total", op="Ping", agreement="error")
     skipped = metric(scrape, "policyd_shadow_skipped_total", reason="time_share")
     assert decided + skipped == 30 and skipped >= 20
-    assert elapsed < 30 * 0.2 / 2  # far from one shadow budget per answer
-    assert len(lines_of(server, 30)) == 30  # every request logged, shadowed or not
+    lines = lines_of(server, 30)  # every request logged, shadowed or not
+    assert len(lines) == 30
+    # The shadow held the serving thread for no more than its share of the time that passed
+    # (a slower machine only makes that longer), the burst it may use at once, and the one
+    # decision it started with credit left.
+    spent_s = server.client.get("/status").json()["shadow"]["spent_s"]
+    elapsed = time.perf_counter() - started
+    longest_s = max(line["shadow"]["eval_us"] for line in lines if "shadow" in line) / 1e6
+    share = shadow_module.SHADOW_MAX_SHARE * elapsed + shadow_module.SHADOW_BURST_S
+    assert spent_s <= share + longest_s + 0.05, (spent_s, share, longest_s)
 
 
 def test_with_workers_the_shadow_counts_are_summed(policyd_server: Start, tmp_path: Path) -> None:

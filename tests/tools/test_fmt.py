@@ -21,7 +21,7 @@ from policyd.policy import Policy, load_policy
 from policyd.rules.decision import Decision, Op
 from policyd.rules.language import source_blocks
 from policyd.tools.fmt import format_rule, format_source
-from tests.support import SHIPPED_POLICIES, fixture, fixture_names, write_policy
+from tests.support import SHIPPED_POLICIES, UNTIMED, fixture, fixture_names, write_policy
 
 SHIPPED_RULES = sorted(SHIPPED_POLICIES.glob("*.rules"))
 MESSY = (
@@ -67,7 +67,7 @@ def decisions(policy: Policy) -> list[tuple[object, ...]]:
     out = []
     for name in fixture_names():
         body = fixture(name)
-        out.append(key(decide(policy, Op(body["op"]), body["content"], reqid="r", now=1)))
+        out.append(key(decide(policy, Op(body["op"]), body["content"], reqid="r", now=1, options=UNTIMED)))
     return out
 
 

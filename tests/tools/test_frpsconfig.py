@@ -15,7 +15,15 @@ from click.testing import CliRunner, Result
 
 from policyd.cli import main
 from policyd.rules.decision import Op
-from policyd.tools.frpsconfig import ConfigFormat, FrpsConfigError, ops_with_rules, reachable_addr, render
+from policyd.tools.frpsconfig import (
+    ConfigFormat,
+    FrpsConfigError,
+    ops_with_rules,
+    reachable_addr,
+    render,
+    render_ini,
+    render_toml,
+)
 from tests.support import ROOT, SHIPPED_POLICIES, write_policy
 
 ALL_OPS = ["Login", "NewProxy", "CloseProxy", "Ping", "NewWorkConn", "NewUserConn"]
@@ -238,3 +246,17 @@ def test_frps_config_through_python_dash_m() -> None:
 def test_render_takes_any_iterable_of_ops_in_frps_order() -> None:
     snippet = render((op for op in [Op.PING, Op.LOGIN, Op.PING]), addr="h:1", path="/p", fmt=ConfigFormat.INI)
     assert snippet.splitlines()[-1] == "ops = Login,Ping"
+
+
+# -- the frp config file writers (the e2e suite's and the benchmarks' configs too) --------------
+
+
+def test_toml_strings_are_escaped_and_keys_checked() -> None:
+    text = render_toml({"a": 'quote " and \\ and é', "b.c": [1, "x"]}, {"t": [{"k": False}]})
+    assert tomllib.loads(text) == {"a": 'quote " and \\ and é', "b": {"c": [1, "x"]}, "t": [{"k": False}]}
+    with pytest.raises(ValueError, match="not a bare or dotted TOML key"):
+        render_toml({"a b": 1})
+
+
+def test_ini_lists_are_comma_joined() -> None:
+    assert render_ini({"s": {"ops": ["Login", "Ping"], "on": True}}) == "[s]\nops = Login,Ping\non = true\n"

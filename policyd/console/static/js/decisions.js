@@ -26,17 +26,26 @@ function reasonText(row) {
   return [row.reason, ...warnings].filter(Boolean).join(" · ");
 }
 
+// Where the shadow policy decided otherwise: the line's `shadow` object.
+function shadowText(shadow) {
+  if (shadow.error && !shadow.rule) return `shadow failed: ${shadow.error.message}`;
+  const by = shadow.rule ? ` by ${shadow.rule}` : "";
+  const why = shadow.error ? `: ${shadow.error.code}: ${shadow.error.message}` : shadow.reason ? `: ${shadow.reason}` : "";
+  const changes = (shadow.changes || []).map((c) => `${c.field} → ${value(c.after)}`).join("; ");
+  return `shadow ${shadow.policy_version || ""} would ${shadow.outcome}${by}${why}${changes ? ` (${changes})` : ""}`;
+}
+
 function rowElement(row) {
   return el(
     "tr",
-    { dataset: { seq: row.seq, op: row.op, outcome: row.outcome } },
+    { dataset: { seq: row.seq, op: row.op, outcome: row.outcome, shadow: row.shadow ? "disagree" : undefined } },
     el("td", {}, el("time", { datetime: row.time }, timeText(row.time))),
     el("td", {}, row.op),
     el("td", { class: "user" }, row.user),
     el("td", {}, row.proxy_name || ""),
     el("td", {}, outcomeBadge(row.outcome)),
     el("td", { class: "mono" }, row.rule),
-    el("td", { class: "wrap reason" }, reasonText(row)),
+    el("td", { class: "wrap reason" }, reasonText(row), row.shadow ? el("div", { class: "shadow-note" }, shadowText(row.shadow)) : null),
     el("td", { class: "wrap mono" }, changesText(row)),
     el("td", {}, el("a", { href: `playground#decision=${row.seq}`, class: "open" }, "Open in playground")),
   );
@@ -44,7 +53,7 @@ function rowElement(row) {
 
 function filters() {
   const params = new URLSearchParams();
-  for (const name of ["op", "user", "outcome"]) {
+  for (const name of ["op", "user", "outcome", "shadow"]) {
     const v = byId(`filter-${name}`).value.trim();
     if (v) params.set(name, v);
   }
@@ -56,6 +65,7 @@ async function refresh() {
   const params = filters();
   params.set("after", String(last));
   const doc = await api(`api/decisions?${params}`);
+  byId("filter-shadow-label").hidden = !doc.shadow && !byId("filter-shadow").value;
   const tbody = byId("rows");
   const fresh = doc.decisions.map(rowElement);
   if (fresh.length) tbody.prepend(...fresh);
@@ -75,7 +85,13 @@ byId("filters").addEventListener("submit", (event) => {
   event.preventDefault();
   restart();
 });
+// A link may ask for a filter: decisions?shadow=disagree (from the overview), ?op=, ?outcome=, ?user=.
+for (const [name, v] of new URLSearchParams(window.location.search)) {
+  const input = document.getElementById(`filter-${name}`);
+  if (input) input.value = v;
+}
 byId("filter-op").addEventListener("change", restart);
+byId("filter-shadow").addEventListener("change", restart);
 byId("filter-outcome").addEventListener("change", restart);
 let typing = null;
 byId("filter-user").addEventListener("input", () => {

@@ -1,6 +1,6 @@
 // Overview: the serving policy, the last reload (errors with their line and caret), and charts
 // of the last 15 minutes from /ui/api/charts.
-import { api, byId, dateTimeText, el, every, replace, say, showMode } from "./common.js";
+import { api, byId, consoleRoot, dateTimeText, el, every, replace, say, showMode } from "./common.js";
 
 const OUTCOME_COLORS = { allow: "#1d7a3d", reject: "#b3261e", rewrite: "#8a5a00", error: "#7b1fa2" };
 const OP_COLORS = {
@@ -9,11 +9,17 @@ const OP_COLORS = {
 };
 const charts = {};
 
+// A version, linked to its files in the version history (GET /versions/{version}) when kept.
+function versionLink(version, url) {
+  // `url` is the service's path (/versions/...); the console is at …/ui/ beside it.
+  return url ? el("a", { href: new URL(`..${url}`, consoleRoot()).href, title: "Its files, from the version history" }, version) : version;
+}
+
 function showPolicy(overview) {
   const policy = overview.policy;
   replace(
     byId("serving"),
-    el("dt", {}, "Version"), el("dd", { id: "serving-version" }, policy.version),
+    el("dt", {}, "Version"), el("dd", { id: "serving-version" }, versionLink(policy.version, overview.history && overview.history.serving)),
     el("dt", {}, "Loaded"), el("dd", {}, dateTimeText(policy.loaded_at)),
     el("dt", {}, "Rules"), el("dd", {}, `${policy.rule_count} in ${policy.files.length} files`),
     el("dt", {}, "Directory"), el("dd", {}, policy.directory),
@@ -47,6 +53,36 @@ function showReload(overview) {
     el("p", { id: "reload-result" }, el("span", { class: "bad-text" }, "Refused"), ` at ${dateTimeText(last.at)}: policy ${last.version} keeps serving. ${last.errors.length} error(s):`),
     el("div", { id: "reload-errors", class: "diagnostics" }, last.errors.map((e) => el("pre", { class: "diagnostic error" }, e.text))),
     counts,
+  );
+}
+
+// The shadow policy (--shadow-policies): its version, its reloads, how its decisions compare.
+function showShadow(shadow) {
+  const card = byId("shadow-card");
+  card.hidden = !shadow;
+  if (!shadow) return;
+  const policy = shadow.policy;
+  const last = shadow.reloads.last_attempt;
+  const counts = shadow.decisions;
+  const skipped = Object.entries(shadow.skipped).filter(([, n]) => n).map(([why, n]) => `${n} ${why.replace("_", " ")}`);
+  const reload = !last
+    ? "loaded at start-up"
+    : last.ok
+      ? [el("span", { class: "ok-text" }, "Loaded"), ` at ${dateTimeText(last.at)}`]
+      : [el("span", { class: "bad-text" }, "Refused"), ` at ${dateTimeText(last.at)}: ${last.errors.map((e) => `${e.location}: ${e.message}`).join("; ")}`];
+  replace(
+    byId("shadow"),
+    el(
+      "dl",
+      { class: "facts" },
+      el("dt", {}, "Directory"), el("dd", {}, shadow.directory),
+      el("dt", {}, "Version"), el("dd", { id: "shadow-version" }, policy ? policy.version : "not loaded: no shadow decisions until an edit loads"),
+      policy ? [el("dt", {}, "Loaded"), el("dd", {}, dateTimeText(policy.loaded_at))] : null,
+      el("dt", {}, "Last reload"), el("dd", { id: "shadow-reload" }, reload, ` (${shadow.reloads.successes} loaded, ${shadow.reloads.failures} refused)`),
+      el("dt", {}, "Decisions"),
+      el("dd", { id: "shadow-counts" }, `${counts.same} same, ${counts.different} different, ${counts.error} error`, skipped.length ? `; not shadowed: ${skipped.join(", ")}` : ""),
+    ),
+    el("p", {}, el("a", { href: "decisions?shadow=disagree", id: "shadow-disagreements" }, "Show the decisions it disagrees with")),
   );
 }
 
@@ -114,6 +150,7 @@ async function refreshOverview() {
   const overview = await api("api/overview");
   showPolicy(overview);
   showReload(overview);
+  showShadow(overview.shadow);
   say(`Updated ${new Date().toLocaleTimeString([], { hour12: false })}`);
 }
 

@@ -127,6 +127,14 @@ function stepResult(step) {
   return `${when}fired`;
 }
 
+// Which state the rules read: the service's live state, through a view that records nothing.
+function stateNote(state) {
+  if (!state || !state.functions.length) return null;
+  const calls = state.functions.map((f) => `${f}()`).join(", ");
+  const where = state.backend ? `the service's live state (${state.backend} backend)` : "an empty state";
+  return el("p", { id: "state-note", class: "notice" }, `${calls} read ${where} without changing it: rate() answers as if this request counted; nothing was counted or recorded.`);
+}
+
 function showResult(result, stillMasked) {
   const out = byId("result");
   if (!result.ok) {
@@ -161,6 +169,7 @@ function showResult(result, stillMasked) {
     el("h3", {}, "The answer frps gets"),
     el("pre", { id: "answer" }, JSON.stringify(x.answer)),
     el("p", { class: "muted" }, `Policy ${result.policy_version}${result.edited ? ` (your edit; serving ${result.serving_version})` : " (serving)"}`),
+    stateNote(result.state),
     trace,
     el("h3", {}, "Content diff"),
     x.changes.length ? el("ul", {}, x.changes.map((c) => el("li", { class: "mono" }, `content.${c.path}: ${JSON.stringify(c.before)} → ${JSON.stringify(c.after)}`))) : el("p", { class: "muted" }, "none"),
