@@ -288,7 +288,7 @@ def create_app(
         if watch:
             watcher = PolicyWatcher(
                 store.directory,
-                versions.reload,
+                store.reload,
                 debounce=settings.reload_debounce_s,
                 max_wait=settings.reload_max_wait_s,
                 poll=settings.reload_poll_s,

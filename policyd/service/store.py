@@ -75,6 +75,10 @@ class PolicyStore:
         self._lock = threading.Lock()
         self.stats = ReloadStats()
         self._check = check
+        # Called in the reload thread with (previous, next, when) just before a new version is
+        # swapped in, so that whatever it records (the version history) is there before the
+        # version's first answer names it. It must not raise; an exception is logged and ignored.
+        self.before_swap: Callable[[Policy, Policy, float], None] | None = None
         # Raises PolicyLoadError: a broken policy at start-up is a start-up error.
         self.policy: Policy = self._checked(_load_out_of_gc(self.directory))
         self._replaced: Policy | None = None
@@ -152,6 +156,11 @@ class PolicyStore:
         if changed:
             # The replaced policy is freed by the next reload, in this thread: a request
             # still deciding with it would otherwise free it on the serving thread.
+            if self.before_swap is not None:
+                try:
+                    self.before_swap(current, candidate, now)
+                except Exception:
+                    log.exception("%s: recording %s before it serves raised", self.label, candidate.version)
             self._replaced, self.policy = current, candidate
             self.stats.successes += 1
             self.stats.last_success_at = now

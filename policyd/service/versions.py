@@ -3,8 +3,9 @@ the version, and at shutdown (policyd.tools.history keeps it; GET /versions read
 
 from __future__ import annotations
 
+from policyd.policy import Policy
 from policyd.service.settings import Settings
-from policyd.service.store import PolicyStore, ReloadAttempt
+from policyd.service.store import PolicyStore
 from policyd.tools.history import History
 
 
@@ -23,8 +24,9 @@ def open_history(settings: Settings) -> History:
 
 
 class ServedVersions:
-    """Records the store's serving version in the history; every call is made off the request
-    path (start-up, the reload thread, shutdown) and never raises."""
+    """Records the store's serving version in the history: at start-up, then each new version in
+    the reload thread just before it is swapped in (GET /versions lists every version a decision
+    log line can name), and at shutdown. Never on the request path; never raises."""
 
     def __init__(self, history: History, store: PolicyStore) -> None:
         self.history = history
@@ -33,15 +35,11 @@ class ServedVersions:
     def start(self) -> None:
         policy = self.store.policy
         self.history.served(policy.version, policy.sources, previous=None, at=policy.loaded_at)
+        self.store.before_swap = self._served
 
-    def reload(self, changed_paths: tuple[str, ...]) -> ReloadAttempt:
-        """The store's reload (the watcher calls this instead), then the history if it changed."""
-        before = self.store.policy.version
-        attempt = self.store.reload(changed_paths)
-        if attempt.changed:
-            policy = self.store.policy
-            self.history.served(policy.version, policy.sources, previous=before, at=attempt.at)
-        return attempt
+    def _served(self, previous: Policy, policy: Policy, at: float) -> None:
+        self.history.served(policy.version, policy.sources, previous=previous.version, at=at)
 
     def stop(self) -> None:
+        self.store.before_swap = None
         self.history.retired(self.store.policy.version)

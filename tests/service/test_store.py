@@ -10,8 +10,11 @@ import pytest
 
 import policyd.service.store as store_module
 from policyd.errors import MAX_LOAD_ERRORS
+from policyd.policy import Policy
 from policyd.rules.decision import Op
 from policyd.service.store import PolicyStore
+from policyd.service.versions import ServedVersions
+from policyd.tools.history import History
 
 
 def test_reload_loads_out_of_the_collector_and_frees_the_replaced_policy(tmp_path: Path) -> None:
@@ -63,3 +66,42 @@ def test_anything_a_load_raises_is_a_counted_failed_reload(
     attempt = store.reload(("Ping.rules",))
     assert attempt.ok and attempt.changed
     assert [n.code for n in attempt.notices] == ["reload_recovered"]
+
+
+def test_the_version_history_has_a_version_before_it_serves(tmp_path: Path) -> None:
+    """A decision log line names its policy version: GET /versions must list it by then."""
+    rules = tmp_path / "Ping.rules"
+    rules.write_text('reject "a"\n')
+    store = PolicyStore(tmp_path)
+    history = History.in_memory(max_versions=5, max_bytes=1 << 20)
+    versions = ServedVersions(history, store)
+    versions.start()
+    record = store.before_swap
+    assert record is not None
+    seen: list[tuple[str, list[str]]] = []
+
+    def watching(previous: Policy, policy: Policy, at: float) -> None:
+        assert record is not None
+        record(previous, policy, at)
+        seen.append((store.policy.version, [e.version for e in history.entries()]))
+
+    store.before_swap = watching
+    first = store.policy.version
+    rules.write_text('reject "b"\n')
+    second = store.reload(("Ping.rules",)).version
+    assert seen == [(first, [second, first])], "recorded while the old version still served"
+    versions.stop()
+    assert store.before_swap is None
+
+
+def test_a_failing_before_swap_hook_does_not_stop_the_swap(tmp_path: Path) -> None:
+    (tmp_path / "Ping.rules").write_text('reject "a"\n')
+    store = PolicyStore(tmp_path)
+
+    def broken(*_: object) -> None:
+        raise OSError("disk full")
+
+    store.before_swap = broken
+    (tmp_path / "Ping.rules").write_text('reject "b"\n')
+    attempt = store.reload(("Ping.rules",))
+    assert attempt.ok and attempt.changed and store.policy.version == attempt.version
