@@ -3,6 +3,7 @@ and editor temp files are neither changes nor reasons to reload (issue 12 §6, i
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -75,13 +76,20 @@ def test_a_storm_of_renames_still_reloads_every_max_wait(watched: tuple[Path, Ca
 
 
 def test_a_burst_of_writes_is_one_reload(watched: tuple[Path, Calls, PolicyWatcher]) -> None:
+    """Five saves 20 ms apart are one reload, not one per save. A busy host may stretch a gap
+    between saves past the debounce's 0.3 s of quiet (each such gap may be one more reload), or
+    hand the watcher's event thread the events late (one more); never one reload per save."""
     policies, calls, _ = watched
+    saved: list[float] = []
     for n in range(5):
         rename_save(policies, n)
+        saved.append(time.monotonic())
         time.sleep(0.02)
     calls.wait(1)
     time.sleep(0.6)
-    assert calls.paths == [("Ping.rules",)]
+    quiet_gaps = sum(1 for a, b in itertools.pairwise(saved) if b - a >= 0.3)
+    assert 1 <= len(calls.paths) <= min(2 + quiet_gaps, len(saved) - 1), (calls.paths, saved)
+    assert set(calls.paths) == {("Ping.rules",)}
 
 
 def test_editor_temp_files_are_not_changed_files(watched: tuple[Path, Calls, PolicyWatcher]) -> None:
