@@ -179,3 +179,16 @@ def test_leaf_modules_import_only_what_they_may(module: str) -> None:
     path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
     found = {target for _, target in imports(path.read_text(), module, False) if target.startswith("policyd")}
     assert found <= LEAVES[module], f"{module} imports {sorted(found - LEAVES[module])}"
+
+
+# The language's modules are cut along their seams (issue 19 §3): one that grows past this is
+# doing two jobs. "About 600 lines", with room for a docstring's growth.
+MAX_RULES_MODULE_LINES = 650
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "rules").rglob("*.py")), ids=lambda p: p.name)
+def test_rules_modules_stay_small(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_RULES_MODULE_LINES, (
+        f"{path.relative_to(ROOT)}: {lines} lines (at most {MAX_RULES_MODULE_LINES}); split it along a seam"
+    )

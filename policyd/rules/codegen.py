@@ -286,7 +286,7 @@ class _Emitter:
             return None
         finish = self.any_all.get(id(node))
         if finish is not None:
-            # any()/all() of a comprehension (compiler.any_all_finish): over an empty collection, as
+            # any()/all() of a comprehension (iteration.any_all_finish): over an empty collection, as
             # most optional lists of a request are, the answer is known without the loop.
             comprehension = node.args[0]
             assert isinstance(comprehension, ast.GeneratorExp | ast.ListComp)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from policyd.errors import EvaluationError, LimitError, ValidationError, did_you_mean
+from policyd.errors import EvaluationError, ValidationError, did_you_mean
 from policyd.rules import functions, sandbox
 from policyd.rules.context import BUILTIN_NAMES, CONSTANTS, Compiled, Ctx, Scope
+from policyd.rules.iteration import Loops, any_all, any_all_finish, budgeted_key, comprehend
 from policyd.rules.language import Locator
-from policyd.rules.sandbox import Budget
 from policyd.rules.schema import Field, Kind, field_of_other_ops
 from policyd.rules.shapes import (
     compare,
@@ -382,7 +381,7 @@ class ExpressionCompiler:
             finish = any_all_finish(name, fn, plan)
             if self.closures is not None:
                 self.any_all[id(node)] = finish
-            return _any_all(finish, plan)
+            return any_all(finish, plan)
         args, kwargs = self._compile_args(node, scope)
         if not kwargs:
             return positional_call(name, fn, iterable_first, args, node.args)
@@ -396,7 +395,7 @@ class ExpressionCompiler:
             if key is not None:
                 if key not in functions.KEY_FUNCTIONS:
                     raise EvaluationError("key= takes one of the policy language's functions")
-                kw["key"] = _budgeted_key(key, ctx.budget)
+                kw["key"] = budgeted_key(key, ctx.budget)
             result = functions.call(name, fn, tuple(values), ctx.budget, **kw)
             return sandbox.charge_built(sandbox.check_length(result), ctx.budget)
 
@@ -554,13 +553,13 @@ class ExpressionCompiler:
         def comprehension(ctx: Ctx) -> Any:
             # The first loop's iterable sees no loop variable yet: evaluate it before making the
             # comprehension's own context, which an empty iterable never needs.
-            return _comprehend(plan, ctx, sandbox.sized_iterable(plan.loops[0][1](ctx), ctx.budget))
+            return comprehend(plan, ctx, sandbox.sized_iterable(plan.loops[0][1](ctx), ctx.budget))
 
         return comprehension
 
     def _comprehension_plan(
         self, node: ast.ListComp | ast.GeneratorExp | ast.SetComp | ast.DictComp, scope: Scope
-    ) -> _Loops:
+    ) -> Loops:
         loops: list[tuple[ast.AST, Compiled, list[Compiled]]] = []
         inner = scope
         for gen in node.generators:
@@ -572,76 +571,12 @@ class ExpressionCompiler:
             conditions = [self._compile(c, inner) for c in gen.ifs]
             loops.append((gen.target, iterable, conditions))
         if isinstance(node, ast.DictComp):
-            plan = _Loops(
+            plan = Loops(
                 tuple(loops), type(node), self._compile(node.key, inner), self._compile(node.value, inner)
             )
         else:
-            plan = _Loops(tuple(loops), type(node), self._compile(node.elt, inner), None)
+            plan = Loops(tuple(loops), type(node), self._compile(node.elt, inner), None)
         return plan
-
-
-@dataclass(frozen=True, slots=True)
-class _Loops:
-    """A compiled comprehension: its loops (target, iterable, conditions) and what it builds."""
-
-    loops: tuple[tuple[ast.AST, Compiled, list[Compiled]], ...]
-    kind: type[ast.AST]
-    element: Compiled  # the element, or the key of a dict comprehension
-    value: Compiled | None  # the value of a dict comprehension
-
-
-def _comprehend(plan: _Loops, ctx: Ctx, items: Iterable[Any]) -> Any:
-    """A comprehension's value, its first iterable already evaluated (and charged)."""
-    results: list[Any] = []
-    pairs: dict[Any, Any] = {}
-    if len(items):  # type: ignore[arg-type]
-        _run_loops(plan, 0, Ctx(ctx.names, ctx.budget, dict(ctx.bound), ctx.state), results, pairs, items)
-    if plan.kind is ast.DictComp:
-        return pairs
-    if plan.kind is ast.SetComp:
-        return set(results)
-    return results
-
-
-def _assign(bound: dict[str, Any], target: ast.AST, value: Any) -> None:
-    if isinstance(target, ast.Name):
-        bound[target.id] = value
-        return
-    assert isinstance(target, ast.Tuple)
-    if not isinstance(value, (list, tuple)) or len(value) != len(target.elts):
-        raise EvaluationError(f"cannot unpack a {sandbox.describe(value)} into {len(target.elts)} names")
-    for t, v in zip(target.elts, value, strict=True):
-        _assign(bound, t, v)
-
-
-def _run_loops(
-    plan: _Loops,
-    level: int,
-    local: Ctx,
-    results: list[Any],
-    pairs: dict[Any, Any],
-    items: Iterable[Any] | None = None,
-) -> None:
-    # Module-level and recursive by argument: a nested closure calling itself is a reference
-    # cycle per evaluation, left for the garbage collector.
-    budget = local.budget
-    target, iterable, conditions = plan.loops[level]
-    last = level + 1 == len(plan.loops)
-    if items is None:
-        items = sandbox.sized_iterable(iterable(local), budget)
-    for item in items:
-        budget.charge()
-        _assign(local.bound, target, item)
-        if not all(c(local) for c in conditions):
-            continue
-        if not last:
-            _run_loops(plan, level + 1, local, results, pairs)
-        elif plan.value is not None:
-            pairs[plan.element(local)] = sandbox.charge_built(plan.value(local), budget)
-        else:
-            results.append(sandbox.charge_built(plan.element(local), budget))
-        if len(results) + len(pairs) > sandbox.MAX_COLLECTION_LENGTH:
-            raise LimitError(f"comprehension builds more than {sandbox.MAX_COLLECTION_LENGTH} items")
 
 
 def _node_name(node: ast.AST) -> str:
@@ -654,27 +589,6 @@ def _node_name(node: ast.AST) -> str:
         "Starred": "*unpacking",
     }
     return names.get(type(node).__name__, f"'{type(node).__name__}' syntax")
-
-
-# key= functions by function object: their name and whether each takes an iterable first.
-_KEY_FUNCTIONS = {fn: (name, iterable_first) for name, (fn, iterable_first) in functions.FUNCTIONS.items()}
-
-
-def _budgeted_key(fn: Callable[[Any], Any], budget: Budget) -> Callable[[Any], Any]:
-    """A key= function run like a direct call: its input checked, its work and result charged.
-
-    sorted() and min()/max() call the key once per item from C, past the closures that charge
-    the budget: sorted(xs, key=list) over 10,000 long strings built 10,000 long lists.
-    """
-    name, iterable_first = _KEY_FUNCTIONS[fn]
-
-    def key(value: Any) -> Any:
-        budget.charge()
-        if iterable_first:
-            sandbox.sized_iterable(value, budget)
-        return sandbox.charge_built(sandbox.check_length(functions.call(name, fn, (value,), budget)), budget)
-
-    return key
 
 
 def _literal(node: ast.AST) -> tuple[bool, Any]:
@@ -716,22 +630,3 @@ def _is_singleton(node: ast.AST) -> bool:
 
 def _as_text(inner: Compiled) -> Compiled:
     return lambda ctx: sandbox.to_text(inner(ctx), ctx.budget)
-
-
-def any_all_finish(name: str, fn: Callable[..., Any], plan: _Loops) -> Callable[[Ctx, Any], Any]:
-    """`any(x for x in xs)` once `xs` is evaluated: the generic call of a comprehension, with the
-    call's closure and the comprehension's folded into one (its list still built and charged in
-    full first)."""
-
-    def finish(ctx: Ctx, first: Any) -> Any:
-        budget = ctx.budget
-        values = _comprehend(plan, ctx, sandbox.sized_iterable(first, budget))
-        sandbox.sized_iterable(values, budget)
-        return functions.call(name, fn, (values,), budget)
-
-    return finish
-
-
-def _any_all(finish: Callable[[Ctx, Any], Any], plan: _Loops) -> Compiled:
-    first = plan.loops[0][1]
-    return lambda ctx: finish(ctx, first(ctx))

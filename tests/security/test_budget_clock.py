@@ -20,9 +20,9 @@ import pytest
 from policyd.engine import EvalOptions, decide
 from policyd.errors import LimitError
 from policyd.policy import load_policy
-from policyd.rules import sandbox
 from policyd.rules.decision import Op, Outcome
 from policyd.rules.sandbox import Budget
+from policyd.rules.sandbox import budget as budget_module
 from tests.support import write_policy
 
 # Each Ping does ~0.5 ms of work (a comprehension of 400 items) under a 20 ms budget: whenever
@@ -99,8 +99,8 @@ def test_cpu_time_still_ends_a_decision_that_works_too_long() -> None:
 
 def test_a_decision_that_never_gets_to_run_meets_the_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
     """A thread that waits forever for a CPU spends no CPU time: the backstop still ends it."""
-    monkeypatch.setattr(sandbox, "MIN_BACKSTOP_SECONDS", 0.05)
-    monkeypatch.setattr(sandbox, "_cpu", lambda: 0.0)  # a thread that is never scheduled
+    monkeypatch.setattr(budget_module, "MIN_BACKSTOP_SECONDS", 0.05)
+    monkeypatch.setattr(budget_module, "_cpu", lambda: 0.0)  # a thread that is never scheduled
     budget = Budget(max_steps=10**12, seconds=0.001)
     with pytest.raises(LimitError, match="backstop"):
         while True:
@@ -111,8 +111,8 @@ def test_a_short_decision_never_reads_the_cpu_clock(monkeypatch: pytest.MonkeyPa
     """The CPU clock is a system call: a decision that ends within CPU_CLOCK_AFTER_S of wall time
     (here: every one, the wall clock standing still) decides without it, however many rules."""
     reads: list[float] = []
-    monkeypatch.setattr(sandbox, "_cpu", lambda: reads.append(0.0) or 0.0)
-    monkeypatch.setattr(sandbox, "_wall", lambda: 1000.0)
+    monkeypatch.setattr(budget_module, "_cpu", lambda: reads.append(0.0) or 0.0)
+    monkeypatch.setattr(budget_module, "_wall", lambda: 1000.0)
     policy = load_policy(Path(__file__).resolve().parents[2] / "benchmarks" / "policy50")
     content = {"user": {"user": "alice", "metas": {"team": "red"}, "run_id": "r"}, "proxy_name": "alice.a"}
     decision = decide(policy, Op.NEW_PROXY, content)
@@ -131,12 +131,12 @@ def test_the_cpu_clock_starts_once_the_decision_has_run_a_while(monkeypatch: pyt
         reads.append(cpu[0])
         return cpu[0]
 
-    monkeypatch.setattr(sandbox, "_wall", lambda: wall[0])
-    monkeypatch.setattr(sandbox, "_cpu", read_cpu)
+    monkeypatch.setattr(budget_module, "_wall", lambda: wall[0])
+    monkeypatch.setattr(budget_module, "_cpu", read_cpu)
     budget = Budget(max_steps=10**12, seconds=0.01)
     budget.tick()
     assert reads == []
-    wall[0] += sandbox.CPU_CLOCK_AFTER_S
+    wall[0] += budget_module.CPU_CLOCK_AFTER_S
     budget.tick()
     budget.tick()
     assert reads == [5.0] and budget.cpu_start == 5.0
