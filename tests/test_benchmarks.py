@@ -9,6 +9,7 @@ the candidate it shadows with.
 from __future__ import annotations
 
 import configparser
+import itertools
 import json
 import re
 import tomllib
@@ -432,3 +433,22 @@ def test_the_limits_cases_sit_at_the_totals_they_are_named_for() -> None:
     assert data_bytes(limits.CASES["data-past-total"]()) > MAX_DATA_BYTES
     everything = limits.CASES["everything-at-total"]()
     assert data_bytes(everything) <= MAX_DATA_BYTES and data_bytes(everything, ".toml") <= MAX_TOML_BYTES
+
+
+def test_the_breakdown_cuts_the_50_rule_file_at_every_section_and_each_cut_allows(tmp_path: Path) -> None:
+    """benchmarks.breakdown subtracts each cut of policy50 from the next: the cuts must grow
+    section by section, end with the whole file, and decide the timed request as the whole does."""
+    from benchmarks import breakdown
+    from policyd.rules.decision import Op
+
+    text = breakdown.RULES.read_text()
+    sections = breakdown.sections_of(text)
+    titles = [title for title, _ in sections]
+    assert titles[0] == "who" and len(titles) == len(set(titles)) >= 6
+    prefixes = [prefix for _, prefix in sections]
+    assert all(a != b and b.startswith(a) for a, b in itertools.pairwise(prefixes))
+    assert prefixes[-1] == text
+    for n, prefix in enumerate(prefixes):
+        policy = breakdown.policy_in(tmp_path / str(n), prefix)
+        outcome = decide(policy, Op.NEW_PROXY, requests.ALLOW, now=NOW).outcome.value
+        assert outcome in ("allow", "rewrite"), (titles[n], outcome)
