@@ -35,11 +35,11 @@ from typing import Any
 from benchmarks.peers.common import NOW, POLICY_DIR
 from benchmarks.peers.floor import Floor
 from benchmarks.peers.requests import ALLOW, REWRITE
+from benchmarks.peers.scenario import BATCH_SECONDS, batch_us, calibrated
 from policyd.engine import decide
 from policyd.policy import Policy, load_policy
 from policyd.rules.decision import Op
 
-BATCH_SECONDS = 0.05
 RULES = POLICY_DIR / "NewProxy.rules"
 
 
@@ -65,31 +65,14 @@ def sections_of(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _calibrated(fn: Callable[[], object]) -> int:
-    for _ in range(50):
-        fn()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < BATCH_SECONDS / 2:
-        fn()
-        n += 1
-    return max(1, n * 2)
-
-
-def _batch_us(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def measure(subjects: dict[str, Callable[[], object]], seconds: float) -> dict[str, float]:
     """{name: median µs per call}, the subjects interleaved round by round."""
-    calls = [(name, fn, _calibrated(fn)) for name, fn in subjects.items()]
+    calls = [(name, fn, calibrated(fn)) for name, fn in subjects.items()]
     rounds = max(5, int(seconds / (len(calls) * BATCH_SECONDS)))
     samples: dict[str, list[float]] = {name: [] for name in subjects}
     for r in range(rounds):
         for name, fn, n in calls[r % len(calls) :] + calls[: r % len(calls)]:
-            samples[name].append(_batch_us(fn, n))
+            samples[name].append(batch_us(fn, n))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -106,7 +106,7 @@ def check(subjects: list[Subject]) -> int:
     return len(cases)
 
 
-def _calibrated(fn: Callable[[], object]) -> int:
+def calibrated(fn: Callable[[], object]) -> int:
     """Calls per batch of about BATCH_SECONDS (after a warm-up)."""
     for _ in range(20):
         fn()
@@ -117,7 +117,7 @@ def _calibrated(fn: Callable[[], object]) -> int:
     return max(1, n * 2)
 
 
-def _batch_us(fn: Callable[[], object], calls: int) -> float:
+def batch_us(fn: Callable[[], object], calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
         fn()
@@ -132,11 +132,11 @@ def measure(subjects: list[Subject], seconds: float) -> dict[str, dict[str, floa
         calls = []
         for s in subjects:
             fn = s.timed(content) if s.timed else functools.partial(s.engine.decide, content, NOW)
-            calls.append((s.engine.name, fn, _calibrated(fn)))
+            calls.append((s.engine.name, fn, calibrated(fn)))
         samples: dict[str, list[float]] = {name: [] for name, _, _ in calls}
         for r in range(rounds):
             for name, fn, n in calls[r % len(calls) :] + calls[: r % len(calls)]:
-                samples[name].append(_batch_us(fn, n))
+                samples[name].append(batch_us(fn, n))
         for name, values in samples.items():
             medians[name][case] = statistics.median(values)
     return medians

@@ -249,6 +249,8 @@ class _Emitter:
                 member = self.ref(range_member(isinstance(op, ast.NotIn)))
                 bounds = "".join(f", {self.expr(a)}" for a in right.args)
                 return f"{member}({BUDGET}, {left}{bounds})"
+            if isinstance(op, ast.NotIn):  # `not contains(...)`: one call, as `in` is
+                return f"(not {self.ref(sandbox.contains)}({left}, {self.expr(right)}, {BUDGET}))"
             return f"{self.ref(sandbox.COMPARISONS[type(op)])}({left}, {self.expr(right)}, {BUDGET})"
         symbol = _COMPARE_SYMBOLS.get(operand.op)
         if symbol is not None:

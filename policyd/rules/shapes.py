@@ -395,14 +395,14 @@ def compare(op: ast.cmpop, left: Compiled, right: Compiled) -> Compiled | None:
 
         def in_(ctx: Ctx) -> bool:
             item = left(ctx)
-            return contains(right(ctx), item, ctx.budget)
+            return contains(item, right(ctx), ctx.budget)
 
         return in_
     if isinstance(op, ast.NotIn):
 
         def not_in(ctx: Ctx) -> bool:
             item = left(ctx)
-            return not contains(right(ctx), item, ctx.budget)
+            return not contains(item, right(ctx), ctx.budget)
 
         return not_in
     return None

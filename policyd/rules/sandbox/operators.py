@@ -138,11 +138,13 @@ def scan_cost(container: tuple[Any, ...] | list[Any]) -> int | None:
     return walk.steps if walk.steps == len(container) + 1 else None
 
 
-def contains(container: Any, item: Any, budget: Budget) -> bool:
+def contains(item: Any, container: Any, budget: Budget) -> bool:
     """`item in container`, charged before it runs: a list or tuple is scanned (see scan()), a
-    string searched character by character, and a tuple hashed again on every lookup."""
+    string searched character by character, and a tuple hashed again on every lookup. The two
+    common cases come first (`x in data.list`, `x in data.table`): a rule's `in` and `not in`
+    are this one call."""
     kind = type(container)
-    if kind is list or kind is tuple:  # first: the common case, `user.user in data.admins`
+    if kind is list or kind is tuple:
         n = len(container)
         if n:
             k = type(item)
@@ -162,6 +164,11 @@ def contains(container: Any, item: Any, budget: Budget) -> bool:
     elif type(item) is tuple:  # dict, set, keys: a tuple's hash is computed again on every lookup
         deep_size(item, budget)
     return item in container
+
+
+def not_contains(item: Any, container: Any, budget: Budget) -> bool:
+    """`item not in container`: contains(), negated."""
+    return not contains(item, container, budget)
 
 
 _VALUES_VIEW: type = type({}.values())
@@ -195,45 +202,6 @@ def ne(a: Any, b: Any, budget: Budget) -> Any:
         return a != b
     charge_compare(a, b, budget)
     return a != b
-
-
-def _in(a: Any, b: Any, budget: Budget) -> bool:
-    """`a in b`: contains(b, a) with its two common cases first, without the second call (a
-    rule's `x in data.list` or `x in data.table` runs this once per request)."""
-    kind = type(b)
-    if kind is dict:
-        if type(a) is tuple:
-            deep_size(a, budget)
-        return a in b
-    if kind is list:
-        n = len(b)
-        if n:
-            k = type(a)
-            if k in CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
-                budget.charge(n + 1, "'in' over a list")
-            else:
-                deep_size(b, budget)
-        return a in b
-    return contains(b, a, budget)
-
-
-def _not_in(a: Any, b: Any, budget: Budget) -> bool:
-    """`a not in b`: _in's two common cases, copied (one call less per request)."""
-    kind = type(b)
-    if kind is dict:
-        if type(a) is tuple:
-            deep_size(a, budget)
-        return a not in b
-    if kind is list:
-        n = len(b)
-        if n:
-            k = type(a)
-            if k in CHEAP or (k is str and len(a) < COPY_CHARS_PER_STEP):
-                budget.charge(n + 1, "'in' over a list")
-            else:
-                deep_size(b, budget)
-        return a not in b
-    return not contains(b, a, budget)
 
 
 # AST operator → the function that applies it: the only operators a rule can use. Binary
@@ -283,8 +251,8 @@ COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any, Budget], Any]] = {
     ast.LtE: _compare(operator.le),
     ast.Gt: _compare(operator.gt),
     ast.GtE: _compare(operator.ge),
-    ast.In: _in,
-    ast.NotIn: _not_in,
+    ast.In: contains,
+    ast.NotIn: not_contains,
     ast.Is: lambda a, b, budget: a is b,
     ast.IsNot: lambda a, b, budget: a is not b,
 }
