@@ -117,8 +117,13 @@ def run(seconds: float = 2.0) -> list[dict[str, Any]]:
             seconds,
         )
         base = timed["stateless rule, no state"]
+        # A state call is measured against the same rule shape without it (SAME_SHAPE); the
+        # rows that bind a backend and call nothing, against the bare stateless rule.
+        shaped = timed["the quota rule's shape, no state call"]
+        calls = ("memory: proxies(), not recording", "memory: rate() (counts)")
         rows += [
-            _row(name, us, None if name == "stateless rule, no state" else base) for name, us in timed.items()
+            _row(name, us, None if name == "stateless rule, no state" else shaped if name in calls else base)
+            for name, us in timed.items()
         ]
         rows += _redis_rows(quota, root, seconds, base)
     return rows
