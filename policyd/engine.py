@@ -385,7 +385,6 @@ def decide_with_state(
             state.offline,
         )
         decision = _decide(policy, op, content, rule_file, reqid, at, options, trace, reader)
-        reader.flush()
         if recording and policy.tracks_sessions:
             _record(
                 backend,

@@ -44,25 +44,40 @@ class Health:
 
 @dataclass
 class StateStats:
-    """Counts the service exports as metrics; safe to update from any thread."""
+    """Counts the service exports as metrics; safe to update from any thread.
 
-    calls: dict[tuple[str, str], int] = field(default_factory=dict)  # (function, result) → count
+    State calls are counted per thread, without a lock: a decision adds to its own thread's
+    table (`calls_of_this_thread`), which only that thread writes, and `calls` adds the tables
+    up when metrics are scraped. The rest is counted under `lock`: it happens once per failure
+    or round trip, not once per call.
+    """
+
     failures: dict[str, int] = field(default_factory=dict)  # failure mode → count
     errors: dict[str, int] = field(default_factory=dict)  # backend operation → errors
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum: float = 0.0
     lock_waits: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _per_thread: list[dict[tuple[str, str], int]] = field(default_factory=list, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
-    def call(self, function: str, result: str) -> None:
-        with self.lock:
-            self.calls[function, result] = self.calls.get((function, result), 0) + 1
+    def calls_of_this_thread(self) -> dict[tuple[str, str], int]:
+        """This thread's (function, result) → count table, to add one decision's calls to."""
+        table: dict[tuple[str, str], int] | None = getattr(self._local, "calls", None)
+        if table is None:
+            table = self._local.calls = {}
+            with self.lock:
+                self._per_thread.append(table)
+        return table
 
-    def calls_made(self, calls: list[tuple[str, str]]) -> None:
-        """One decision's calls, (function, result) each, counted under one lock."""
-        with self.lock:
-            for call in calls:
-                self.calls[call] = self.calls.get(call, 0) + 1
+    @property
+    def calls(self) -> dict[tuple[str, str], int]:
+        """(function, result) → count, over every thread (each table copied whole, under the GIL)."""
+        total: dict[tuple[str, str], int] = {}
+        for table in list(self._per_thread):
+            for call, count in dict(table).items():
+                total[call] = total.get(call, 0) + count
+        return total
 
     def failure(self, mode: Failure) -> None:
         with self.lock:

@@ -78,7 +78,8 @@ def request_identity(op: str, content: Mapping[str, Any]) -> tuple[str, str]:
     user = content.get("user")
     if not isinstance(user, dict):
         return "", ""
-    return _text(user.get("user")), _text(user.get("run_id"))
+    name, run_id = user.get("user"), user.get("run_id")  # every decision with state asks: inline _text
+    return name if type(name) is str else "", run_id if type(run_id) is str else ""
 
 
 def request_user(op: str, content: Mapping[str, Any]) -> str:

@@ -6,8 +6,8 @@ turns a backend that cannot answer into the configured failure. With `recording=
 view for evaluations that must not change state (`policyd eval`, the console's playground, the
 shadow policy, `policyd replay`): rate() answers as if it counted, without counting.
 
-Its calls are counted here and added to the backend's stats once, by `flush()` at the end of the
-decision: one lock per decision, not one per call.
+Its calls are counted in the backend's stats as they are made, in the deciding thread's own
+table (no lock: see `StateStats`).
 """
 
 from __future__ import annotations
@@ -66,19 +66,18 @@ class DecisionState:
         self.failed = ""  # why the backend failed this decision, if it did
         self._users: dict[str, UserState] = {} if not prefetched else dict(prefetched)
         self._dry_hits: dict[str, int] | None = None
-        self._calls: list[tuple[str, str]] = []
+        # The deciding thread's table of call counts: a DecisionState lives in one decide().
+        self._calls = backend.stats.calls_of_this_thread()
 
-    def flush(self) -> None:
-        """Add this decision's calls to the backend's counts (once, when it is decided)."""
-        if self._calls:
-            self.backend.stats.calls_made(self._calls)
-            self._calls = []
+    def _count(self, call: tuple[str, str]) -> None:
+        calls = self._calls
+        calls[call] = calls.get(call, 0) + 1
 
     def _unavailable(self, function: str, error: StateUnavailable) -> None:
         """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
         self.failed = str(error)
         self.backend.stats.failure(self.failure)
-        self._calls.append((function, "unavailable"))
+        self._count((function, "unavailable"))
         if self.failure is Failure.CLOSED:
             raise StateError(f"{function}(): state backend unavailable: {error}") from None
 
@@ -101,7 +100,7 @@ class DecisionState:
         state = self._users.get(user) or self._state("proxies", user)
         if state is None:
             return []
-        self._calls.append(("proxies", "ok"))
+        self._count(("proxies", "ok"))
         proxies = state.proxies
         if user == self.user and self.op == NEW_PROXY:
             name = self.name
@@ -114,7 +113,7 @@ class DecisionState:
         state = self._users.get(user) or self._state("sessions", user)
         if state is None:
             return []
-        self._calls.append(("sessions", "ok"))
+        self._count(("sessions", "ok"))
         sessions = state.sessions
         if user == self.user and self.op == LOGIN and self.run_id:
             return [s for s in sessions if s["run_id"] != self.run_id]
@@ -133,7 +132,7 @@ class DecisionState:
         except StateUnavailable as e:
             self._unavailable("rate", e)
             return True
-        self._calls.append(("rate", "under" if allowed else "over"))
+        self._count(("rate", "under" if allowed else "over"))
         return allowed
 
     def hits(self, key: str, per_s: float) -> int:
@@ -143,7 +142,7 @@ class DecisionState:
         except StateUnavailable as e:
             self._unavailable("hits", e)
             return 0
-        self._calls.append(("hits", "ok"))
+        self._count(("hits", "ok"))
         return count + (self._dry_hits.get(key, 0) if self._dry_hits else 0)
 
 
