@@ -48,8 +48,9 @@ class StateStats:
 
     State calls are counted per thread, without a lock: a decision adds to its own thread's
     table (`calls_of_this_thread`), which only that thread writes, and `calls` adds the tables
-    up when metrics are scraped. The rest is counted under `lock`: it happens once per failure
-    or round trip, not once per call.
+    up when metrics are scraped. A table outlives its thread (counters never go down); the
+    threads that decide are a fixed few (the event loop, the state pool, the console's). The
+    rest is counted under `lock`: it happens once per failure or round trip, not per call.
     """
 
     failures: dict[str, int] = field(default_factory=dict)  # failure mode → count
