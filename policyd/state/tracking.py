@@ -78,8 +78,7 @@ def request_identity(op: str, content: Mapping[str, Any]) -> tuple[str, str]:
     user = content.get("user")
     if not isinstance(user, dict):
         return "", ""
-    name, run_id = user.get("user"), user.get("run_id")  # every decision with state asks: inline _text
-    return name if type(name) is str else "", run_id if type(run_id) is str else ""
+    return _text(user.get("user")), _text(user.get("run_id"))
 
 
 def request_user(op: str, content: Mapping[str, Any]) -> str:
