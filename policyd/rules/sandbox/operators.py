@@ -153,6 +153,10 @@ def contains(item: Any, container: Any, budget: Budget) -> bool:
             else:
                 deep_size(container, budget)
         return item in container
+    if kind is dict:  # `x in data.table`: only a tuple key costs more than its hash
+        if type(item) is tuple:
+            deep_size(item, budget)
+        return item in container
     if kind is str:
         if type(item) is not str:
             raise EvaluationError(f"'in <string>' needs a string on the left, not {type(item).__name__}")
@@ -161,7 +165,7 @@ def contains(item: Any, container: Any, budget: Budget) -> bool:
             budget.charge(n, "'in' over a string")
     elif kind is _VALUES_VIEW:
         scan(container, item, budget, "'in' over a list")
-    elif type(item) is tuple:  # dict, set, keys: a tuple's hash is computed again on every lookup
+    elif type(item) is tuple:  # set, keys: a tuple's hash is computed again on every lookup
         deep_size(item, budget)
     return item in container
 
