@@ -313,7 +313,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.backend.stats
         with stats.lock:
-            calls = dict(stats.calls)
+            calls = stats.calls  # already a copy, summed over the threads' tables
             failures = dict(stats.failures)
             errors = dict(stats.errors)
             latency = list(stats.latency_counts)
