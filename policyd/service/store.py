@@ -154,13 +154,13 @@ class PolicyStore:
         changed = candidate.version != current.version
         notices = list(_changes(current, candidate)) if changed else []
         if changed:
-            # The replaced policy is freed by the next reload, in this thread: a request
-            # still deciding with it would otherwise free it on the serving thread.
             if self.before_swap is not None:
                 try:
                     self.before_swap(current, candidate, now)
                 except Exception:
                     log.exception("%s: recording %s before it serves raised", self.label, candidate.version)
+            # The replaced policy is freed by the next reload, in this thread: a request
+            # still deciding with it would otherwise free it on the serving thread.
             self._replaced, self.policy = current, candidate
             self.stats.successes += 1
             self.stats.last_success_at = now

@@ -1,5 +1,5 @@
-"""Telling the version history which policy serves: at start-up, after each reload that changed
-the version, and at shutdown (policyd.tools.history keeps it; GET /versions reads it)."""
+"""Telling the version history which policy serves: at start-up, just before each new version is
+swapped in, and at shutdown (policyd.tools.history keeps it; GET /versions reads it)."""
 
 from __future__ import annotations
 
