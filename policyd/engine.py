@@ -58,6 +58,12 @@ class EvalOptions:
 
 
 DEFAULT_OPTIONS = EvalOptions()
+# The enum members decide() tests on every request, as globals: Python 3.11 looks a member up
+# through EnumType.__getattr__ (~100 ns; a global is ~10 ns).
+_LOGIN, _NEW_PROXY = Op.LOGIN, Op.NEW_PROXY
+_ALLOW, _REJECT, _REWRITE = Outcome.ALLOW, Outcome.REJECT, Outcome.REWRITE
+_REJECT_ACTION = Action.REJECT
+_STR, _BOOL, _RECORD = Kind.STR, Kind.BOOL, Kind.RECORD
 # Ops whose record a rule's reads must not race: a Login starts a session, a NewProxy a proxy.
 _LOCKED_OPS = frozenset({Op.LOGIN, Op.NEW_PROXY})
 
@@ -78,7 +84,7 @@ class StateBinding:
 
 def _raw_user(op: Op, content: dict[str, Any]) -> dict[str, Any] | None:
     """What the `user` view is made of: the login's own fields for Login, else content.user."""
-    if op is Op.LOGIN:
+    if op is _LOGIN:
         return {"user": content.get("user"), "metas": content.get("metas"), "run_id": content.get("run_id")}
     user = content.get("user")
     return user if isinstance(user, dict) else None
@@ -99,7 +105,7 @@ def new_context(
     Rules see the names `reference.request_names()` defines; the `content` and `user` views are
     built only if a rule uses them whole (field reads come from the raw request).
     """
-    if op is Op.LOGIN:
+    if op is _LOGIN:
         user_raw = _raw_user(op, content)
     else:  # _raw_user, inline: every decision makes a context
         user_raw = content.get("user")
@@ -136,7 +142,7 @@ def _view_at(f: Field, value: Any, path: tuple[str, ...]) -> Any:
             value = {}
         elif not isinstance(value, dict):
             return None
-        if f.kind is Kind.RECORD:
+        if f.kind is _RECORD:
             f = f.fields[key]
             value = value.get(key)
         else:  # a key of a metas-like map, the last step of a set path
@@ -189,7 +195,7 @@ def _set(decision: Decision, ctx: Ctx, statement: Statement, value: Any) -> Any:
     f = statement.field
     kind = type(value)
     # A string or a boolean set to a field of its kind (most sets): nothing to walk or convert.
-    plain = f is not None and ((kind is str and f.kind is Kind.STR) or (kind is bool and f.kind is Kind.BOOL))
+    plain = f is not None and ((kind is str and f.kind is _STR) or (kind is bool and f.kind is _BOOL))
     if not plain:
         deep_size(value, ctx.budget)
     current = names.content_raw
@@ -212,7 +218,7 @@ def _set(decision: Decision, ctx: Ctx, statement: Statement, value: Any) -> Any:
     decision.changes.append(Change(".".join(statement.path), before, value))
     # `user` is made of the login's own fields, or of content.user: only a set there changes it
     # (the copy in `work` shares every other nested dict with the request).
-    changes_user = decision.op is Op.LOGIN or statement.path[0] == "user"
+    changes_user = decision.op is _LOGIN or statement.path[0] == "user"
     names.replace_request(work, _raw_user(decision.op, work) if changes_user else names.user_raw)
     return value
 
@@ -307,30 +313,30 @@ def decide(
     The rules run as their rule file's program; with `trace` (a list) they run one by one
     instead, and every rule reached is appended to it with the values it computed. With
     `state`, the state functions read it and the decision's effect is recorded in it (see
-    decide_with_state); a rule file that calls no state function, under a policy that tracks
+    _decide_with_state); a rule file that calls no state function, under a policy that tracks
     nothing, pays nothing for it.
     """
     rule_file = policy.rules.get(op)
     if state is not None:
         reads = rule_file.state_functions if rule_file is not None else frozenset()
         if reads or (state.recording and policy.tracks_sessions):
-            return decide_with_state(
-                policy, op, content, rule_file, state, reqid=reqid, now=now, options=options, trace=trace
+            return _decide_with_state(
+                policy, op, content, rule_file, reads, state, reqid, now, options, trace
             )
     return _decide(policy, op, content, rule_file, reqid, now, options, trace, UNAVAILABLE)
 
 
-def decide_with_state(
+def _decide_with_state(
     policy: Policy,
     op: Op,
     content: dict[str, Any],
     rule_file: RuleFile | None,
+    reads: frozenset[str],
     state: StateBinding,
-    *,
-    reqid: str = "",
-    now: float | None = None,
-    options: EvalOptions = DEFAULT_OPTIONS,
-    trace: list[TraceStep] | None = None,
+    reqid: str,
+    now: float | None,
+    options: EvalOptions,
+    trace: list[TraceStep] | None,
 ) -> Decision:
     """Decide and record, exactly under concurrency.
 
@@ -347,7 +353,6 @@ def decide_with_state(
     started = time.perf_counter()
     at = time.time() if now is None else now
     backend = state.backend
-    reads = rule_file.state_functions if rule_file is not None else frozenset()
     user, run_id = request_identity(op, content)
     held: Held | None = None
     recording = state.recording and not state.offline
@@ -377,7 +382,7 @@ def decide_with_state(
             op,
             user,
             run_id,
-            content.get("proxy_name", "") if op is Op.NEW_PROXY else "",
+            content.get("proxy_name", "") if op is _NEW_PROXY else "",
             at,
             recording,
             state.failure,
@@ -414,7 +419,7 @@ def _record(
     read_state: bool,
 ) -> None:
     """Record what frps will do; a failed record of an allow that read state fails it closed."""
-    allowed = decision.outcome is not Outcome.REJECT
+    allowed = decision.outcome is not _REJECT
     changes = effects(op, final, allowed, at)
     if not changes:
         return
@@ -462,7 +467,7 @@ def _decide(
 ) -> Decision:
     """decide() itself: the rules of `rule_file` against one request, state read through `state`."""
     started = time.perf_counter()
-    decision = Decision(Outcome.ALLOW, op, policy.version)
+    decision = Decision(_ALLOW, op, policy.version)
     if rule_file is None:
         decision.eval_us = (time.perf_counter() - started) * 1e6
         return decision
@@ -485,10 +490,10 @@ def _decide(
             statement = statements[index]
             decision.rule = statement.location
             decision.statement = statement
-            if statement.action is Action.REJECT:
+            if statement.action is _REJECT_ACTION:
                 message = statement.message
                 assert message is not None
-                decision.outcome = Outcome.REJECT
+                decision.outcome = _REJECT
                 try:
                     decision.reason, decision.reason_parts = message.render_parts(ctx)
                 except Exception as e:
@@ -515,10 +520,10 @@ def _decide(
             decision.outcome = Outcome.REJECT
             decision.reason = GENERIC_ERROR_REASON
         decision.reason_parts = decision.reason_kinds = ()  # the generic reason: nothing to mask
-    if decision.outcome is Outcome.REJECT or decision.error is not None:
+    if decision.outcome is _REJECT or decision.error is not None:
         decision.changes = []  # nothing changes on a reject or an error
     if decision.changes:
-        decision.outcome = Outcome.REWRITE
+        decision.outcome = _REWRITE
     else:
         decision.content = None
     decision.eval_us = (time.perf_counter() - started) * 1e6

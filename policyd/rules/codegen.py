@@ -77,7 +77,7 @@ class Fragment:
 def emit(tree: ast.expr, compiler: ExpressionCompiler) -> Fragment:
     """The source of an expression `compiler` has compiled with `record=True`."""
     assert compiler.closures is not None, "compile with record=True first"
-    emitter = _Emitter(compiler.scope, compiler.closures, compiler.any_all)
+    emitter = _Emitter(compiler.scope, compiler.closures, compiler.any_all, compiler.state_calls)
     return Fragment(emitter.expr(tree), tuple(emitter.refs))
 
 
@@ -87,10 +87,12 @@ class _Emitter:
         scope: Scope,
         closures: dict[int, Callable[..., Any]],
         any_all: dict[int, Callable[..., Any]],
+        state_calls: dict[int, Callable[..., Any]],
     ) -> None:
         self.scope = scope
         self.closures = closures
         self.any_all = any_all
+        self.state_calls = state_calls
         self.refs: list[Any] = []
         self.temps = 0
 
@@ -284,7 +286,12 @@ class _Emitter:
             values = "(" + "".join(f"{a}, " for a in args) + ")"
             method = self.ref(sandbox.call_method)
             return f"{method}({receiver}, {self.ref(func.attr)}, {values}, {BUDGET})"
-        if not isinstance(func, ast.Name) or func.id not in functions.FUNCTIONS:
+        if not isinstance(func, ast.Name):
+            return None
+        state_call = self.state_calls.get(id(node))
+        if state_call is not None:  # proxies(u), sessions(u): the argument inline, then the call
+            return f"{self.ref(state_call)}({CTX}, {self.expr(node.args[0])})"
+        if func.id not in functions.FUNCTIONS:
             return None
         finish = self.any_all.get(id(node))
         if finish is not None:

@@ -80,6 +80,8 @@ class ExpressionCompiler:
         # the nodes it does not inline.
         self.closures: dict[int, Compiled] | None = {} if record else None
         self.any_all: dict[int, Callable[[Ctx, Any], Any]] = {}  # any()/all() calls, by id(node)
+        # One-argument state calls, by id(node): what they do with their argument's value.
+        self.state_calls: dict[int, Callable[[Ctx, Any], Any]] = {}
         # The state functions this expression calls, and whether proxies()/sessions() is ever
         # asked about anyone but the request's own user (the engine then locks more widely).
         self.state_functions: set[str] = set()
@@ -421,16 +423,25 @@ class ExpressionCompiler:
             (only,) = args
             method = name  # the StateReader method of the same name (statefns: _proxies, _sessions)
 
-            def state_call1(ctx: Ctx) -> Any:
-                who = only(ctx)
+            def state_value1(ctx: Ctx, who: Any) -> Any:
                 if type(who) is str and len(who) <= MAX_STATE_KEY_CHARS:  # check_name's checks
                     result = getattr(ctx.state, method)(who)
                 else:
                     result = call(ctx.state, who)
-                ctx.budget.charge(
-                    STATE_CALL_STEPS + len(result) if type(result) is list else STATE_CALL_STEPS
-                )
+                n = STATE_CALL_STEPS + len(result) if type(result) is list else STATE_CALL_STEPS
+                budget = ctx.budget
+                steps = budget.steps + n
+                if steps < budget.next_read and steps <= budget.max_steps:
+                    budget.steps = steps  # charge(n), inline: no limit or clock read is reached
+                else:
+                    budget.charge(n)
                 return result
+
+            if self.closures is not None:
+                self.state_calls[id(node)] = state_value1  # codegen passes the argument inline
+
+            def state_call1(ctx: Ctx) -> Any:
+                return state_value1(ctx, only(ctx))
 
             return state_call1
 

@@ -60,13 +60,14 @@ class StateStats:
     lock_waits: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _per_thread: list[dict[tuple[str, str], int]] = field(default_factory=list, repr=False)
-    _local: threading.local = field(default_factory=threading.local, repr=False)
+    # Where each thread finds its table (`local.calls`; DecisionState reads it without a call).
+    local: threading.local = field(default_factory=threading.local, repr=False)
 
     def calls_of_this_thread(self) -> dict[tuple[str, str], int]:
         """This thread's (function, result) → count table, to add one decision's calls to."""
-        table: dict[tuple[str, str], int] | None = getattr(self._local, "calls", None)
+        table: dict[tuple[str, str], int] | None = getattr(self.local, "calls", None)
         if table is None:
-            table = self._local.calls = {}
+            table = self.local.calls = {}
             with self.lock:
                 self._per_thread.append(table)
         return table

@@ -19,6 +19,9 @@ from policyd.errors import StateError
 from policyd.state.backend import Backend, Failure, StateUnavailable
 from policyd.state.tracking import LOGIN, NEW_PROXY, UserState
 
+_PROXIES_OK = ("proxies", "ok")
+_SESSIONS_OK = ("sessions", "ok")
+
 
 class DecisionState:
     """The state functions' answers for one decision (one thread; never shared)."""
@@ -28,7 +31,6 @@ class DecisionState:
         "_dry_hits",
         "_users",
         "backend",
-        "failed",
         "failure",
         "name",
         "now",
@@ -63,11 +65,11 @@ class DecisionState:
         self.recording = recording
         self.failure = failure
         self.offline = offline
-        self.failed = ""  # why the backend failed this decision, if it did
         self._users: dict[str, UserState] = {} if not prefetched else dict(prefetched)
         self._dry_hits: dict[str, int] | None = None
         # The deciding thread's table of call counts: a DecisionState lives in one decide().
-        self._calls = backend.stats.calls_of_this_thread()
+        stats = backend.stats
+        self._calls = getattr(stats.local, "calls", None) or stats.calls_of_this_thread()
 
     def _count(self, call: tuple[str, str]) -> None:
         calls = self._calls
@@ -75,7 +77,6 @@ class DecisionState:
 
     def _unavailable(self, function: str, error: StateUnavailable) -> None:
         """Closed: the rule errors (the op fails closed). Open: the caller answers "empty"."""
-        self.failed = str(error)
         self.backend.stats.failure(self.failure)
         self._count((function, "unavailable"))
         if self.failure is Failure.CLOSED:
@@ -86,21 +87,24 @@ class DecisionState:
             raise StateUnavailable("too many decisions are waiting on the state backend")
 
     def _state(self, function: str, user: str) -> UserState | None:
+        """The user's state, read once per decision (None: the backend failed, open)."""
         try:
             if self.offline:
                 self._check_online()
-            state = self.backend.read_user(user, self.now)
+            state = self._users[user] = self.backend.read_user(user, self.now)
         except StateUnavailable as e:
             self._unavailable(function, e)
             return None
-        self._users[user] = state
         return state
 
+    # proxies() and sessions() are on the request path of every quota rule: the read and the
+    # count are written out in each (a call less each).
     def proxies(self, user: str) -> list[dict[str, Any]]:
         state = self._users.get(user) or self._state("proxies", user)
         if state is None:
             return []
-        self._count(("proxies", "ok"))
+        calls = self._calls
+        calls[_PROXIES_OK] = calls.get(_PROXIES_OK, 0) + 1
         proxies = state.proxies
         if user == self.user and self.op == NEW_PROXY:
             name = self.name
@@ -113,7 +117,8 @@ class DecisionState:
         state = self._users.get(user) or self._state("sessions", user)
         if state is None:
             return []
-        self._count(("sessions", "ok"))
+        calls = self._calls
+        calls[_SESSIONS_OK] = calls.get(_SESSIONS_OK, 0) + 1
         sessions = state.sessions
         if user == self.user and self.op == LOGIN and self.run_id:
             return [s for s in sessions if s["run_id"] != self.run_id]
