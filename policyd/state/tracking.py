@@ -142,17 +142,17 @@ def live(
     entries: Mapping[str, Mapping[str, Any]],
     now: float,
     expiry: Expiry,
-    replica_alive: Callable[[str], bool] = lambda r: True,
+    replica_alive: Callable[[str], bool] | None = None,
 ) -> UserState:
     """The live sessions and proxies of one user's table (see the module docstring's rules).
 
     An entry written by a replica that is gone (its lease in Redis ran out) is dead: its frps
-    went with it.
+    went with it. Without `replica_alive` (the memory backend: one replica), every entry is alive.
     """
     sessions: dict[str, Mapping[str, Any]] = {}
     proxies: list[Mapping[str, Any]] = []
     for key, entry in entries.items():
-        if not replica_alive(_text(entry.get("r"))):
+        if replica_alive is not None and not replica_alive(_text(entry.get("r"))):
             continue
         if key.startswith(SESSION):
             sessions[key[len(SESSION) :]] = entry
@@ -180,8 +180,8 @@ def live(
             live_sessions.append(session)
             until = min(until, _number(session.get("last_seen")) + expiry.idle_s)
     return UserState(
-        sorted((_shown(s, SESSION_FIELDS) for s in live_sessions), key=lambda s: (s["since"], s["run_id"])),
-        sorted((_shown(p, PROXY_FIELDS) for p in live_proxies), key=lambda p: (p["since"], p["name"])),
+        sorted(map(_shown_session, live_sessions), key=lambda s: (s["since"], s["run_id"])),
+        sorted(map(_shown_proxy, live_proxies), key=lambda p: (p["since"], p["name"])),
         until,
     )
 
@@ -190,7 +190,7 @@ def dead_keys(
     entries: Mapping[str, Mapping[str, Any]],
     now: float,
     expiry: Expiry,
-    replica_alive: Callable[[str], bool] = lambda r: True,
+    replica_alive: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """The keys of a table that `live()` no longer shows: what a sweep deletes."""
     state = live(entries, now, expiry, replica_alive)
@@ -202,21 +202,30 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def _shown(entry: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """A fresh dict of the fields rules see (a list copied): rules never hold a stored entry."""
-    out: dict[str, Any] = {}
-    for name in names:
-        value = entry.get(name)
-        if name == "custom_domains":
-            value = list(value) if isinstance(value, list) else []
-        elif name in ("since", "last_seen"):
-            value = int(_number(value))
-        elif name == "remote_port":
-            value = value if isinstance(value, int) else 0
-        else:
-            value = _text(value)
-        out[name] = value
-    return out
+def _shown_session(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh dict of the SESSION_FIELDS rules see: rules never hold a stored entry."""
+    return {
+        "run_id": _text(entry.get("run_id")),
+        "client_address": _text(entry.get("client_address")),
+        "since": int(_number(entry.get("since"))),
+        "last_seen": int(_number(entry.get("last_seen"))),
+    }
+
+
+def _shown_proxy(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh dict of the PROXY_FIELDS rules see (its list copied): rules never hold a stored
+    entry. Written out, not looped over the names: every read after a write makes these."""
+    port = entry.get("remote_port")
+    domains = entry.get("custom_domains")
+    return {
+        "name": _text(entry.get("name")),
+        "type": _text(entry.get("type")),
+        "remote_port": port if isinstance(port, int) else 0,
+        "subdomain": _text(entry.get("subdomain")),
+        "custom_domains": list(domains) if isinstance(domains, list) else [],
+        "run_id": _text(entry.get("run_id")),
+        "since": int(_number(entry.get("since"))),
+    }
 
 
 def apply(

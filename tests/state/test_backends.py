@@ -18,7 +18,7 @@ from policyd.rules.decision import Op, Outcome
 from policyd.state.backend import Backend, FrpsClient, FrpsProxy, FrpsView
 from policyd.state.memory import MemoryBackend
 from policyd.state.redisstore import RedisBackend
-from policyd.state.tracking import Expiry, Preset
+from policyd.state.tracking import PROXY_FIELDS, SESSION_FIELDS, Expiry, Preset
 from tests.redisserver import RedisServer
 from tests.support import write_policy
 
@@ -117,6 +117,10 @@ def test_proxies_show_the_recorded_fields_as_rewritten(tmp_path: Path, backend: 
         "run_id": "r1",
         "since": int(T0),
     }
+    # What rules see is the documented field list, in its order (tracking writes each out).
+    assert tuple(proxy) == PROXY_FIELDS
+    (session,) = backend.snapshot(T0 + 1)["alice"].sessions
+    assert tuple(session) == SESSION_FIELDS
 
 
 def test_one_client_per_user_refuses_a_second_client(tmp_path: Path, backend: Backend) -> None:
