@@ -291,8 +291,12 @@ def literal_pattern_matcher(name: str, pattern: str) -> Callable[[Budget, Any, A
                 return call(name, fn, (literal, value), budget)  # type: ignore[no-any-return]
         match_steps = (len(value) + 1) * size
         steps = budget.steps + compile_steps + match_steps
-        if steps < budget.next_read and steps <= budget.max_steps and match_steps <= MAX_OPERATION_STEPS:
-            budget.steps = steps  # both charges at once: neither reaches a limit or a clock read
+        if steps <= budget.max_steps and match_steps <= MAX_OPERATION_STEPS:
+            # Both charges at once: neither reaches a limit. The clock is read once, before the
+            # search, if they pass the next read (charge() would read it once or twice).
+            budget.steps = steps
+            if steps >= budget.next_read:
+                budget.read_clock()
         else:
             budget.charge(compile_steps, "compiling a pattern")
             budget.charge(match_steps, "matching a pattern")
