@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from policyd.errors import EvaluationError, LimitError, PolicyError, StateError
+from policyd.errors import EvaluationError, PolicyError, StateError
 from policyd.policy import TRACKING_FUNCTIONS, Policy, RuleFile
 from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.decision import (
@@ -27,7 +27,7 @@ from policyd.rules.decision import (
     TraceStep,
 )
 from policyd.rules.language import Action
-from policyd.rules.program import CHUNK_STATEMENTS, Chunk, RuleFailed
+from policyd.rules.program import RuleFailed
 from policyd.rules.sandbox import DEFAULT_EVAL_SECONDS, MAX_STEPS, Budget, deep_size, error_text, shown
 from policyd.rules.schema import (
     GO_INT_MAX,
@@ -282,21 +282,6 @@ def _interpret(
     return -1
 
 
-def _later_chunks(program: tuple[Chunk, ...], ctx: Ctx, names: RequestNames, decision: Decision) -> int:
-    """The chunks after the first, the clock read before each: no run of CHUNK_STATEMENTS rules
-    goes without it, and a decision that reaches them starts counting its CPU time."""
-    tick = ctx.budget.tick
-    for n, chunk in enumerate(program[1:], 1):
-        try:
-            tick()
-        except LimitError as e:
-            raise RuleFailed(n * CHUNK_STATEMENTS, e) from None
-        index = chunk(ctx, names, decision, _warn, _set)
-        if index >= 0:
-            return index
-    return -1
-
-
 def decide(
     policy: Policy,
     op: Op,
@@ -480,10 +465,8 @@ def _decide(
         index = -1
         program = rule_file.program
         if trace is None and program is not None:
-            if program:
+            if program:  # the first chunk runs the others (policyd.rules.program)
                 index = program[0](ctx, names, decision, _warn, _set)
-                if index < 0 and len(program) > 1:
-                    index = _later_chunks(program, ctx, names, decision)
         else:
             index = _interpret(statements, ctx, names, decision, trace)
         if index >= 0:

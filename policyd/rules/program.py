@@ -1,10 +1,11 @@
 """A rule file as a program: its statements joined into Python functions for the request path.
 
-decide() runs a rule file's chunks in order, each a function of up to CHUNK_STATEMENTS rules
-written from the statements' fragments (policyd.rules.codegen): a rule that does not fire costs its
-condition's inline code, with no per-rule loop or closure calls. A chunk returns the index of the
-reject/allow rule that decided, or -1 to go on; warn and set rules call decide()'s hooks, so
-their effects are made by the same code as in decide()'s interpreted loop.
+decide() calls a rule file's first chunk, a function of up to CHUNK_STATEMENTS rules written from
+the statements' fragments (policyd.rules.codegen): a rule that does not fire costs its condition's
+inline code, with no per-rule loop or closure calls. A chunk returns the index of the
+reject/allow rule that decided; if none did, it returns what the next chunk returns (-1 after the
+last: no rule decided). warn and set rules call decide()'s hooks, so their effects are made by
+the same code as in decide()'s interpreted loop.
 
 The source is compiled with no builtins and only references as globals: it can reach nothing
 the closures could not. Chunks keep a reload of 10,000 rules from holding the GIL in one long
@@ -44,15 +45,25 @@ class RuleFailed(Exception):
 def build_program(
     statements: Sequence[Statement], pause: Callable[[], None] | None = None
 ) -> tuple[Chunk, ...] | None:
-    """The chunks of a rule file, or None if a statement has no fragment (built by hand)."""
+    """The chunks of a rule file, or None if a statement has no fragment (built by hand).
+
+    Each chunk but the last ends by calling the next (its global `_next`), which reads the
+    clock first: running the first chunk runs the file.
+    """
     chunks: list[Chunk] = []
+    envs: list[dict[str, Any]] = []
     for start in range(0, len(statements), CHUNK_STATEMENTS):
         if pause is not None and start:
             pause()
-        chunk = _build_chunk(statements, start, min(start + CHUNK_STATEMENTS, len(statements)))
-        if chunk is None:
+        env = _environment()
+        source = chunk_source(statements, start, min(start + CHUNK_STATEMENTS, len(statements)), env)
+        if source is None:
             return None
-        chunks.append(chunk)
+        exec(_compiled(source), env)
+        chunks.append(env.pop("chunk"))
+        envs.append(env)
+    for env, following in zip(envs, chunks[1:], strict=False):
+        env["_next"] = following
     return tuple(chunks)
 
 
@@ -125,16 +136,21 @@ def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dic
                 body.append(f"{indent}set_(decision, {CTX}, s{index}, {value})")
                 body.append(f"{indent}{CONTENT} = {NAMES}.content_raw")
                 body.append(f"{indent}{USER} = {NAMES}.user_raw")
+    # A later chunk reads the clock first (no run of CHUNK_STATEMENTS rules goes without it: a
+    # limit it reaches is the chunk's first rule's); a chunk that decided nothing calls the next,
+    # outside its `try`, so the next one's RuleFailed keeps its own index.
+    tick = [f"{BUDGET}.tick()"] if start else []
+    last = end == len(statements)
     return "\n".join(
         [
             f"def chunk({CTX}, {NAMES}, decision, warn, set_):",
             *_PROLOGUE,
             f"    at = {start}",
             "    try:",
-            *(f"        {line}" for line in body),
+            *(f"        {line}" for line in [*tick, *body]),
             "    except _Exception as e:",
             "        raise _RuleFailed(at, e) from None",
-            "    return -1",
+            "    return -1" if last else f"    return _next({CTX}, {NAMES}, decision, warn, set_)",
         ]
     )
 
@@ -149,13 +165,3 @@ def _compiled(source: str) -> CodeType:
     instead of a compile() per chunk (~1.5 ms each).
     """
     return compile(source, "<rules>", "exec")
-
-
-def _build_chunk(statements: Sequence[Statement], start: int, end: int) -> Chunk | None:
-    env = _environment()
-    source = chunk_source(statements, start, end, env)
-    if source is None:
-        return None
-    exec(_compiled(source), env)
-    chunk: Chunk = env.pop("chunk")
-    return chunk

@@ -23,6 +23,7 @@ from policyd.policy import Policy, load_policy
 from policyd.rules import program
 from policyd.rules.decision import Decision, Op
 from policyd.rules.program import CHUNK_STATEMENTS, chunk_source
+from policyd.rules.sandbox import MAX_FILE_RULES
 from tests.helpers import policy_of
 from tests.rules.expressions import CONTENTS, SPECIALISED
 from tests.security.corpus import EVAL_FAILS, as_rule
@@ -148,10 +149,10 @@ def test_corpus_attacks_that_load_fail_closed_alike(rule: str, expected: str) ->
 
 
 # -- what the generated source may contain --------------------------------------------------
-ALLOWED_NAMES = {"ctx", "names", "decision", "warn", "set_", "b", "c", "u", "at", "e", "chunk"}
+ALLOWED_NAMES = {"ctx", "names", "decision", "warn", "set_", "b", "c", "u", "at", "e", "chunk", "_next"}
 ALLOWED_NAMES |= {"_type", "_dict", "_int", "_str", "_list", "_len", "_Exception", "_RuleFailed"}
 # attributes of ours
-ALLOWED_NAMES |= {"budget", "content_raw", "user_raw", "get", "add", "add2", "field_view"}
+ALLOWED_NAMES |= {"budget", "content_raw", "user_raw", "get", "add", "add2", "field_view", "tick"}
 KEYWORDS = {"def", "try", "except", "as", "raise", "from", "return", "if", "else", "and", "or", "not"}
 KEYWORDS |= {"in", "is", "None", "True", "False"}
 
@@ -220,3 +221,16 @@ def test_a_set_is_seen_by_the_next_rules_field_reads() -> None:
     decision = both_paths(policy_of({"NewProxy.rules": rules}), Op.NEW_PROXY, {"remote_port": 6000})
     assert [w.message for w in decision["warnings"]] == ["same chunk"]
     assert decision["reason"] == "next chunk 7000"
+
+
+def test_a_file_of_the_most_rules_runs_chunk_after_chunk_to_its_last_rule() -> None:
+    """Each chunk calls the next: a file of MAX_FILE_RULES rules is that many nested calls
+    deep, and a rule in the last chunk decides and fails with its own line."""
+    cheap = [f"reject 'r{i}' when content.remote_port == {-1 - i}\n" for i in range(MAX_FILE_RULES - 2)]
+    rules = "".join([*cheap, "reject 'last' when content.remote_port == 7\n", "reject 'x' when 1 // 0\n"])
+    policy = policy_of({"NewProxy.rules": rules})
+    assert len(policy.rules[Op.NEW_PROXY].program or ()) == -(-MAX_FILE_RULES // CHUNK_STATEMENTS)
+    last = both_paths(policy, Op.NEW_PROXY, {"remote_port": 7})
+    assert last["reason"] == "last" and last["rule"].line == MAX_FILE_RULES - 1
+    failed = both_paths(policy, Op.NEW_PROXY, {"remote_port": 8})
+    assert failed["rule"].line == MAX_FILE_RULES and "ZeroDivisionError" in failed["error"][1]

@@ -21,8 +21,10 @@ from policyd.engine import EvalOptions, decide
 from policyd.errors import LimitError
 from policyd.policy import load_policy
 from policyd.rules.decision import Op, Outcome
+from policyd.rules.program import CHUNK_STATEMENTS
 from policyd.rules.sandbox import Budget
 from policyd.rules.sandbox import budget as budget_module
+from tests.helpers import policy_of
 from tests.support import write_policy
 
 # Each Ping does ~0.5 ms of work (a comprehension of 400 items) under a 20 ms budget: whenever
@@ -147,3 +149,34 @@ def test_the_cpu_clock_starts_once_the_decision_has_run_a_while(monkeypatch: pyt
     wall[0] += 0.02
     with pytest.raises(LimitError, match="out of time"):
         budget.tick()
+
+
+def test_rules_that_charge_nothing_read_the_clock_between_every_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inlined rules charge no steps, so nothing in them reads the clock: each chunk of
+    CHUNK_STATEMENTS rules after the first reads it before its first rule (SECURITY.md's bound
+    of 16 rules' uncharged work). With every read finding the time spent, the decision stops at
+    the second chunk's first rule."""
+    wall = [1000.0]
+    monkeypatch.setattr(budget_module, "_wall", lambda: wall[0])
+    cheap = [f'reject "r{i}" when content.remote_port == -{i + 1}\n' for i in range(3 * CHUNK_STATEMENTS)]
+    policy = policy_of({"NewProxy.rules": "".join(cheap)})
+    decision = decide(policy, Op.NEW_PROXY, {"remote_port": 6000}, options=EvalOptions(eval_seconds=0.01))
+    assert decision.error is None and decision.outcome is Outcome.ALLOW
+    assert policy.rules[Op.NEW_PROXY].program is not None and len(policy.rules[Op.NEW_PROXY].program) == 3
+
+    real_tick = Budget.tick
+    ticks: list[int] = []
+
+    def tick(budget: Budget) -> None:
+        ticks.append(budget.steps)
+        wall[0] += 10.0  # every read finds the backstop passed
+        real_tick(budget)
+
+    monkeypatch.setattr(Budget, "tick", tick)
+    decision = decide(policy, Op.NEW_PROXY, {"remote_port": 6000}, options=EvalOptions(eval_seconds=0.01))
+    assert len(ticks) == 1  # the first read already stops it
+    assert decision.outcome is Outcome.REJECT and decision.error is not None
+    assert "backstop" in str(decision.error)
+    assert decision.rule is not None and decision.rule.line == CHUNK_STATEMENTS + 1

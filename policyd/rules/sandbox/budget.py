@@ -47,7 +47,7 @@ PATTERN_COMPILE_STEPS = 32  # per pattern character: compiling a regex()/glob() 
 # -- the clock ------------------------------------------------------------------------------
 # The wall clock is cheap to read (~45 ns); the thread's CPU clock is a system call (~600 ns,
 # over 1.5 µs on a busy host). A decision reads the wall clock every CLOCK_EVERY steps, before
-# every operation charged that many steps or more, and between chunks of rules (engine.decide).
+# every operation charged that many steps or more, and between chunks of rules (policyd.rules.program).
 # It reads the CPU clock once it has run CPU_CLOCK_AFTER_S of wall time (a thread cannot have
 # spent more CPU than that before) or charged CPU_CLOCK_AFTER_STEPS steps (before the operation
 # that reaches them runs), and when the wall clock says the budget is spent: time spent
