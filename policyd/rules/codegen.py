@@ -66,19 +66,26 @@ _ITERABLES = frozenset(
 _MISS = object()  # a key walk that left the fast path (see _Emitter._read)
 
 
+# A scalar field read straight from the request: (of the user?, the field's key, its zero value).
+FieldRead = tuple[bool, str, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Fragment:
-    """A Python expression; `@N` stands for refs[N] and `_tN` are its walrus temporaries."""
+    """A Python expression; `@N` stands for refs[N], `_tN` are its walrus temporaries, and `$N`
+    for the value of reads[N], which policyd.rules.program reads once before the expressions
+    that use it (a read of a dict, with no charge and no error: where it runs changes nothing)."""
 
     source: str
     refs: tuple[Any, ...]
+    reads: tuple[FieldRead, ...] = ()
 
 
 def emit(tree: ast.expr, compiler: ExpressionCompiler) -> Fragment:
     """The source of an expression `compiler` has compiled with `record=True`."""
     assert compiler.closures is not None, "compile with record=True first"
     emitter = _Emitter(compiler.scope, compiler.closures, compiler.any_all, compiler.state_calls)
-    return Fragment(emitter.expr(tree), tuple(emitter.refs))
+    return Fragment(emitter.expr(tree), tuple(emitter.refs), tuple(emitter.reads))
 
 
 class _Emitter:
@@ -94,6 +101,7 @@ class _Emitter:
         self.any_all = any_all
         self.state_calls = state_calls
         self.refs: list[Any] = []
+        self.reads: list[FieldRead] = []
         self.temps = 0
 
     def ref(self, value: Any) -> str:
@@ -166,6 +174,11 @@ class _Emitter:
         where = field_path(self.scope.user_schema if of_user else self.scope.op_schema, keys)
         if where is None or len(where.path) > 1:
             return None
+        final = where.final
+        if len(where.path) == 1 and where.last is None and final.kind in SCALAR_ZERO:
+            # `content.remote_port`, `user.user`: the same object whichever rule reads it first
+            self.reads.append((of_user, where.path[0], SCALAR_ZERO[final.kind]))
+            return f"${len(self.reads) - 1}"
         t = self.temp()
         node_source = USER if of_user else CONTENT
         if where.path:
@@ -174,7 +187,6 @@ class _Emitter:
                 f"(None if {USER} is None else {USER}.get({k}))" if of_user else f"{CONTENT}.get({k})"
             )
         read = f"({t} := {node_source})"
-        final = where.final
         if where.last is not None:
             default = self.constant("" if where.last == "map" else None)
             key = self.ref(where.final_key)

@@ -15,11 +15,12 @@ compile() (see PolicyStore and the 50 ms swap target in benchmarks/).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from types import CodeType
 from typing import Any
 
-from policyd.rules.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, Fragment
+from policyd.rules.codegen import BUDGET, BUILTINS, CONTENT, CTX, NAMES, USER, FieldRead, Fragment
 from policyd.rules.context import Ctx, RequestNames
 from policyd.rules.language import Action
 from policyd.rules.statements import Statement
@@ -72,11 +73,39 @@ def _environment() -> dict[str, Any]:
     return {"__builtins__": {}, **BUILTINS, "_Exception": Exception, "_RuleFailed": RuleFailed}
 
 
-def _bind(env: dict[str, Any], prefix: str, fragment: Fragment) -> str:
-    """The fragment's source with its refs bound in `env` as `{prefix}N`."""
+def _bind(env: dict[str, Any], prefix: str, fragment: Fragment, reads: Reads) -> str:
+    """The fragment's source with its refs bound in `env` as `{prefix}N`, and its field reads
+    as the locals `reads` names (a new read is given the next name)."""
     for n, value in enumerate(fragment.refs):
         env[f"{prefix}{n}"] = value
-    return fragment.source.replace("@", prefix)  # "@" marks refs only: the source has no text
+    source = fragment.source.replace("@", prefix)  # "@" marks refs only: the source has no text
+    if not fragment.reads:
+        return source
+    local = [reads.setdefault(_read_key(read), f"r{len(reads)}") for read in fragment.reads]
+    return _READ_MARK.sub(lambda m: local[int(m.group(1))], source)
+
+
+# A field read's local, by what it reads: 0 and False are equal keys, but not the same zero.
+Reads = dict[tuple[bool, str, type, Any], str]
+_READ_MARK = re.compile(r"\$(\d+)")
+
+
+def _read_key(read: FieldRead) -> tuple[bool, str, type, Any]:
+    of_user, key, zero = read
+    return of_user, key, type(zero), zero
+
+
+def _read_lines(env: dict[str, Any], reads: Reads) -> list[str]:
+    """Each field read into its local, once: `rN = c.get(rN_0)`, then its zero value `rN_1` if
+    the field is absent or null (what every inline read of policyd.rules.codegen does)."""
+    lines = []
+    for (of_user, key, _, zero), name in reads.items():
+        env[f"{name}_0"], env[f"{name}_1"] = key, zero
+        source = (
+            f"None if {USER} is None else {USER}.get({name}_0)" if of_user else f"{CONTENT}.get({name}_0)"
+        )
+        lines += [f"{name} = {source}", f"if {name} is None:", f"    {name} = {name}_1"]
+    return lines
 
 
 _PROLOGUE = (
@@ -90,12 +119,15 @@ def compile_fragment(fragment: Fragment) -> Callable[[Ctx], Any]:
     """One expression as a function of a request's context, as a chunk would run it (for tests
     and tools; decide() runs whole chunks)."""
     env = _environment()
+    reads: Reads = {}
+    expression = _bind(env, "e", fragment, reads)
     source = "\n".join(
         [
             f"def expression({CTX}):",
             f"    {NAMES} = {CTX}.names",
             *_PROLOGUE,
-            f"    return {_bind(env, 'e', fragment)}",
+            *(f"    {line}" for line in _read_lines(env, reads)),
+            f"    return {expression}",
         ]
     )
     exec(compile(source, "<expression>", "exec"), env)
@@ -105,10 +137,23 @@ def compile_fragment(fragment: Fragment) -> Callable[[Ctx], Any]:
 
 def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dict[str, Any]) -> str | None:
     """The source of the chunk of statements[start:end], its references bound in `env`."""
-    body: list[str] = []
+    # A later chunk reads the clock first (no run of CHUNK_STATEMENTS rules goes without it: a
+    # limit it reaches is the chunk's first rule's).
+    body: list[str] = [f"{BUDGET}.tick()"] if start else []
+    # The field reads of a run of statements up to a `set` (which changes the request), made
+    # at the run's start: a field several rules read is read once.
+    reads: Reads = {}
+    run_reads: Reads = {}
+    run_start = len(body)
 
     def code(prefix: str, fragment: Fragment | None) -> str | None:
-        return None if fragment is None else _bind(env, prefix, fragment)
+        if fragment is None:
+            return None
+        source = _bind(env, prefix, fragment, reads)
+        for read in fragment.reads:
+            key = _read_key(read)
+            run_reads[key] = reads[key]
+        return source
 
     for index in range(start, end):
         statement = statements[index]
@@ -136,10 +181,12 @@ def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dic
                 body.append(f"{indent}set_(decision, {CTX}, s{index}, {value})")
                 body.append(f"{indent}{CONTENT} = {NAMES}.content_raw")
                 body.append(f"{indent}{USER} = {NAMES}.user_raw")
-    # A later chunk reads the clock first (no run of CHUNK_STATEMENTS rules goes without it: a
-    # limit it reaches is the chunk's first rule's); a chunk that decided nothing calls the next,
-    # outside its `try`, so the next one's RuleFailed keeps its own index.
-    tick = [f"{BUDGET}.tick()"] if start else []
+                body[run_start:run_start] = _read_lines(env, run_reads)
+                run_reads = {}
+                run_start = len(body)
+    body[run_start:run_start] = _read_lines(env, run_reads)
+    # A chunk that decided nothing calls the next, outside its `try`, so the next one's
+    # RuleFailed keeps its own index.
     last = end == len(statements)
     return "\n".join(
         [
@@ -147,7 +194,7 @@ def chunk_source(statements: Sequence[Statement], start: int, end: int, env: dic
             *_PROLOGUE,
             f"    at = {start}",
             "    try:",
-            *(f"        {line}" for line in [*tick, *body]),
+            *(f"        {line}" for line in body),
             "    except _Exception as e:",
             "        raise _RuleFailed(at, e) from None",
             "    return -1" if last else f"    return _next({CTX}, {NAMES}, decision, warn, set_)",

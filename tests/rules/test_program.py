@@ -162,9 +162,9 @@ def generated_name(name: str) -> bool:
     return (
         name in ALLOWED_NAMES
         or name in KEYWORDS
-        or (name[0] in "swvk" and name[1:].isdigit())
+        or (name[0] in "swvkr" and name[1:].isdigit())
         or (name.startswith("_t") and name[2:].isdigit())
-        or (head[:1] in ("w", "v") and head[1:].isdigit() and number.isdigit())
+        or (head[:1] in ("w", "v", "r") and head[1:].isdigit() and number.isdigit())
     )
 
 
@@ -234,3 +234,24 @@ def test_a_file_of_the_most_rules_runs_chunk_after_chunk_to_its_last_rule() -> N
     assert last["reason"] == "last" and last["rule"].line == MAX_FILE_RULES - 1
     failed = both_paths(policy, Op.NEW_PROXY, {"remote_port": 8})
     assert failed["rule"].line == MAX_FILE_RULES and "ZeroDivisionError" in failed["error"][1]
+
+
+@pytest.mark.parametrize("port", [0, 6001, 7000])
+def test_a_field_read_after_a_set_in_the_same_chunk_sees_the_new_value(port: int) -> None:
+    """A chunk reads each field its rules read once per run of rules up to a `set`, and again
+    after it: a rule after the set sees what the set made, whether or not it fired."""
+    rules = "\n".join(
+        [
+            "reject 'low' when content.remote_port > 0 and content.remote_port < 1024",
+            "set content.remote_port = 6500 when content.remote_port == 0",
+            "set content.user.user = 'bob' when content.remote_port == 7000",
+            "reject 'moved {content.remote_port}' when content.remote_port == 6500 and user.user == 'alice'",
+            "reject 'renamed' when user.user == 'bob' and content.remote_port == 7000",
+        ]
+    )
+    policy = policy_of({"NewProxy.rules": rules})
+    source = chunk_source(policy.rules[Op.NEW_PROXY].statements, 0, 5, {})
+    assert source is not None and source.count("c.get(") == 3  # one read of remote_port a run
+    decision = both_paths(policy, Op.NEW_PROXY, {"remote_port": port, "user": {"user": "alice"}})
+    expected = {0: "moved 6500", 6001: "", 7000: "renamed"}[port]
+    assert decision["reason"] == expected
