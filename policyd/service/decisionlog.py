@@ -107,6 +107,9 @@ def _change(change: Change) -> dict[str, Any]:
     return {"field": change.path, "before": before, "after": after}
 
 
+_LOGIN = Op.LOGIN  # a global: Python 3.11 looks an enum member up through EnumType.__getattr__
+
+
 def decision_record(
     decision: Decision,
     content: Mapping[str, Any],
@@ -123,7 +126,7 @@ def decision_record(
         secrets = secrets_in(decision, content)
     op = decision.op
     user_obj = content.get("user")
-    if op is Op.LOGIN:
+    if op is _LOGIN:
         user, run_id = _str(user_obj), _str(content.get("run_id"))
     else:
         user_obj = user_obj if isinstance(user_obj, dict) else {}
