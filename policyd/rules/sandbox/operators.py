@@ -149,7 +149,11 @@ def contains(item: Any, container: Any, budget: Budget) -> bool:
         if n:
             k = type(item)
             if k in CHEAP or (k is str and len(item) < COPY_CHARS_PER_STEP):
-                budget.charge(n + 1, "'in' over a list")
+                steps = budget.steps + n + 1
+                if steps < budget.next_read and steps <= budget.max_steps:
+                    budget.steps = steps  # charge(n + 1), inline: no limit or clock read is reached
+                else:
+                    budget.charge(n + 1, "'in' over a list")
             else:
                 deep_size(container, budget)
         return item in container
