@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The ops by the names frps sends (policyd.rules.decision.Op is a StrEnum of them; the state
@@ -133,6 +133,11 @@ class UserState:
     sessions: list[dict[str, Any]]
     proxies: list[dict[str, Any]]
     until: float = math.inf
+    # The proxies' names: whether the NewProxy being decided is among them, in one lookup.
+    proxy_names: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "proxy_names", frozenset(p.get("name") for p in self.proxies))
 
 
 EMPTY = UserState([], [])

@@ -106,11 +106,9 @@ class DecisionState:
         calls = self._calls
         calls[_PROXIES_OK] = calls.get(_PROXIES_OK, 0) + 1
         proxies = state.proxies
-        if user == self.user and self.op == NEW_PROXY:
+        if user == self.user and self.op == NEW_PROXY and self.name in state.proxy_names:
             name = self.name
-            for p in proxies:
-                if p["name"] == name:
-                    return [p for p in proxies if p["name"] != name]
+            return [p for p in proxies if p["name"] != name]
         return proxies  # shared, never changed: rules have no way to change a list or a map
 
     def sessions(self, user: str) -> list[dict[str, Any]]:
