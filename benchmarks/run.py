@@ -573,6 +573,7 @@ COLUMNS = [  # (row key, title, width): a scenario's table shows the columns its
     ("shadow_errors", "errors", 7),
     ("shadow_skipped", "skipped", 7),
     ("state_call_us", "µs/state call", 13),
+    ("state_call_best_us", "best round", 10),
     ("round_trips", "round trips", 11),
     ("round_trip_us", "µs/trip", 8),
     ("answered", "answered", 8),
