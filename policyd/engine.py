@@ -343,13 +343,13 @@ def _decide_with_state(
     recording = state.recording and not state.offline
     prefetched: dict[str, UserState] | None = None
     try:
-        wanted = [user]
+        wanted: tuple[str, ...] = (user,)
         if backend.remote and not state.offline and rule_file is not None and rule_file.reads_other_users:
             # Rules that ask about other users (a team's sum): a throwaway evaluation against an
             # empty state names them, so that one round trip reads them all (with the lock).
             names = UsersWanted()
             _decide(policy, op, content, rule_file, reqid, at, options, None, names)
-            wanted += sorted(names.users - {user})
+            wanted += tuple(sorted(names.users - {user}))
         if recording and op in _LOCKED_OPS and reads and not reads.isdisjoint(TRACKING_FUNCTIONS):
             scope = "*" if policy.reads_other_users else "u:" + user
             try:

@@ -78,7 +78,10 @@ def request_identity(op: str, content: Mapping[str, Any]) -> tuple[str, str]:
     user = content.get("user")
     if not isinstance(user, dict):
         return "", ""
-    return _text(user.get("user")), _text(user.get("run_id"))
+    name, run_id = user.get("user"), user.get("run_id")
+    if type(name) is str and type(run_id) is str:  # every decision with state asks: _text, inline
+        return name, run_id
+    return _text(name), _text(run_id)
 
 
 def request_user(op: str, content: Mapping[str, Any]) -> str:
