@@ -206,8 +206,11 @@ def dead_keys(
     return [k for k in entries if k not in keep]
 
 
+_NUMBERS = (int, float)  # a tuple: `int | float` in isinstance() is built anew on every call
+
+
 def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    return float(value) if isinstance(value, _NUMBERS) and not isinstance(value, bool) else 0.0
 
 
 def _shown_session(entry: Mapping[str, Any]) -> dict[str, Any]:
