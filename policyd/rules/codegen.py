@@ -269,12 +269,12 @@ class _Emitter:
         symbol = _COMPARE_SYMBOLS.get(operand.op)
         if symbol is not None:
             return f"({left} {symbol} {self.ref(operand.value)})"
-        # A display or range: `left` first, then the charge for building it, then the test.
+        word = "not in" if operand.op is ast.NotIn else "in"
+        if not isinstance(operand.value, sandbox.SafeRange):  # a literal display: no charge
+            return f"({left} {word} {self.ref(operand.value)})"
+        # A range: `left` first, then the charge for building it, then the test.
         t, cost = self.temp(), self.ref(operand.cost)
         charge = f"{BUDGET}.add({cost})"
-        if operand.scan:  # a display: charged as built, then as scanned (sandbox.scan)
-            charge = f"{BUDGET}.add2({cost}, {self.ref(operand.scan)})"
-        word = "not in" if operand.op is ast.NotIn else "in"
         if operand.bounds is None:
             test = f"{t} {word} {self.ref(operand.value)}"
         else:

@@ -36,6 +36,7 @@ from policyd.rules.context import CONSTANTS
 from policyd.rules.decision import Op
 from policyd.rules.sandbox import Budget
 from policyd.rules.schema import SCHEMAS, USER, view
+from policyd.rules.shapes import literal_display
 from policyd.rules.statefns import STATE_FUNCTIONS, UNAVAILABLE, StateReader, call_cost
 
 
@@ -136,6 +137,11 @@ class ReferenceEvaluator(EvalWithCompoundTypes):  # type: ignore[misc]
         return result
 
     def _eval_compare(self, node: ast.Compare) -> Any:
+        if len(node.ops) == 1 and isinstance(node.ops[0], ast.In | ast.NotIn):
+            display = literal_display(node.comparators[0])
+            if display is not None:  # `x in ("tcp", "udp")`: constant work, charged nothing
+                found = self._eval(node.left) in display
+                return found if isinstance(node.ops[0], ast.In) else not found
         left = self._eval(node.left)
         result: Any = True
         for op, comparator in zip(node.ops, node.comparators, strict=True):

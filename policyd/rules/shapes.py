@@ -190,10 +190,26 @@ class ConstantOperand:
     """
 
     op: type[ast.cmpop]
-    value: Any  # the scalar; the display's tuple or list; or the SafeRange
-    cost: int = 0  # steps a display or range is charged as built, after x is evaluated
+    value: Any  # the scalar; the display's tuple or list (see literal_display); or the SafeRange
+    cost: int = 0  # steps a range is charged as built, after x is evaluated
     bounds: tuple[int, int] | None = None  # a step-1 range: an int x is tested by its bounds
-    scan: int = 0  # then the steps scanning a display for x is charged (sandbox.scan)
+
+
+def literal_display(node: ast.expr) -> tuple[Any, ...] | list[Any] | None:
+    """The tuple or list of `x in ("tcp", "udp")`: a display of literal scalars, none of them a
+    long string. Testing it is constant work of the rule's own text, one comparison an item as
+    `x == "tcp"` is (each item is an AST node: MAX_EXPR_NODES bounds them), so it is built once
+    at load time and charges nothing, whatever x is. The reference evaluator reads this too."""
+    if not isinstance(node, ast.Tuple | ast.List):
+        return None
+    items = [literal_scalar(e) for e in node.elts]
+    if not all(ok for ok, _ in items):
+        return None
+    values = [v for _, v in items]
+    container = tuple(values) if isinstance(node, ast.Tuple) else values
+    if sandbox.scan_cost(container) is None:
+        return None  # a long string: what the scan costs depends on x (sandbox.contains)
+    return container
 
 
 def constant_operand(op: ast.cmpop, right_node: ast.expr, scope: Scope) -> ConstantOperand | None:
@@ -211,16 +227,8 @@ def constant_operand(op: ast.cmpop, right_node: ast.expr, scope: Scope) -> Const
     if not isinstance(op, ast.In | ast.NotIn):
         return None
     if isinstance(right_node, ast.Tuple | ast.List):
-        items = [literal_scalar(e) for e in right_node.elts]
-        if not all(ok for ok, _ in items):
-            return None
-        values = [v for _, v in items]
-        container = tuple(values) if isinstance(right_node, ast.Tuple) else values
-        built = built_cost(container)
-        scan = sandbox.scan_cost(container)
-        if scan is None:
-            return None  # long strings: what the scan costs depends on x (sandbox.contains)
-        return ConstantOperand(type(op), container, built, scan=scan)
+        container = literal_display(right_node)
+        return None if container is None else ConstantOperand(type(op), container)
     args = _constant_range_args(right_node, scope)
     if args is None:
         return None
@@ -294,24 +302,12 @@ def compare_constant(
     if kind is ast.GtE:
         return lambda ctx: left(ctx) >= c
     negate = kind is ast.NotIn
-    cost, scan = operand.cost, operand.scan
-    if not isinstance(c, sandbox.SafeRange):
+    cost = operand.cost
+    if not isinstance(c, sandbox.SafeRange):  # a literal display: constant work, no charge
         container = c
         if negate:
-
-            def not_in_display(ctx: Ctx) -> bool:
-                value = left(ctx)
-                ctx.budget.add2(cost, scan)
-                return value not in container
-
-            return not_in_display
-
-        def in_display(ctx: Ctx) -> bool:
-            value = left(ctx)
-            ctx.budget.add2(cost, scan)
-            return value in container
-
-        return in_display
+            return lambda ctx: left(ctx) not in container
+        return lambda ctx: left(ctx) in container
     rng = c
     lo, hi = operand.bounds if operand.bounds is not None else (0, 0)
     step1 = operand.bounds is not None

@@ -137,3 +137,33 @@ def test_the_generated_grammar_mostly_compiles() -> None:
 
     count()
     assert compiled > total * 0.6, (compiled, total)
+
+
+LONG_ITEM = "x" * (sandbox.COPY_CHARS_PER_STEP + 6)
+
+
+@pytest.mark.parametrize(
+    ("source", "charged"),
+    [
+        ('content.proxy_type in ("tcp", "udp")', False),
+        ("content.remote_port not in [6666, 6667, 6697]", False),
+        ("content.proxy_type in ()", False),
+        (f'content.proxy_type in ("tcp", "{LONG_ITEM}")', True),  # its scan depends on the value
+        ('"a" < content.proxy_type in ("tcp", "udp")', True),  # a chain: the generic comparison
+    ],
+)
+def test_membership_in_a_literal_display_is_constant_work(source: str, charged: bool) -> None:
+    """`x in ("tcp", "udp")` costs what `x == "tcp"` does, one comparison an item of the rule's
+    own text: nothing is charged, on every back end, however long x is."""
+    content = {"proxy_type": "y" * 5_000, "remote_port": 6001}
+    tree, compiled, generated = compile_expression(source, Op.NEW_PROXY)
+    ref_budget = Budget(sandbox.MAX_STEPS, 60.0)
+    names = reference.request_names(Op.NEW_PROXY, content, data=DATA, reqid="ab12", now=NOW)
+    reference.evaluate(tree, names, ref_budget)
+    steps = [ref_budget.steps]
+    for fn in (compiled, generated):
+        budget = Budget(sandbox.MAX_STEPS, 60.0)
+        fn(new_context(Op.NEW_PROXY, content, data=DATA, budget=budget, reqid="ab12", now=NOW))
+        steps.append(budget.steps)
+    assert len(set(steps)) == 1, steps
+    assert (steps[0] > 0) is charged, steps
