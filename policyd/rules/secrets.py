@@ -27,6 +27,7 @@ from typing import Any
 import ahocorasick
 
 from policyd.rules.decision import Decision, Part
+from policyd.rules.sandbox import SEQUENCES  # a tuple: a union in isinstance() is built per call
 
 MASK = "***"
 # Fields whose value is a credential: masked wherever policyd shows content to people.
@@ -45,9 +46,6 @@ MAX_SECRET_CHARS = 1024
 MAX_MASK_DEPTH = 8
 
 _NESTED = (dict, list, tuple)
-# Tuples, not `list | tuple`: a union in isinstance() is built anew on every call (~4x slower),
-# and every decision-log line walks its request's values through these.
-_SEQUENCES = (list, tuple)
 
 
 @functools.lru_cache(maxsize=4096)  # the same few field and metas names come in every request
@@ -75,7 +73,7 @@ def mask(value: Any, depth: int = 0, replace: Callable[[Any], Any] | None = None
             else mask(v, depth + 1, replace)
             for k, v in value.items()
         }
-    if isinstance(value, _SEQUENCES):
+    if isinstance(value, SEQUENCES):
         return [mask(v, depth + 1, replace) for v in value]
     return value
 
@@ -170,7 +168,7 @@ class _Collector:
                 if self.overflow:
                     return
                 self.walk(v, secret or is_secret_key(str(k)), depth + 1)
-        elif isinstance(value, _SEQUENCES):
+        elif isinstance(value, SEQUENCES):
             for v in value:
                 if self.overflow:
                     return

@@ -196,10 +196,11 @@ class ConstantOperand:
 
 
 def literal_display(node: ast.expr) -> tuple[Any, ...] | list[Any] | None:
-    """The tuple or list of `x in ("tcp", "udp")`: a display of literal scalars, none of them a
-    long string. Testing it is constant work of the rule's own text, one comparison an item as
-    `x == "tcp"` is (each item is an AST node: MAX_EXPR_NODES bounds them), so it is built once
-    at load time and charges nothing, whatever x is. The reference evaluator reads this too."""
+    """The tuple or list of `x in ("tcp", "udp")`: a display of literal scalars whose strings
+    come to fewer than 64 characters together (its scan costs the same whatever x is:
+    sandbox.scan_cost). Testing it is constant work of the rule's own text, one comparison an
+    item as `x == "tcp"` is (each item is an AST node: MAX_EXPR_NODES bounds them), so it is
+    built once at load time and charges nothing. The reference evaluator reads this too."""
     if not isinstance(node, ast.Tuple | ast.List):
         return None
     items = [literal_scalar(e) for e in node.elts]
@@ -208,7 +209,7 @@ def literal_display(node: ast.expr) -> tuple[Any, ...] | list[Any] | None:
     values = [v for _, v in items]
     container = tuple(values) if isinstance(node, ast.Tuple) else values
     if sandbox.scan_cost(container) is None:
-        return None  # a long string: what the scan costs depends on x (sandbox.contains)
+        return None  # 64 characters of strings or more: the scan is charged (sandbox.contains)
     return container
 
 
@@ -280,7 +281,8 @@ def compare_constant(
     compile_arg: Callable[[ast.expr], Compiled] | None = None,
 ) -> Compiled | None:
     """A comparison with a constant (see constant_operand) as one closure, the constant built
-    once at load time and still charged as the generic closures charge it."""
+    once at load time: a range charged as the generic closures charge it, a scalar or a literal
+    display (literal_display) charged nothing."""
     operand = constant_operand(op, right_node, scope)
     if operand is None:
         if compile_arg is not None and is_dynamic_range(op, right_node, scope):

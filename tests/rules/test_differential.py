@@ -148,7 +148,7 @@ LONG_ITEM = "x" * (sandbox.COPY_CHARS_PER_STEP + 6)
         ('content.proxy_type in ("tcp", "udp")', False),
         ("content.remote_port not in [6666, 6667, 6697]", False),
         ("content.proxy_type in ()", False),
-        (f'content.proxy_type in ("tcp", "{LONG_ITEM}")', True),  # its scan depends on the value
+        (f'content.proxy_type in ("tcp", "{LONG_ITEM}")', True),  # 64+ characters of strings: charged
         ('"a" < content.proxy_type in ("tcp", "udp")', True),  # a chain: the generic comparison
     ],
 )

@@ -118,8 +118,9 @@ def scan(container: Any, item: Any, budget: Budget, what: str) -> None:
 
     Each item is compared with `item`; a cheap item (see _is_cheap) costs O(1) per comparison,
     so the scan is charged its length (plus one); any other is charged the walk of the container
-    (deep_size), which bounds every comparison with every item. For a display of short scalars
-    (shapes.constant_operand) both are the same number, so that constant is charged at load time.
+    (deep_size), which bounds every comparison with every item. For a literal display whose
+    strings come to fewer than COPY_CHARS_PER_STEP characters, both are the same number
+    (scan_cost), whatever the item: testing it is constant work (shapes.literal_display).
     """
     n = len(container)
     if n:
